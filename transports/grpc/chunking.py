@@ -1,0 +1,55 @@
+"""Split payloads into CHUNK_BYTES pieces and put them back together under a size limit.
+
+The receiver checks the declared size before taking any byte and the running total while
+taking them, so an oversize or lying sender is refused before more than the limit is buffered.
+A declared size lets the receiver fill one pre-allocated buffer (one copy of the payload, not
+a list of chunks plus their join).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fedcore.constants import CHUNK_BYTES
+from fedcore.errors import PayloadError, PayloadTooLargeError
+
+
+def iter_chunks(payload: bytes | bytearray | memoryview, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The payload in pieces of at most ``chunk_bytes`` (none for an empty payload)."""
+    if chunk_bytes <= 0:
+        raise ValueError("chunk_bytes must be positive")
+    view = memoryview(payload)
+    for start in range(0, len(view), chunk_bytes):
+        yield bytes(view[start : start + chunk_bytes])
+
+
+class ChunkAssembler:
+    """Collects chunks of one payload; ``result()`` checks it is complete."""
+
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        if declared is not None and declared < 0:
+            raise PayloadError(f"declared size {declared} is negative")
+        if declared is not None and declared > limit:
+            raise PayloadTooLargeError(f"payload of {declared} bytes is over the {limit}-byte limit")
+        self.limit = limit
+        self.declared = declared
+        self.received = 0
+        self._buf = bytearray(declared) if declared is not None else bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        n = len(chunk)
+        end = self.received + n
+        if end > self.limit:
+            raise PayloadTooLargeError(f"payload passed the {self.limit}-byte limit while streaming")
+        if self.declared is not None:
+            if end > self.declared:
+                raise PayloadError(f"payload is longer than its declared {self.declared} bytes")
+            self._buf[self.received : end] = chunk
+        else:
+            self._buf += chunk
+        self.received = end
+
+    def result(self) -> bytearray:
+        """The whole payload; a truncated stream is a :class:`PayloadError`."""
+        if self.declared is not None and self.received != self.declared:
+            raise PayloadError(f"payload truncated: {self.received} of {self.declared} bytes arrived")
+        return self._buf

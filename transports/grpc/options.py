@@ -1,0 +1,49 @@
+"""gRPC channel / server options and deadlines: the knobs only this transport has.
+
+Keepalive lets both ends notice a dead peer during long-polls and long transfers; the server
+accepts pings at least as often as clients send them, so it never answers with GOAWAY
+("too_many_pings"). Messages stay small because payloads are chunked; the receive limit only
+has to cover one chunk plus the largest JSON view.
+"""
+from __future__ import annotations
+
+from fedcore.constants import CHUNK_BYTES
+
+SERVICE_NAME = "fedcore.v1.Federation"
+
+# Deadlines (seconds) on every client call.
+RPC_TIMEOUT_S = 30.0  # unary calls
+LONG_POLL_MARGIN_S = 10.0  # signal: wait_s + this
+STREAM_TIMEOUT_S = 900.0  # payload streams (a 1 GiB model over a slow link still fits)
+LONG_POLL_SLICE_S = 0.5  # the servicer re-checks cancellation this often while long-polling
+
+# Thread pool: each long-polling client holds one worker while it waits.
+DEFAULT_MAX_WORKERS = 64
+
+MAX_MESSAGE_BYTES = max(4 * CHUNK_BYTES, 16 * 1024 * 1024)
+
+_KEEPALIVE_TIME_MS = 30_000
+_KEEPALIVE_TIMEOUT_MS = 10_000
+
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect quickly after a server restart; FLClient adds its own back-off on top.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+]
+
+SERVER_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", _KEEPALIVE_TIME_MS // 2),
+    ("grpc.so_reuseport", 0),  # port 0 must really be a fresh ephemeral port
+]
