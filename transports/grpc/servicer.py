@@ -60,8 +60,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             return False
         return True
 
-    def _status_with(self, **extra: object) -> pb.ControlReply:
-        return pb.ControlReply(json=to_json({**self.federation.status(), **extra}))
+    def _control_reply(self, **result: object) -> pb.ControlReply:
+        """The same shape as the REST control endpoints: the result plus the status after it."""
+        return pb.ControlReply(json=to_json({**result, "status": self.federation.status()}))
 
     # ------------------------------------------------------------------ client operations
     @abort_on_error
@@ -137,19 +138,19 @@ class FederationServicer(pb_grpc.FederationServicer):
     def StartAutorun(self, request: pb.StartAutorunRequest, context: grpc.ServicerContext) -> pb.ControlReply:
         self._check_admin(context)
         target = self.federation.start_autorun(int(request.rounds))
-        return self._status_with(autorun_target=target)
+        return self._control_reply(autorun_target=target)
 
     @abort_on_error
     def StopAutorun(self, request: pb.StopAutorunRequest, context: grpc.ServicerContext) -> pb.ControlReply:
         self._check_admin(context)
         self.federation.stop_autorun()
-        return self._status_with()
+        return self._control_reply()
 
     @abort_on_error
     def Step(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.ControlReply:
         self._check_admin(context)
         number = self.federation.step()
-        return self._status_with(started_round=number)
+        return self._control_reply(round=number)
 
     # ------------------------------------------------------------------ views
     @abort_on_error
