@@ -1,0 +1,50 @@
+// Python binding of cuda_ext._C: the CPU op, the CUDA op (when built with CUDA) and the
+// chunk planner, plus build facts that the tests use to catch a silent fallback.
+#include <torch/extension.h>
+
+#include "cpu_kernel.h"
+#include "schedule.h"
+
+#ifndef FEDCORE_SRC_HASH
+#define FEDCORE_SRC_HASH "unknown"
+#endif
+#ifndef FEDCORE_BUILD_MODE
+#define FEDCORE_BUILD_MODE "unknown"
+#endif
+#ifndef FEDCORE_CUDA_ARCHS
+#define FEDCORE_CUDA_ARCHS ""
+#endif
+
+namespace py = pybind11;
+
+static py::list plan_schedule(int64_t rows, int64_t chunks, int64_t n_buffers) {
+  py::list out;
+  for (const auto& s : fedcore_sched::plan(rows, chunks, static_cast<int>(n_buffers))) {
+    py::list waits;
+    for (int i = 0; i < s.n_waits; ++i)
+      waits.append(py::make_tuple(s.waits[i].kind, s.waits[i].slot, s.waits[i].chunk));
+    out.append(py::make_tuple(s.op, s.chunk, s.slot, s.row_begin, s.row_end, py::tuple(waits)));
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fedcore fused matmul + softmax (CPU, and CUDA when built with the toolkit)";
+  m.def("matmul_softmax_cpu", &fedcore::matmul_softmax_cpu, py::arg("x"), py::arg("w"),
+        py::arg("out") = py::none(), py::arg("block_rows") = 0,
+        "softmax(x @ w, -1) on CPU, row-blocked and fused (2-D, float32/bfloat16/float64)");
+  m.def("plan_schedule", &plan_schedule, py::arg("rows"), py::arg("chunks"),
+        py::arg("n_buffers") = 2, "The chunk schedule the CUDA launcher follows, as tuples");
+#ifdef FEDCORE_WITH_CUDA
+  m.def("matmul_softmax_cuda", &fedcore::matmul_softmax_cuda, py::arg("x"), py::arg("w"),
+        py::arg("out") = py::none(), py::arg("chunks") = 1, py::arg("n_buffers") = 2,
+        py::arg("device") = 0,
+        "CUDA op: device x -> device result; pinned host x -> overlapped pipeline, host result");
+  m.attr("WITH_CUDA") = true;
+#else
+  m.attr("WITH_CUDA") = false;
+#endif
+  m.attr("SOURCE_HASH") = FEDCORE_SRC_HASH;
+  m.attr("BUILD_MODE") = FEDCORE_BUILD_MODE;
+  m.attr("CUDA_ARCHS") = FEDCORE_CUDA_ARCHS;
+}
