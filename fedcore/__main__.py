@@ -1,0 +1,3 @@
+from fedcore.cli import app
+
+app(prog_name="fedcore")

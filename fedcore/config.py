@@ -1,0 +1,115 @@
+"""One settings object for server, client and demo: TOML file < environment (FEDCORE_*) < CLI flags."""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from fedcore import constants as C
+from fedcore.errors import ConfigError
+
+_TOML_PATH: ContextVar[Path | None] = ContextVar("fedcore_toml_path", default=None)
+
+
+class Settings(BaseSettings):
+    """Every knob of fedcore. ``transport`` is the config flag that picks gRPC or REST."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDCORE_", extra="forbid", validate_assignment=True)
+
+    # transport and addresses
+    transport: str = Field("rest", description="client: rest | grpc; server: one or both, e.g. 'rest,grpc'")
+    host: str = Field(C.DEFAULT_HOST, description="address to bind (server) or connect to (client)")
+    rest_port: int = Field(C.DEFAULT_REST_PORT, ge=0, le=65535)
+    grpc_port: int = Field(C.DEFAULT_GRPC_PORT, ge=0, le=65535)
+    tls_cert: Path | None = Field(None, description="server certificate (PEM); enables TLS")
+    tls_key: Path | None = Field(None, description="server private key (PEM)")
+    tls_ca: Path | None = Field(None, description="CA bundle a client verifies the server with")
+    admin_token: str | None = Field(None, description="token needed for round control (autorun, step, kick)")
+
+    # rounds
+    rounds: int = Field(5, ge=1, description="rounds to run on autorun")
+    min_clients: int = Field(2, ge=1)
+    round_deadline_s: float = Field(C.DEFAULT_ROUND_DEADLINE_S, gt=0)
+    client_timeout_s: float = Field(C.DEFAULT_CLIENT_TIMEOUT_S, gt=0)
+    heartbeat_s: float = Field(C.DEFAULT_HEARTBEAT_S, gt=0)
+    checkpoint_dir: Path | None = Field(None, description="save global model + history each round; resume from it")
+    max_payload_bytes: int = Field(C.DEFAULT_MAX_PAYLOAD_BYTES, gt=0)
+
+    # wire format ("model lightweighting")
+    dtype: Literal["fp32", "bf16", "fp16", "float32", "bfloat16", "float16"] = "bf16"
+    codec: str = C.DEFAULT_CODEC
+    level: int | None = C.DEFAULT_LEVEL
+    filter: str = C.DEFAULT_FILTER
+    quantize_update: bool = Field(False, description="clients send int8-quantised updates instead of weights")
+
+    # learning
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx mu")
+    server_lr: float = Field(0.01, gt=0, description="FedAdam server learning rate")
+    dataset: Literal["digits", "cifar10"] = "digits"
+    data_dir: Path | None = Field(None, description="CIFAR-10 folder (npz files or torchvision layout)")
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration for non-IID partitions")
+    num_partitions: int = Field(3, ge=1, description="how many clients the data set is split among")
+    model: str = Field("auto", description="auto | digits_mlp | digits_cnn | cifar_cnn | resnet18")
+    local_epochs: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(0.05, gt=0)
+    seed: int = 0
+
+    @field_validator("transport")
+    @classmethod
+    def _transports(cls, v: str) -> str:
+        names = [t.strip() for t in v.split(",") if t.strip()]
+        if not names:
+            raise ValueError("transport must name at least one of rest, grpc")
+        return ",".join(names)
+
+    @property
+    def transports(self) -> list[str]:
+        return self.transport.split(",")
+
+    @property
+    def rest_url(self) -> str:
+        scheme = "https" if self.tls_cert or self.tls_ca else "http"
+        return f"{scheme}://{self.host}:{self.rest_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def address_for(self, transport: str) -> str:
+        return self.rest_url if transport == "rest" else self.grpc_address
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _TOML_PATH.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Settings from an optional TOML file, FEDCORE_* variables, then ``overrides`` (CLI flags).
+        ``None`` overrides are ignored so unset CLI flags do not mask the file or environment."""
+        path = Path(config_file) if config_file else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        token = _TOML_PATH.set(path)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        finally:
+            _TOML_PATH.reset(token)

@@ -1,0 +1,50 @@
+"""Every tunable default of fedcore in one place, so transports and the core agree."""
+from __future__ import annotations
+
+# Wire format of parameter payloads (fedcore.wire).
+WIRE_MAGIC = b"FCW1"
+WIRE_VERSION = 1
+WIRE_MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+# Payload limits: what a server accepts in one request and what a codec may inflate to.
+DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024**3
+DEFAULT_MAX_DECODED_BYTES = 4 * 1024**3
+
+# Streaming: parameter payloads travel in chunks of this size over gRPC.
+CHUNK_BYTES = 1024 * 1024
+
+# Default parameter codec (see README, "Wire format").
+DEFAULT_DTYPE = "bfloat16"
+DEFAULT_CODEC = "zstd"
+DEFAULT_LEVEL = 1
+DEFAULT_FILTER = "auto"
+
+# Network defaults.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_REST_PORT = 8080
+DEFAULT_GRPC_PORT = 8081
+
+# Federation timing (seconds).
+DEFAULT_ROUND_DEADLINE_S = 600.0
+DEFAULT_CLIENT_TIMEOUT_S = 30.0
+DEFAULT_HEARTBEAT_S = 2.0
+DEFAULT_LONG_POLL_S = 10.0
+MONITOR_TICK_S = 0.1
+
+# Client reconnect back-off (seconds).
+BACKOFF_INITIAL_S = 0.2
+BACKOFF_MAX_S = 5.0
+DEFAULT_RECONNECT_TIMEOUT_S = 120.0
+
+# HTTP headers carrying update metadata beside a binary body.
+HEADER_TOKEN = "Authorization"
+HEADER_CLIENT_ID = "X-Fedcore-Client"
+HEADER_ROUND = "X-Fedcore-Round"
+HEADER_SAMPLES = "X-Fedcore-Samples"
+HEADER_METRICS = "X-Fedcore-Metrics"
+PARAMS_MEDIA_TYPE = "application/octet-stream"
+
+# Checkpoint file names inside the checkpoint directory.
+CHECKPOINT_MODEL = "global.fcw"
+CHECKPOINT_STATE = "state.json"
+HISTORY_FILE = "history.json"

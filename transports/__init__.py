@@ -1,0 +1,1 @@
+"""Transport adapters for fedcore: each subpackage exports ``TRANSPORT`` (a TransportSpec)."""
