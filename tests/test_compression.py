@@ -268,3 +268,26 @@ def test_quant_rejects_nonfinite_and_mismatch() -> None:
     q, s = C.quantize_per_channel(np.ones((4, 3), np.float32))
     with pytest.raises(C.CompressionError):
         C.dequantize_per_channel(q, s[:2])
+
+
+# ---------------------------------------------------------------- bench smoke test
+def test_bench_quick_smoke(tmp_path) -> None:
+    pytest.importorskip("torch")
+    from compression import bench
+
+    rc = bench.main(["--quick", "--models", "tiny", "--train-steps", "2", "--codecs", "zstd,lz4,snappy",
+                     "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path)])
+    assert rc == 0
+    t7 = (tmp_path / "compression_table7.md").read_text()
+    t8 = (tmp_path / "compression_table8.md").read_text()
+    assert "| tiny | trained | zstd |" in t7 and "paper proposed" in t8 and "Machine:" in t8
+    assert (tmp_path / "compression.csv").read_text().count("\n") > 10
+    assert (tmp_path / "compression.png").stat().st_size > 1000
+
+
+def test_bench_help(capsys) -> None:
+    from compression import bench
+
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--help"])
+    assert exc.value.code == 0 and "--quick" in capsys.readouterr().out
