@@ -1,0 +1,136 @@
+"""One Federation served over REST and gRPC at once; a client swaps transport between rounds.
+
+Client "swapper" does round 1 over gRPC, round 2 over REST, round 3 over gRPC (switching from its
+``on_round_end`` callback); "rester" stays on REST and "grpcer" on gRPC. All three take part in all
+three rounds, and the final global model equals the one of a run where nobody swaps: the
+transport carries the same bytes, so it cannot change the result.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from fedcore.client import FLClient
+from fedcore.config import Settings
+from fedcore.data import load_federated
+from fedcore.federation import Federation
+from fedcore.models import build_model
+from fedcore.transport import get_transport
+
+ROUNDS = 3
+NAMES = ("swapper", "rester", "grpcer")
+START = {"swapper": "grpc", "rester": "rest", "grpcer": "grpc"}
+# fp32 on the wire: no bf16 rounding cliff that a last-bit difference in summation order could tip.
+WIRE = {"dtype": "fp32", "codec": "zstd"}
+
+
+def _swap_plan(client: FLClient, round_number: int) -> None:
+    client.use_transport("rest" if round_number == 1 else "grpc")
+
+
+def _run(swap: bool) -> tuple[Federation, dict[str, FLClient]]:
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)  # 3 trainers on a small machine; restored below
+    try:
+        return _run_federation(swap)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_federation(swap: bool) -> tuple[Federation, dict[str, FLClient]]:
+    data = load_federated("digits", len(NAMES), seed=0)
+    fed = Federation(
+        build_model("digits_mlp", seed=0).state_dict(), min_clients=len(NAMES), stop_when_done=True,
+        round_deadline_s=120, **WIRE,
+    ).start()
+    servers = {
+        name: get_transport(name).server(fed, Settings(host="127.0.0.1", rest_port=0, grpc_port=0))
+        for name in ("rest", "grpc")
+    }
+    for s in servers.values():
+        s.start()
+    settings = Settings(
+        host="127.0.0.1", rest_port=servers["rest"].port, grpc_port=servers["grpc"].port,
+        seed=0, local_epochs=1, batch_size=32, lr=0.05, **WIRE,
+    )
+    clients = {
+        name: FLClient(
+            build_model("digits_mlp", seed=0), data.clients[k].train, name=name, settings=settings,
+            transport=START[name], on_round_end=_swap_plan if swap and name == "swapper" else None,
+        )
+        for k, name in enumerate(NAMES)
+    }
+    errors: list[BaseException] = []
+
+    def run(c: FLClient) -> None:
+        try:
+            c.run(timeout_s=120)
+        except BaseException as exc:  # surfaced in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in clients.values()]
+    try:
+        for t in threads:
+            t.start()
+        fed.start_autorun(ROUNDS)
+        assert fed.wait_for_round(ROUNDS, 150), fed.status()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors, errors
+    finally:
+        for c in clients.values():
+            c.stop()
+            c.close()
+        for s in servers.values():
+            s.stop()
+        fed.close()
+    return fed, clients
+
+
+@pytest.fixture(scope="module")
+def runs() -> Iterator[dict[str, tuple[Federation, dict[str, FLClient]]]]:
+    yield {"swap": _run(swap=True), "plain": _run(swap=False)}
+
+
+def _transports_seen(fed: Federation, client_id: str) -> list[str]:
+    """The transports a client registered over, in order (consecutive repeats folded)."""
+    seen: list[str] = []
+    for event in fed.events_since(0, 0):
+        data: Any = event["data"]
+        if event["type"] == "client" and data.get("client_id") == client_id:
+            if not seen or seen[-1] != data["transport"]:
+                seen.append(data["transport"])
+    return seen
+
+
+def test_swapper_changes_transport_each_round(runs) -> None:
+    _, clients = runs["swap"]
+    assert clients["swapper"].summary.transports == ["grpc", "rest", "grpc"]
+    assert clients["rester"].summary.transports == ["rest"] * ROUNDS
+    assert clients["grpcer"].summary.transports == ["grpc"] * ROUNDS
+
+
+def test_server_sees_the_same_client_over_both_transports(runs) -> None:
+    fed, clients = runs["swap"]
+    swapper = clients["swapper"]
+    assert _transports_seen(fed, swapper.client_id) == ["grpc", "rest", "grpc"]
+    assert len(fed.clients()) == len(NAMES)  # swapping never registered a second identity
+
+
+def test_history_has_everyone_in_every_round(runs) -> None:
+    fed, _ = runs["swap"]
+    history = fed.get_history()
+    assert [h["round"] for h in history] == [1, 2, 3]
+    for h in history:
+        assert h["participants"] == sorted(NAMES), h
+
+
+def test_swapping_does_not_change_the_model(runs) -> None:
+    swapped, plain = runs["swap"][0].global_state, runs["plain"][0].global_state
+    assert swapped.keys() == plain.keys()
+    for name in swapped:
+        assert torch.allclose(swapped[name], plain[name], rtol=0, atol=1e-6), name
