@@ -183,8 +183,7 @@ class Federation:
 
     def close(self) -> None:
         self._stopped.set()
-        with self._cond:
-            self._finished = True
+        with self._cond:  # open long-polls answer WAIT; clients then retry until a server is back
             self._cond.notify_all()
         if self._monitor is not None:
             self._monitor.join(timeout=10)

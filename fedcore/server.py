@@ -83,13 +83,14 @@ class FederationServer:
         return Settings(**values)
 
     def stop(self) -> None:
+        # Federation first: open long-polls then return STOP at once and transports drain fast.
+        self.federation.close()
         for t in self.transports.values():
             try:
                 t.stop()
             except Exception:
                 log.exception("stopping %s transport failed", t.name)
         self.transports.clear()
-        self.federation.close()
 
     def __enter__(self) -> FederationServer:
         return self.start()

@@ -100,14 +100,17 @@ class RestClientTransport(ClientTransport):
         return self._call("GET", "/history").json()
 
     # ------------------------------------------------------------------ round control
+    def _admin(self, admin_token: str | None) -> str:
+        return admin_token or self.settings.admin_token or ""
+
     def start_autorun(self, rounds: int, admin_token: str | None = None) -> dict[str, Any]:
-        return self._call("POST", f"/client/autorun/{rounds}", token=admin_token or "").json()
+        return self._call("POST", f"/client/autorun/{rounds}", token=self._admin(admin_token)).json()
 
     def stop_autorun(self, admin_token: str | None = None) -> dict[str, Any]:
-        return self._call("DELETE", "/client/autorun", token=admin_token or "").json()
+        return self._call("DELETE", "/client/autorun", token=self._admin(admin_token)).json()
 
     def step(self, admin_token: str | None = None) -> dict[str, Any]:
-        return self._call("POST", "/round/step", token=admin_token or "").json()
+        return self._call("POST", "/round/step", token=self._admin(admin_token)).json()
 
     def close(self) -> None:
         self._http.close()

@@ -1,0 +1,233 @@
+"""Unit tests of the round state machine, driven by hand with a fake clock (no threads, no sockets)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedcore import wire
+from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, RoundStateError, UnknownClientError
+from fedcore.federation import Federation
+from fedcore.states import Action, ClientState
+from fedcore.strategy import FedAdam, FedAvg, FedProx, make_strategy
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _model() -> dict[str, torch.Tensor]:
+    return {"w": torch.zeros(3, 2), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(0)}
+
+
+def _fed(clock: FakeClock, **kw) -> Federation:
+    kw.setdefault("min_clients", 2)
+    kw.setdefault("round_deadline_s", 60.0)
+    kw.setdefault("client_timeout_s", 30.0)
+    return Federation(_model(), clock=clock, dtype="fp32", **kw)
+
+
+def _join(fed: Federation, name: str, n: int = 10):
+    reg = fed.register(name, num_samples=n)
+    fed.global_payload(reg.client_id, reg.token)
+    fed.signal(reg.client_id, reg.token, ClientState.READY)
+    return reg
+
+
+def _update(fed: Federation, reg, rnd: int, value: float, n: int) -> None:
+    state = {"w": torch.full((3, 2), value), "b": torch.full((2,), value), "bn.num_batches_tracked": torch.tensor(n)}
+    fed.submit_update(reg.client_id, reg.token, rnd, wire.encode_state(state, dtype="fp32"), n)
+
+
+def test_states_and_weighted_fedavg() -> None:
+    clock = FakeClock()
+    fed = _fed(clock)
+    a, b = _join(fed, "a", 10), _join(fed, "b", 30)
+    assert fed.status()["ready"] == 2
+    fed.start_autorun(1)
+    fed.tick()
+    instr = fed.signal(a.client_id, a.token, ClientState.READY)
+    assert instr.action is Action.TRAIN and instr.round == 1
+    assert {c["name"]: c["state"] for c in fed.clients()}["a"] == "training"
+    _update(fed, a, 1, 1.0, 10)
+    assert {c["name"]: c["state"] for c in fed.clients()}["a"] == "update"
+    _update(fed, b, 1, 3.0, 30)
+    fed.tick()
+    assert fed.round == 1
+    # formula (1): (10*1 + 30*3) / 40 = 2.5
+    assert torch.allclose(fed.global_state["w"], torch.full((3, 2), 2.5))
+    assert fed.global_state["bn.num_batches_tracked"].dtype == torch.int64
+    h = fed.get_history()[0]
+    assert h["participants"] == ["a", "b"] and h["bytes_in"] > 0
+    assert {c["state"] for c in fed.clients()} == {"finish"}
+    assert fed.status()["autorun"] is False  # target reached
+
+
+def test_dropout_mid_round_completes_with_the_others() -> None:
+    clock = FakeClock()
+    fed = _fed(clock, min_clients=3)
+    regs = [_join(fed, n) for n in "abc"]
+    fed.start_autorun(1)
+    fed.tick()
+    _update(fed, regs[0], 1, 1.0, 10)
+    fed.disconnect(regs[1].client_id, regs[1].token)  # b leaves mid-round
+    assert fed.status()["num_clients"] == 2
+    fed.tick()
+    assert fed.round == 0  # c still training
+    # c goes silent: after the client time-out it is dropped and the round closes with a alone
+    clock.t += 31
+    fed.tick()
+    fed.tick()
+    assert fed.round == 1
+    h = fed.get_history()[0]
+    assert h["participants"] == ["a"] and h["dropped"] == ["b", "c"]
+
+
+def test_deadline_leaves_stragglers_out() -> None:
+    clock = FakeClock()
+    fed = _fed(clock, round_deadline_s=5.0, client_timeout_s=100.0)
+    a, b = _join(fed, "a"), _join(fed, "b")
+    fed.start_autorun(2)
+    fed.tick()
+    _update(fed, a, 1, 2.0, 10)
+    clock.t += 6
+    fed.tick()
+    assert fed.round == 1
+    assert fed.get_history()[0]["stragglers"] == ["b"]
+    with pytest.raises(RoundStateError):
+        _update(fed, b, 1, 2.0, 10)  # too late for round 1
+
+
+def test_late_joiner_waits_for_next_round() -> None:
+    clock = FakeClock()
+    fed = _fed(clock)
+    a, b = _join(fed, "a"), _join(fed, "b")
+    fed.start_autorun(2)
+    fed.tick()
+    c = _join(fed, "c")
+    assert fed.signal(c.client_id, c.token, ClientState.READY).action is Action.WAIT
+    with pytest.raises(RoundStateError):
+        _update(fed, c, 1, 1.0, 10)
+    _update(fed, a, 1, 1.0, 10)
+    _update(fed, b, 1, 1.0, 10)
+    fed.tick()  # closes round 1
+    fed.tick()  # starts round 2 with everyone ready
+    assert fed.signal(c.client_id, c.token, ClientState.READY).action is Action.TRAIN
+    for r in (a, b, c):
+        _update(fed, r, 2, 1.0, 10)
+    fed.tick()
+    assert fed.get_history()[0]["participants"] == ["a", "b"]
+    assert fed.get_history()[1]["participants"] == ["a", "b", "c"]
+
+
+def test_autorun_stop_and_manual_step() -> None:
+    clock = FakeClock()
+    fed = _fed(clock)
+    a, b = _join(fed, "a"), _join(fed, "b")
+    fed.tick()
+    assert fed.status()["current_round"] is None  # no autorun: nothing starts
+    assert fed.step() == 1
+    with pytest.raises(RoundStateError):
+        fed.step()
+    _update(fed, a, 1, 1.0, 10)
+    _update(fed, b, 1, 1.0, 10)
+    fed.tick()
+    fed.start_autorun(5)
+    fed.stop_autorun()
+    fed.tick()
+    assert fed.status()["current_round"] is None and fed.round == 1
+
+
+def test_min_clients_gate() -> None:
+    clock = FakeClock()
+    fed = _fed(clock, min_clients=3)
+    _join(fed, "a")
+    _join(fed, "b")
+    fed.start_autorun(1)
+    fed.tick()
+    assert fed.status()["current_round"] is None
+    with pytest.raises(RoundStateError, match="needs 3"):
+        fed.step()
+
+
+def test_bad_input_never_corrupts_the_global_model() -> None:
+    clock = FakeClock()
+    fed = _fed(clock, max_payload_bytes=10_000)
+    a, b = _join(fed, "a"), _join(fed, "b")
+    fed.start_autorun(1)
+    fed.tick()
+    before = {k: v.clone() for k, v in fed.global_state.items()}
+    nan = {"w": torch.full((3, 2), float("nan")), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
+    with pytest.raises(PayloadError, match="NaN"):
+        fed.submit_update(a.client_id, a.token, 1, wire.encode_state(nan, dtype="fp32"), 10)
+    wrong = {"w": torch.zeros(2, 2), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
+    with pytest.raises(PayloadError):
+        fed.submit_update(a.client_id, a.token, 1, wire.encode_state(wrong, dtype="fp32"), 10)
+    with pytest.raises(PayloadError):
+        fed.submit_update(a.client_id, a.token, 1, b"garbage", 10)
+    with pytest.raises(PayloadTooLargeError):
+        fed.submit_update(a.client_id, a.token, 1, bytes(20_000), 10)
+    with pytest.raises(AuthError):
+        fed.submit_update(a.client_id, "wrong-token", 1, b"x", 10)
+    with pytest.raises(UnknownClientError):
+        fed.global_payload("nobody", a.token)
+    assert all(torch.equal(before[k], v) for k, v in fed.global_state.items())
+    _update(fed, a, 1, 1.0, 10)  # a can still send a good update
+    _update(fed, b, 1, 1.0, 10)
+    fed.tick()
+    assert fed.round == 1
+
+
+def test_admin_token_guards_control() -> None:
+    fed = _fed(FakeClock(), admin_token="s3cret")
+    with pytest.raises(AuthError):
+        fed.check_admin(None)
+    a = _join(fed, "a")
+    with pytest.raises(AuthError):
+        fed.check_admin(a.token)
+    fed.check_admin("s3cret")
+
+
+def test_checkpoint_resume(tmp_path: Path) -> None:
+    clock = FakeClock()
+    fed = _fed(clock, checkpoint_dir=tmp_path)
+    a, b = _join(fed, "a"), _join(fed, "b")
+    fed.start_autorun(3)
+    for rnd in (1, 2):
+        fed.tick()
+        _update(fed, a, rnd, float(rnd), 10)
+        _update(fed, b, rnd, float(rnd), 10)
+        fed.tick()
+    assert fed.round == 2
+    saved = fed.global_state
+    again = _fed(FakeClock(), checkpoint_dir=tmp_path)
+    assert again.round == 2 and len(again.get_history()) == 2
+    assert all(torch.equal(saved[k], v) for k, v in again.global_state.items())
+    assert again.autorun_target == 3
+    # known clients resume with their old token
+    reg = again.register("a", client_id=a.client_id, token=a.token)
+    assert reg.client_id == a.client_id
+    with pytest.raises(AuthError):
+        again.register("a", client_id=a.client_id, token="forged")
+
+
+def test_streaming_strategies() -> None:
+    g = {"w": torch.zeros(4)}
+    avg = FedAvg()
+    avg.begin_round(g)
+    avg.accumulate({"w": torch.ones(4)}, 1)
+    avg.accumulate({"w": torch.full((4,), 4.0)}, 3)
+    assert torch.allclose(avg.finish(g)["w"], torch.full((4,), 3.25))
+    assert FedProx(mu=0.1).client_config() == {"proximal_mu": 0.1}
+    adam = FedAdam(lr=0.1)
+    adam.begin_round(g)
+    adam.accumulate({"w": torch.ones(4)}, 1)
+    out = adam.finish(g)["w"]
+    assert bool((out > 0).all())  # moved toward the clients' mean
+    with pytest.raises(ValueError, match="unknown strategy"):
+        make_strategy("nope")

@@ -1,0 +1,174 @@
+"""Transport contract suite: written once, run against every transport (rest, grpc) over real sockets."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TRANSPORTS, Harness, make_settings, wait_until
+from fedcore import wire
+from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, RoundStateError, UnknownClientError
+from fedcore.server import FederationServer, build_federation
+from fedcore.states import Action, ClientState
+from fedcore.transport import get_transport
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _names(entry: dict) -> list[str]:
+    return sorted(entry["participants"])
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_three_clients_rounds(harness: Harness, transport: str) -> None:
+    srv = harness.server(make_settings(transport, min_clients=3), stop_when_done=True)
+    cs = [harness.client(srv, f"c{i}", i, transport=transport) for i in range(3)]
+    wait_until(lambda: srv.federation.status()["ready"] == 3, what="3 ready clients")
+    srv.federation.start_autorun(2)
+    assert srv.federation.wait_for_round(2, 60)
+    hist = srv.federation.get_history()
+    assert [_names(h) for h in hist] == [["c0", "c1", "c2"]] * 2
+    assert all(h["bytes_in"] > 0 and h["bytes_out"] > 0 for h in hist)
+    assert {c["transport"] for c in srv.federation.clients()} == {transport}
+    for c in cs:
+        c.thread.join(20)
+        assert c.error is None and c.result.rounds == [1, 2]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_client_process_killed_mid_round(harness: Harness, transport: str) -> None:
+    srv = harness.server(make_settings(transport, min_clients=3, client_timeout_s=2.0))
+    fed = srv.federation
+    harness.client(srv, "steady0", 0, transport=transport)
+    harness.client(srv, "steady1", 1, transport=transport)
+    victim = harness.client_process(srv, "victim", 2, transport=transport, extra=["--set", "local_epochs=100000"])
+    wait_until(lambda: fed.status()["ready"] == 3, 90, "3 ready clients (one is a process)")
+    fed.start_autorun(1)
+    wait_until(lambda: {c["name"]: c["state"] for c in fed.clients()}.get("victim") == "training", 30,
+               "victim to be training")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    assert fed.wait_for_round(1, 30), "round did not complete without the killed client"
+    h = fed.get_history()[0]
+    assert _names(h) == ["steady0", "steady1"] and h["dropped"] == ["victim"]
+    assert fed.status()["num_clients"] == 2
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_late_joiner_takes_part_from_next_round(harness: Harness, transport: str) -> None:
+    from fedcore.training import train
+
+    def slow_train(*a, **kw):
+        time.sleep(1.0)
+        return train(*a, **kw)
+
+    srv = harness.server(make_settings(transport, min_clients=2))
+    fed = srv.federation
+    harness.client(srv, "early0", 0, transport=transport, train_fn=slow_train)
+    harness.client(srv, "early1", 1, transport=transport, train_fn=slow_train)
+    wait_until(lambda: fed.status()["ready"] == 2, what="2 ready clients")
+    fed.start_autorun(2)
+    wait_until(lambda: fed.status()["current_round"] == 1, what="round 1 to start")
+    harness.client(srv, "late", 2, transport=transport)
+    wait_until(lambda: any(c["name"] == "late" for c in fed.clients()), what="late client to register")
+    assert fed.status()["current_round"] == 1, "round 1 ended before the late client joined"
+    assert fed.wait_for_round(2, 60)
+    hist = fed.get_history()
+    assert _names(hist[0]) == ["early0", "early1"]
+    assert _names(hist[1]) == ["early0", "early1", "late"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_server_restart_resumes_from_checkpoint(harness: Harness, transport: str, tmp_path: Path) -> None:
+    settings = make_settings(transport, checkpoint_dir=tmp_path / "ckpt", client_timeout_s=30.0)
+    srv = harness.server(settings)
+    harness.client(srv, "a", 0, transport=transport)
+    harness.client(srv, "b", 1, transport=transport)
+    wait_until(lambda: srv.federation.status()["ready"] == 2, what="2 ready clients")
+    srv.federation.start_autorun(4)
+    assert srv.federation.wait_for_round(2, 60)
+    srv.federation.stop_autorun()
+    wait_until(lambda: srv.federation.status()["current_round"] is None, what="open round to finish")
+    stopped_at = srv.federation.round
+    saved = srv.federation.global_state
+    ports = srv.ports
+    srv.stop()
+    # Same ports, same checkpoint: the clients reconnect with back-off and their old tokens.
+    restarted = harness.server(settings.model_copy(update={"rest_port": ports.get("rest", 0),
+                                                           "grpc_port": ports.get("grpc", 0)}))
+    fed = restarted.federation
+    assert fed.round == stopped_at and len(fed.get_history()) == stopped_at
+    assert all(torch.equal(saved[k], v) for k, v in fed.global_state.items())
+    wait_until(lambda: fed.status()["ready"] == 2, 60, "clients to come back")
+    fed.start_autorun(1)
+    assert fed.wait_for_round(stopped_at + 1, 60)
+    last = fed.get_history()[-1]
+    assert last["round"] == stopped_at + 1 and _names(last) == ["a", "b"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bad_input_is_refused_and_server_survives(harness: Harness, transport: str) -> None:
+    settings = make_settings(transport, min_clients=1, max_payload_bytes=64 * 1024, admin_token="admin-secret")
+    srv = harness.server(settings)
+    fed = srv.federation
+    spec = get_transport(transport)
+    cs = srv.client_settings().model_copy(update={"admin_token": None})  # a client does not know it
+    t = spec.client(cs.address_for(transport), cs)
+    try:
+        reg = t.register("probe", 100)
+        _, initial = t.fetch_global()
+        t.signal(ClientState.READY)
+        with pytest.raises(AuthError):
+            t.start_autorun(1)  # no admin token
+        with pytest.raises(AuthError):
+            t.start_autorun(1, admin_token=reg.token)  # a client token cannot control rounds
+        t.start_autorun(1, admin_token="admin-secret")
+        wait_until(lambda: fed.status()["current_round"] == 1, what="round 1")
+        assert t.signal(ClientState.READY).action is Action.TRAIN
+        before = {k: v.clone() for k, v in fed.global_state.items()}
+        with pytest.raises(PayloadError):
+            t.push_update(1, b"\x00garbage" * 10, 100, {})
+        with pytest.raises(PayloadError):
+            t.push_update(1, initial[: len(initial) // 2], 100, {})
+        bad = {k: v.clone().fill_(float("nan")) if v.is_floating_point() else v for k, v in before.items()}
+        with pytest.raises(PayloadError):
+            t.push_update(1, wire.encode_state(bad), 100, {})
+        with pytest.raises(PayloadTooLargeError):
+            t.push_update(1, bytes(200 * 1024), 100, {})
+        with pytest.raises(RoundStateError):
+            t.push_update(7, initial, 100, {})
+        good_token = t.token
+        t.token = "forged"
+        with pytest.raises(AuthError):
+            t.fetch_global()
+        t.token = good_token
+        real_id, t.client_id = t.client_id, "not-a-client"
+        with pytest.raises((UnknownClientError, AuthError)):
+            t.fetch_global()
+        t.client_id = real_id
+        assert all(torch.equal(before[k], v) for k, v in fed.global_state.items())
+        # still serving: a good update closes the round
+        t.push_update(1, initial, 100, {"loss": 0.5})
+        assert fed.wait_for_round(1, 30)
+        assert t.status()["round"] == 1
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_disconnect_and_status(harness: Harness, transport: str) -> None:
+    srv = harness.server(make_settings(transport))
+    spec = get_transport(transport)
+    cs = srv.client_settings()
+    t = spec.client(cs.address_for(transport), cs)
+    try:
+        reg = t.register("x", 5)
+        assert srv.federation.status()["num_clients"] == 1
+        t.disconnect()
+        assert {c["client_id"]: c["state"] for c in srv.federation.clients()}[reg.client_id] == "left"
+        assert srv.federation.status()["num_clients"] == 0
+    finally:
+        t.close()
