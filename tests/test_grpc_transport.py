@@ -1,6 +1,7 @@
 """gRPC transport, unit level: chunking, status codes, health, deadlines, generated code."""
 from __future__ import annotations
 
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -333,5 +334,45 @@ def test_one_gib_payload_both_directions() -> None:
         assert version == 7 and len(got) == size and zlib.crc32(got) == crc
         del got
         c.close()
+    finally:
+        server.stop(grace_s=0.2)
+
+
+class _SlowFederation(_BigFederation):
+    """Counts how many updates are being submitted at once."""
+
+    def __init__(self) -> None:
+        super().__init__(b"", max_payload_bytes=1 << 20)
+        self.active = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def submit_update(self, *args: object) -> None:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(0.2)
+        with self._lock:
+            self.active -= 1
+
+
+def test_concurrent_updates_are_bounded() -> None:
+    """Server memory must not grow with the number of clients pushing at once."""
+    fed = _SlowFederation()
+    server = GrpcServerTransport(fed, Settings(grpc_port=0), max_concurrent_updates=1)  # type: ignore[arg-type]
+    server.start()
+    try:
+        settings = Settings(grpc_port=server.port)
+        clients = [GrpcClientTransport(server.address, settings) for _ in range(3)]
+        for k, c in enumerate(clients):
+            c.set_credentials(f"c{k}", "token")
+        threads = [threading.Thread(target=c.push_update, args=(1, b"\1" * 300_000, 1, {})) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert fed.peak == 1
+        for c in clients:
+            c.close()
     finally:
         server.stop(grace_s=0.2)

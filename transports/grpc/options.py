@@ -20,6 +20,11 @@ LONG_POLL_SLICE_S = 0.5  # the servicer re-checks cancellation this often while 
 # Thread pool: each long-polling client holds one worker while it waits.
 DEFAULT_MAX_WORKERS = 64
 
+# Updates received and decoded at once. Each in flight holds its payload plus its decoded tensors,
+# so bounding them bounds server memory whatever the number of clients; later senders wait
+# (HTTP/2 flow control holds their bytes on their side) and decoding is CPU-bound anyway.
+DEFAULT_MAX_CONCURRENT_UPDATES = 2
+
 MAX_MESSAGE_BYTES = max(4 * CHUNK_BYTES, 16 * 1024 * 1024)
 
 _KEEPALIVE_TIME_MS = 30_000

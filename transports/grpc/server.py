@@ -13,7 +13,7 @@ from fedcore.logger import get_logger
 from fedcore.transport import ServerTransport
 
 from . import fedcore_pb2_grpc as pb_grpc
-from .options import DEFAULT_MAX_WORKERS, SERVER_OPTIONS, SERVICE_NAME
+from .options import DEFAULT_MAX_CONCURRENT_UPDATES, DEFAULT_MAX_WORKERS, SERVER_OPTIONS, SERVICE_NAME
 from .servicer import FederationServicer
 
 log = get_logger(__name__)
@@ -34,9 +34,17 @@ class GrpcServerTransport(ServerTransport):
 
     name = "grpc"
 
-    def __init__(self, federation: Federation, settings: Settings, *, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+    def __init__(
+        self,
+        federation: Federation,
+        settings: Settings,
+        *,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_concurrent_updates: int = DEFAULT_MAX_CONCURRENT_UPDATES,
+    ) -> None:
         super().__init__(federation, settings)
         self.max_workers = max_workers
+        self.max_concurrent_updates = max_concurrent_updates
         self._server: grpc.Server | None = None
         self._health: health.HealthServicer | None = None
         self._port: int | None = None
@@ -48,7 +56,8 @@ class GrpcServerTransport(ServerTransport):
             ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="fedcore-grpc"),
             options=SERVER_OPTIONS,
         )
-        pb_grpc.add_FederationServicer_to_server(FederationServicer(self.federation), server)
+        servicer = FederationServicer(self.federation, max_concurrent_updates=self.max_concurrent_updates)
+        pb_grpc.add_FederationServicer_to_server(servicer, server)
         self._health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
 

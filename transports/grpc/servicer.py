@@ -5,12 +5,13 @@ come from the ``authorization: Bearer`` metadata, never from messages.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 
 import grpc
 
-from fedcore.errors import AuthError, PayloadError
+from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, TransportError
 from fedcore.federation import Federation
 from fedcore.states import Action
 
@@ -18,7 +19,7 @@ from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
 from .chunking import ChunkAssembler, iter_chunks
 from .messages import instruction_to_pb, state_from_pb, to_json
-from .options import LONG_POLL_SLICE_S
+from .options import DEFAULT_MAX_CONCURRENT_UPDATES, LONG_POLL_SLICE_S
 from .status import PermissionDeniedError, abort_on_error
 
 TRANSPORT_NAME = "grpc"
@@ -37,8 +38,9 @@ def bearer_token(context: grpc.ServicerContext) -> str | None:
 class FederationServicer(pb_grpc.FederationServicer):
     """Serves one Federation; several servicers (and REST apps) may share it."""
 
-    def __init__(self, federation: Federation) -> None:
+    def __init__(self, federation: Federation, *, max_concurrent_updates: int = DEFAULT_MAX_CONCURRENT_UPDATES) -> None:
         self.federation = federation
+        self._update_slots = threading.BoundedSemaphore(max_concurrent_updates)
 
     # ------------------------------------------------------------------ helpers
     def _check_admin(self, context: grpc.ServicerContext) -> None:
@@ -97,20 +99,31 @@ class FederationServicer(pb_grpc.FederationServicer):
         info = first.info
         # Refuse before buffering: unknown client, then the declared size.
         self.federation.client_name(info.client_id)
-        assembler = ChunkAssembler(self.federation.max_payload_bytes, int(info.total_bytes))
-        for msg in chunks:
-            if msg.WhichOneof("kind") != "data":
-                raise PayloadError("UpdateInfo may only come first")
-            assembler.add(msg.data)
-        payload = assembler.result()
-        self.federation.submit_update(
-            info.client_id,
-            bearer_token(context),
-            int(info.round),
-            payload,  # type: ignore[arg-type]  # a bytearray: avoids copying the whole payload once more
-            int(info.num_samples),
-            dict(info.metrics),
-        )
+        limit = self.federation.max_payload_bytes
+        if info.total_bytes > limit:
+            raise PayloadTooLargeError(f"update of {info.total_bytes} bytes is over the {limit}-byte limit")
+        # Server memory stays bounded whatever the number of clients: at most a few updates are
+        # buffered and decoded at once; the others wait here, their bytes still on their side.
+        timeout = context.time_remaining()
+        if not self._update_slots.acquire(timeout=timeout if timeout is not None else None):
+            raise TransportError("server busy receiving other updates; retry")
+        try:
+            assembler = ChunkAssembler(limit, int(info.total_bytes))
+            for msg in chunks:
+                if msg.WhichOneof("kind") != "data":
+                    raise PayloadError("UpdateInfo may only come first")
+                assembler.add(msg.data)
+            payload = assembler.result()
+            self.federation.submit_update(
+                info.client_id,
+                bearer_token(context),
+                int(info.round),
+                payload,  # type: ignore[arg-type]  # a bytearray: avoids copying the whole payload once more
+                int(info.num_samples),
+                dict(info.metrics),
+            )
+        finally:
+            self._update_slots.release()
         return pb.PushUpdateReply(received_bytes=len(payload))
 
     @abort_on_error

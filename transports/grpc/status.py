@@ -46,6 +46,8 @@ def code_for(exc: BaseException) -> grpc.StatusCode | None:
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, (PayloadError, ValueError)):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, TransportError):
+        return grpc.StatusCode.UNAVAILABLE  # retryable: the client backs off and tries again
     if isinstance(exc, FedcoreError):
         return grpc.StatusCode.FAILED_PRECONDITION
     return None
