@@ -151,8 +151,13 @@ def demo(
     set: SetOpt = None,
 ) -> None:
     """Start a server and N client processes on loopback, run R rounds, print accuracy and bytes per round."""
+    import logging
+    import os
+
     from fedcore.demo import run_demo
 
+    if "FEDCORE_LOG_LEVEL" not in os.environ:  # the progress display says what the logs would
+        logging.getLogger("fedcore").setLevel(logging.WARNING)
     s = _settings(None, set, transport=transport, dataset=dataset, data_dir=data_dir, dtype=dtype, codec=codec,
                   rounds=rounds, min_clients=clients, num_partitions=clients, rest_port=0, grpc_port=0)
     history = run_demo(s, clients=clients, out=out, console=console)
