@@ -64,6 +64,7 @@ class ClientRecord:
     joined_at: float = 0.0
     last_seen: float = 0.0
     rounds: list[int] = field(default_factory=list)
+    wanted_transport: str | None = None  # set by an admin: the client switches before its next round
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -308,7 +309,10 @@ class Federation:
             if rec.state is not ClientState.TRAINING:
                 rec.state = ClientState.TRAINING
                 self._emit("client", rec.public())
-            return Instruction(Action.TRAIN, cur.number, self.strategy.client_config())
+            config = self.strategy.client_config()
+            if rec.wanted_transport and rec.wanted_transport != rec.transport:
+                config["transport"] = rec.wanted_transport
+            return Instruction(Action.TRAIN, cur.number, config)
         return Instruction(Action.WAIT, self.round)
 
     def submit_update(
@@ -357,6 +361,16 @@ class Federation:
             raise RoundStateError(f"client is not selected for round {round_number}")
         if client_id in cur.submitted:
             raise RoundStateError(f"client already sent its update for round {round_number}")
+
+    def request_transport(self, client_id: str, transport: str) -> None:
+        """Ask a running client to switch protocol: it does so before its next round, keeping
+        its id, token and round position (the admin's side of ``FLClient.use_transport``)."""
+        with self._cond:
+            rec = self._clients.get(client_id)
+            if rec is None:
+                raise UnknownClientError(f"unknown client {client_id!r}")
+            rec.wanted_transport = transport
+            self._emit("client", rec.public())
 
     def disconnect(self, client_id: str, token: str | None, *, admin: bool = False) -> None:
         """The client leaves (or an admin removes it); an open round goes on without it."""

@@ -172,3 +172,24 @@ def test_disconnect_and_status(harness: Harness, transport: str) -> None:
         assert srv.federation.status()["num_clients"] == 0
     finally:
         t.close()
+
+
+def test_admin_asks_a_running_client_to_switch_transport(harness: Harness) -> None:
+    import httpx
+
+    srv = harness.server(make_settings("rest,grpc", admin_token="adm"))
+    fed = srv.federation
+    a = harness.client(srv, "a", 0, transport="rest")
+    harness.client(srv, "b", 1, transport="grpc")
+    wait_until(lambda: fed.status()["ready"] == 2, what="2 ready clients")
+    url = srv.client_settings().rest_url
+    a_id = {c["name"]: c["client_id"] for c in fed.clients()}["a"]
+    denied = httpx.post(f"{url}/client/{a_id}/transport/grpc")
+    assert denied.status_code == 401
+    ok = httpx.post(f"{url}/client/{a_id}/transport/grpc", headers={"Authorization": "Bearer adm"})
+    assert ok.status_code == 200, ok.text
+    fed.start_autorun(2)
+    assert fed.wait_for_round(2, 60)
+    assert {c["name"]: c["transport"] for c in fed.clients()} == {"a": "grpc", "b": "grpc"}
+    assert [sorted(h["participants"]) for h in fed.get_history()] == [["a", "b"], ["a", "b"]]
+    assert a.client.summary.transports == ["grpc", "grpc"]

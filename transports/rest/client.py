@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,7 @@ class RestClientTransport(ClientTransport):
 
     def __init__(self, address: str, settings: Settings) -> None:
         super().__init__(address, settings)
-        verify: Any = str(settings.tls_ca) if settings.tls_ca else True
+        verify: Any = ssl.create_default_context(cafile=str(settings.tls_ca)) if settings.tls_ca else True
         self._http = httpx.Client(base_url=address, timeout=_TIMEOUT, verify=verify)
 
     # ------------------------------------------------------------------ plumbing

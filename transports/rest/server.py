@@ -142,6 +142,14 @@ def create_app(federation: Federation, settings: Settings | None = None) -> Fast
         instr = federation.signal(*client, req.state, wait_s=req.wait_s)
         return InstructionResponse(action=instr.action.value, round=instr.round, config=instr.config)
 
+    @app.post("/client/{client_id}/transport/{transport}", tags=["control"],
+              summary="Ask a client to switch transport before its next round", dependencies=[Depends(admin_auth)])
+    def switch_transport(client_id: str, transport: str) -> dict[str, str]:
+        if transport not in settings.transports:
+            raise HTTPException(status_code=400, detail=f"this server serves {settings.transport}, not {transport!r}")
+        federation.request_transport(client_id, transport)
+        return {"client_id": client_id, "transport": transport}
+
     @app.delete("/client/{client_id}", tags=["client"], summary="Disconnect a client (itself, or the admin)")
     def disconnect(
         client_id: str,

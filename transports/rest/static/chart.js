@@ -1,0 +1,121 @@
+// Small SVG charts for the dashboard: no library, no build step.
+// Every element is made with createElementNS and textContent (never innerHTML), so data from
+// clients (names, numbers) cannot inject markup.
+
+const NS = "http://www.w3.org/2000/svg";
+const W = 640, H = 240, M = { top: 14, right: 52, bottom: 34, left: 46 };
+
+function el(name, attrs = {}, text) {
+  const e = document.createElementNS(NS, name);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function frame(host, label) {
+  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "xMidYMid meet", role: "presentation" });
+  svg.appendChild(el("title", {}, label));
+  host.replaceChildren(svg);
+  return svg;
+}
+
+function niceMax(v) {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+export function formatBytes(n) {
+  if (n == null) return "–";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${n >= 100 || i === 0 ? Math.round(n) : n.toFixed(1)} ${units[i]}`;
+}
+
+// x axis over rounds 1..n (at least `minRounds` slots so the first points do not fill the width)
+function xAxis(svg, n) {
+  const slots = Math.max(n, 5);
+  const iw = W - M.left - M.right;
+  const x = (r) => M.left + (slots === 1 ? iw / 2 : ((r - 1) / (slots - 1)) * iw);
+  const step = Math.ceil(slots / 12);
+  for (let r = 1; r <= slots; r += step) {
+    svg.appendChild(el("text", { x: x(r), y: H - M.bottom + 16, class: "tick", "text-anchor": "middle" }, String(r)));
+  }
+  svg.appendChild(el("text", { x: M.left + iw / 2, y: H - 4, class: "axis-label", "text-anchor": "middle" }, "round"));
+  svg.appendChild(el("line", { x1: M.left, x2: W - M.right, y1: H - M.bottom, y2: H - M.bottom, class: "axis" }));
+  return { x, slots };
+}
+
+function yGrid(svg, max, fmt, side = "left", grid = true) {
+  const ih = H - M.top - M.bottom;
+  const y = (v) => M.top + ih - (v / max) * ih;
+  for (let i = 0; i <= 4; i++) {
+    const v = (max * i) / 4, yy = y(v);
+    if (grid) svg.appendChild(el("line", { x1: M.left, x2: W - M.right, y1: yy, y2: yy, class: "grid" }));
+    const tx = side === "left" ? M.left - 6 : W - M.right + 6;
+    svg.appendChild(el("text", { x: tx, y: yy + 4, class: `tick ${side}`, "text-anchor": side === "left" ? "end" : "start" }, fmt(v)));
+  }
+  return y;
+}
+
+function polyline(svg, pts, cls) {
+  if (pts.length > 1) svg.appendChild(el("polyline", { points: pts.map(([a, b]) => `${a},${b}`).join(" "), class: cls }));
+}
+
+/** Accuracy (left axis, 0..1) and loss (right axis) of the global model per round. */
+export function drawAccuracy(host, history) {
+  const svg = frame(host, "Global model accuracy and loss per round");
+  const rows = history.filter((h) => h && typeof h.round === "number");
+  const n = rows.length ? Math.max(...rows.map((h) => h.round)) : 0;
+  const { x } = xAxis(svg, n);
+  const yAcc = yGrid(svg, 1, (v) => `${Math.round(v * 100)}%`);
+  const losses = rows.map((h) => h.loss).filter((v) => typeof v === "number" && Number.isFinite(v));
+  const yLoss = yGrid(svg, niceMax(Math.max(0, ...losses)), (v) => v.toFixed(v < 1 ? 2 : 1), "right", false);
+  const acc = rows.filter((h) => typeof h.accuracy === "number").map((h) => [x(h.round), yAcc(h.accuracy), h]);
+  const loss = rows.filter((h) => typeof h.loss === "number" && Number.isFinite(h.loss)).map((h) => [x(h.round), yLoss(h.loss), h]);
+  polyline(svg, loss, "line loss");
+  polyline(svg, acc, "line acc");
+  for (const [cx, cy, h] of loss) {
+    const c = el("rect", { x: cx - 3, y: cy - 3, width: 6, height: 6, class: "pt loss", "data-round": h.round });
+    c.appendChild(el("title", {}, `round ${h.round}: loss ${h.loss.toFixed(4)}`));
+    svg.appendChild(c);
+  }
+  for (const [cx, cy, h] of acc) {
+    const c = el("circle", { cx, cy, r: 4.5, class: "pt acc", "data-testid": "acc-point", "data-round": h.round, "data-value": h.accuracy });
+    c.appendChild(el("title", {}, `round ${h.round}: accuracy ${(h.accuracy * 100).toFixed(2)}%`));
+    svg.appendChild(c);
+  }
+  const last = acc[acc.length - 1];
+  if (last) {
+    svg.appendChild(el("text", { x: last[0], y: last[1] - 10, class: "pt-label", "text-anchor": "middle" },
+      `${(last[2].accuracy * 100).toFixed(1)}%`));
+  }
+  if (!rows.length) {
+    svg.appendChild(el("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "no completed round yet"));
+  }
+}
+
+/** Bytes in (client updates) and out (global model downloads) per round, as grouped bars. */
+export function drawBytes(host, history) {
+  const svg = frame(host, "Bytes on the wire per round");
+  const rows = history.filter((h) => h && typeof h.round === "number");
+  const n = rows.length ? Math.max(...rows.map((h) => h.round)) : 0;
+  const { x, slots } = xAxis(svg, n);
+  const max = niceMax(Math.max(0, ...rows.flatMap((h) => [h.bytes_in || 0, h.bytes_out || 0])));
+  const y = yGrid(svg, max, formatBytes);
+  const bw = Math.max(3, Math.min(18, (W - M.left - M.right) / slots / 3));
+  for (const h of rows) {
+    for (const [key, dx, cls] of [["bytes_in", -bw, "bar in"], ["bytes_out", 0, "bar out"]]) {
+      const v = h[key] || 0, top = y(v);
+      const r = el("rect", { x: x(h.round) + dx, y: top, width: bw, height: H - M.bottom - top, class: cls,
+        "data-testid": `bytes-${key === "bytes_in" ? "in" : "out"}`, "data-round": h.round, "data-value": v });
+      r.appendChild(el("title", {}, `round ${h.round}: ${key === "bytes_in" ? "in" : "out"} ${formatBytes(v)} (${v} B)`));
+      svg.appendChild(r);
+    }
+  }
+  if (!rows.length) {
+    svg.appendChild(el("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "no completed round yet"));
+  }
+}
