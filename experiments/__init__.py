@@ -1,0 +1,1 @@
+"""Scripts that reproduce the papers' tables and figures (run as ``python -m experiments.<name>``)."""
