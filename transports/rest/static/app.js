@@ -93,7 +93,8 @@ function renderStatus() {
   text($("st-round"), String(s.round ?? 0));
   const n = model.clients.size ? activeClients().length : s.num_clients ?? 0;
   text($("st-num-clients"), String(n));
-  text($("st-ready"), `${s.ready ?? 0} ready · needs ${s.min_clients ?? "?"}`);
+  const ready = model.clients.size ? activeClients().filter((c) => c.state === "ready" || c.state === "finish").length : s.ready ?? 0;
+  text($("st-ready"), `${ready} ready · needs ${s.min_clients ?? "?"}`);
   text($("st-accuracy"), pct(s.accuracy));
   text($("st-loss"), typeof s.loss === "number" ? `loss ${s.loss.toFixed(4)}` : "");
   text($("st-last-updated"), wallAgo(s.last_updated));
@@ -397,6 +398,11 @@ setInterval(async () => {
   } catch { /* ignore */ }
 }, CLIENTS_REFRESH_MS);
 setInterval(renderLastSeen, 1000);
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => { drawAccuracy($("accuracy-chart"), model.history); drawBytes($("bytes-chart"), model.history); }, 150);
+});
 
 // ------------------------------------------------------------------ controls (admin token)
 function getToken() { try { return sessionStorage.getItem(TOKEN_KEY); } catch { return null; } }

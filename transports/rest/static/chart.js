@@ -3,7 +3,13 @@
 // clients (names, numbers) cannot inject markup.
 
 const NS = "http://www.w3.org/2000/svg";
-const W = 640, H = 240, M = { top: 14, right: 52, bottom: 34, left: 46 };
+// The drawing is sized to its box in CSS pixels (redrawn on resize), so text stays legible.
+let W = 640, H = 240, M = { top: 16, right: 52, bottom: 36, left: 46 };
+function size(host, left) {
+  W = Math.max(320, Math.round(host.clientWidth || 640));
+  H = 250;
+  M = { top: 16, right: 52, bottom: 36, left };
+}
 
 function el(name, attrs = {}, text) {
   const e = document.createElementNS(NS, name);
@@ -13,7 +19,7 @@ function el(name, attrs = {}, text) {
 }
 
 function frame(host, label) {
-  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "xMidYMid meet", role: "presentation" });
+  const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, preserveAspectRatio: "xMidYMid meet", role: "presentation" });
   svg.appendChild(el("title", {}, label));
   host.replaceChildren(svg);
   return svg;
@@ -22,7 +28,8 @@ function frame(host, label) {
 function niceMax(v) {
   if (!(v > 0)) return 1;
   const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= v) return m * p;
+  // multipliers whose quarters are round numbers too (the y axis has 4 steps)
+  for (const m of [1, 1.2, 1.6, 2, 2.4, 3.2, 4, 6, 8, 10]) if (m * p >= v * 1.0001) return m * p;
   return 10 * p;
 }
 
@@ -37,13 +44,14 @@ export function formatBytes(n) {
 // x axis over rounds 1..n (at least `minRounds` slots so the first points do not fill the width)
 function xAxis(svg, n) {
   const slots = Math.max(n, 5);
-  const iw = W - M.left - M.right;
-  const x = (r) => M.left + (slots === 1 ? iw / 2 : ((r - 1) / (slots - 1)) * iw);
+  const pad = 22;  // keeps the first and last points (and bars) off the axes
+  const iw = W - M.left - M.right - 2 * pad;
+  const x = (r) => M.left + pad + (slots === 1 ? iw / 2 : ((r - 1) / (slots - 1)) * iw);
   const step = Math.ceil(slots / 12);
   for (let r = 1; r <= slots; r += step) {
     svg.appendChild(el("text", { x: x(r), y: H - M.bottom + 16, class: "tick", "text-anchor": "middle" }, String(r)));
   }
-  svg.appendChild(el("text", { x: M.left + iw / 2, y: H - 4, class: "axis-label", "text-anchor": "middle" }, "round"));
+  svg.appendChild(el("text", { x: M.left + pad + iw / 2, y: H - 4, class: "axis-label", "text-anchor": "middle" }, "round"));
   svg.appendChild(el("line", { x1: M.left, x2: W - M.right, y1: H - M.bottom, y2: H - M.bottom, class: "axis" }));
   return { x, slots };
 }
@@ -66,6 +74,7 @@ function polyline(svg, pts, cls) {
 
 /** Accuracy (left axis, 0..1) and loss (right axis) of the global model per round. */
 export function drawAccuracy(host, history) {
+  size(host, 46);
   const svg = frame(host, "Global model accuracy and loss per round");
   const rows = history.filter((h) => h && typeof h.round === "number");
   const n = rows.length ? Math.max(...rows.map((h) => h.round)) : 0;
@@ -99,17 +108,21 @@ export function drawAccuracy(host, history) {
 
 /** Bytes in (client updates) and out (global model downloads) per round, as grouped bars. */
 export function drawBytes(host, history) {
+  size(host, 70);
+  M.right = 16;
   const svg = frame(host, "Bytes on the wire per round");
   const rows = history.filter((h) => h && typeof h.round === "number");
   const n = rows.length ? Math.max(...rows.map((h) => h.round)) : 0;
   const { x, slots } = xAxis(svg, n);
-  const max = niceMax(Math.max(0, ...rows.flatMap((h) => [h.bytes_in || 0, h.bytes_out || 0])));
+  const top = Math.max(0, ...rows.flatMap((h) => [h.bytes_in || 0, h.bytes_out || 0]));
+  const unit = 1024 ** Math.max(0, Math.min(3, Math.floor(Math.log(Math.max(top, 1)) / Math.log(1024))));
+  const max = niceMax(top / unit) * unit;  // round numbers in KiB / MiB, not in bytes
   const y = yGrid(svg, max, formatBytes);
   const bw = Math.max(3, Math.min(18, (W - M.left - M.right) / slots / 3));
   for (const h of rows) {
     for (const [key, dx, cls] of [["bytes_in", -bw, "bar in"], ["bytes_out", 0, "bar out"]]) {
-      const v = h[key] || 0, top = y(v);
-      const r = el("rect", { x: x(h.round) + dx, y: top, width: bw, height: H - M.bottom - top, class: cls,
+      const v = h[key] || 0, yv = y(v);
+      const r = el("rect", { x: x(h.round) + dx, y: yv, width: bw, height: H - M.bottom - yv, class: cls,
         "data-testid": `bytes-${key === "bytes_in" ? "in" : "out"}`, "data-round": h.round, "data-value": v });
       r.appendChild(el("title", {}, `round ${h.round}: ${key === "bytes_in" ? "in" : "out"} ${formatBytes(v)} (${v} B)`));
       svg.appendChild(r);
