@@ -37,6 +37,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # No BDP probing: the receive window stays small, so a server streaming the model to many
+    # clients holds little per stream in its buffers (loopback throughput barely changes).
+    ("grpc.http2.bdp_probe", 0),
     # Reconnect quickly after a server restart; FLClient adds its own back-off on top.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
@@ -51,4 +54,5 @@ SERVER_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", _KEEPALIVE_TIME_MS // 2),
     ("grpc.so_reuseport", 0),  # port 0 must really be a fresh ephemeral port
+    ("grpc.http2.bdp_probe", 0),  # see CHANNEL_OPTIONS
 ]

@@ -1,0 +1,563 @@
+"""gRPC vs REST cost per round, with Flower's legacy gRPC path as the yardstick.
+
+No training: each client returns the global model it received, slightly perturbed (+1e-3·N(0,1)
+on float tensors, as a real update would be), so a round costs exactly what the transport and the
+codec cost: fetch the global model, decode, encode, push, aggregate, encode the next global.
+
+For each transport (rest, grpc) × codec (fp32-raw, bf16+zstd) × N clients × repeat, a fresh server
+process serves a fresh Federation (so its peak RSS, VmHWM, is that configuration's alone) and N
+client processes take part in R rounds. Round time = round started → aggregated and the next global
+encoded, from the server's events; bytes per round = parameter payload bytes in + out (the
+application bytes on the wire; HTTP/2 and HTTP framing add well under 1 %). If Flower is available
+(``flwr`` importable here, or ``--flower-python``/``FEDCORE_FLOWER_PYTHON`` naming an interpreter
+that has it) the same payload runs through ``flwr.server.start_server`` + ``flwr.client.start_client``
+(legacy grpc-bidi) in the same run, timed the same way (configure_fit done → aggregate_fit done).
+
+    python experiments/transport_bench.py                 # ResNet-18, N = 2 and 5, 5 rounds, 3 repeats
+    python experiments/transport_bench.py --quick         # smoke test: tiny model, 1 round, 1 repeat
+
+Writes experiments/results/transport_bench.md, .json and .png (``--out`` to change the folder).
+This module imports only the standard library and numpy at top level: the Flower roles run in
+another interpreter (Flower pins protobuf / fastapi versions that clash with fedcore's venv).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CODECS: dict[str, dict[str, Any]] = {
+    "fp32-raw": {"dtype": "fp32", "codec": "none", "level": None, "filter": "none"},
+    "bf16+zstd": {"dtype": "bf16", "codec": "zstd", "level": 1, "filter": "auto"},
+}
+PERTURB = 1e-3
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 * 1024 * 1024), "MALLOC_ARENA_MAX": "2"}
+NUM_SAMPLES = 100
+LONG_POLL_S = 10.0
+TIMEOUT_S = 600.0  # one configuration, all rounds
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """VmHWM (peak resident set size) of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024**2:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+@dataclass
+class RunResult:
+    system: str  # fedcore-rest | fedcore-grpc | flower-grpc
+    codec: str
+    clients: int
+    repeat: int
+    round_s: list[float]
+    bytes_per_round: list[int]
+    peak_rss_mb: float
+    model_bytes: int  # fp32 size of the model's parameters
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- fedcore roles
+def _model_state(model: str) -> dict[str, Any]:
+    from fedcore.models import build_model
+
+    return build_model(model, seed=0).state_dict()
+
+
+def describe_model(model: str, npz: str | None, conn: Any) -> None:
+    """Child process: the model's size, library versions, and (for Flower) its arrays as .npz.
+    Keeps torch out of the parent, so the parent starts fast and forks nothing heavy."""
+    import compression
+    import grpc
+    import torch
+
+    state = _model_state(model)
+    if npz:
+        np.savez(npz, **{f"a_{i}": v.numpy() for i, v in enumerate(state.values())})
+    floats = [v for v in state.values() if v.is_floating_point()]
+    conn.send({
+        "params": sum(v.numel() for v in floats),
+        "model_bytes": sum(v.numel() * 4 for v in floats),
+        "versions": f"torch {torch.__version__}, grpcio {grpc.__version__}",
+        "codecs": compression.available_codecs(),
+    })
+
+
+def _perturbed(state: dict[str, Any], seed: int) -> dict[str, Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        k: v + PERTURB * torch.randn(v.shape, generator=gen, dtype=v.dtype) if v.is_floating_point() else v
+        for k, v in state.items()
+    }
+
+
+def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds: int, conn: Any) -> None:
+    """Server process: serve one Federation, report port, then round times, bytes and peak RSS."""
+    from fedcore.config import Settings
+    from fedcore.federation import Federation
+    from fedcore.transport import get_transport
+
+    fed = Federation(
+        _model_state(model), min_clients=clients, stop_when_done=True, round_deadline_s=TIMEOUT_S,
+        client_timeout_s=TIMEOUT_S, max_payload_bytes=4 * 1024**3, **CODECS[codec],
+    ).start()
+    server = get_transport(transport).server(fed, Settings(host="127.0.0.1", rest_port=0, grpc_port=0))
+    server.start()
+    conn.send(server.port)
+    fed.start_autorun(rounds)
+    ok = fed.wait_for_round(rounds, TIMEOUT_S)
+    started = {e["data"]["round"]: e["time"] for e in fed.events_since(0, 0) if e["type"] == "round_started"}
+    history = fed.get_history()
+    conn.send({
+        "ok": ok,
+        "round_s": [h["finished_at"] - started[h["round"]] for h in history],
+        "bytes_per_round": [h["bytes_in"] + h["bytes_out"] for h in history],
+        "participants": [h["num_participants"] for h in history],
+        "payload_bytes": fed.status()["payload_bytes"],
+        "peak_rss_mb": peak_rss_mb(),
+    })
+    conn.recv()  # "stop": the parent has what it needs
+    server.stop()
+    fed.close()
+
+
+def fedcore_client(transport: str, port: int, name: str, codec: str, seed: int) -> None:
+    """No-training client: fetch, decode, perturb, encode, push; until the server says stop."""
+    import torch
+
+    from fedcore import wire
+    from fedcore.config import Settings
+    from fedcore.states import Action, ClientState
+    from fedcore.transport import get_transport
+
+    torch.set_num_threads(1)
+    settings = Settings(host="127.0.0.1", rest_port=port, grpc_port=port)
+    client = get_transport(transport).client(settings.address_for(transport), settings)
+    end = time.monotonic() + TIMEOUT_S
+    try:
+        for attempt in range(50):  # the server may still be binding
+            try:
+                client.register(name, NUM_SAMPLES)
+                break
+            except ConnectionError:
+                time.sleep(0.1 * (attempt + 1))
+        last = 0
+        while time.monotonic() < end:
+            instr = client.signal(ClientState.READY, wait_s=LONG_POLL_S)
+            if instr.action is Action.STOP:
+                return
+            if instr.action is Action.TRAIN and instr.round > last:
+                _, payload = client.fetch_global()
+                state = _perturbed(wire.decode_state(payload), seed * 1000 + instr.round)
+                client.push_update(instr.round, wire.encode_state(state, **CODECS[codec]), NUM_SAMPLES, {})
+                last = instr.round
+    finally:
+        client.close()
+
+
+def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, rounds: int, repeat: int,
+                client_mode: str, model_bytes: int) -> RunResult:
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=fedcore_server, args=(transport, model, codec, clients, rounds, child), daemon=True)
+    server.start()
+    workers: list[Any] = []
+    try:
+        if not parent.poll(120):
+            raise RuntimeError(f"{transport} server did not start")
+        port = parent.recv()
+        for k in range(clients):
+            args = (transport, port, f"c{k}", codec, 1 + k + 100 * repeat)
+            if client_mode == "thread":
+                w: Any = threading.Thread(target=fedcore_client, args=args, daemon=True)
+            else:
+                w = ctx.Process(target=fedcore_client, args=args, daemon=True)
+            w.start()
+            workers.append(w)
+        if not parent.poll(TIMEOUT_S + 60):
+            raise RuntimeError(f"{transport}/{codec}/N={clients}: no result in time")
+        res = parent.recv()
+        for w in workers:  # clients get STOP on their next signal; stop the server only after that
+            w.join(timeout=60)
+        parent.send("stop")
+        if not res["ok"] or any(p != clients for p in res["participants"]):
+            raise RuntimeError(f"{transport}/{codec}/N={clients}: incomplete rounds {res}")
+        return RunResult(f"fedcore-{transport}", codec, clients, repeat, res["round_s"], res["bytes_per_round"],
+                         res["peak_rss_mb"], model_bytes, {"global_payload_bytes": res["payload_bytes"]})
+    finally:
+        for w in workers:
+            w.join(timeout=30)
+        server.join(timeout=30)
+        for p in [server, *workers]:
+            if hasattr(p, "kill") and p.is_alive():
+                p.kill()
+
+
+# ---------------------------------------------------------------------------------------- Flower roles
+def flower_server_main(npz: str, port: int, clients: int, rounds: int, out: str) -> None:
+    """Runs in the Flower interpreter: legacy start_server with a timed FedAvg."""
+    import flwr as fl
+    from flwr.common import ndarrays_to_parameters
+
+    with np.load(npz) as z:
+        arrays = [z[k] for k in sorted(z.files, key=lambda s: int(s.split("_")[1]))]
+
+    class TimedFedAvg(fl.server.strategy.FedAvg):
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.t0: dict[int, float] = {}
+            self.t1: dict[int, float] = {}
+            self.nbytes: dict[int, int] = {}
+
+        def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
+            out = super().configure_fit(server_round, parameters, client_manager)  # waits for N clients
+            self.t0[server_round] = time.time()
+            self.nbytes[server_round] = sum(len(t) for t in parameters.tensors) * len(out)
+            return out
+
+        def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
+            agg = super().aggregate_fit(server_round, results, failures)
+            self.t1[server_round] = time.time()
+            self.nbytes[server_round] += sum(sum(len(t) for t in r.parameters.tensors) for _, r in results)
+            if failures:
+                raise RuntimeError(f"round {server_round}: {len(failures)} failure(s)")
+            return agg
+
+    strategy = TimedFedAvg(
+        fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=clients, min_evaluate_clients=0,
+        min_available_clients=clients, initial_parameters=ndarrays_to_parameters(arrays),
+    )
+    fl.server.start_server(
+        server_address=f"127.0.0.1:{port}", config=fl.server.ServerConfig(num_rounds=rounds), strategy=strategy,
+    )
+    Path(out).write_text(json.dumps({
+        "round_s": [strategy.t1[r] - strategy.t0[r] for r in sorted(strategy.t1)],
+        "bytes_per_round": [strategy.nbytes[r] for r in sorted(strategy.t1)],
+        "peak_rss_mb": peak_rss_mb(),
+        "flwr": fl.__version__,
+    }))
+
+
+def flower_client_main(port: int, seed: int) -> None:
+    """Runs in the Flower interpreter: a NumPyClient that returns the global model, perturbed."""
+    import flwr as fl
+
+    class Echo(fl.client.NumPyClient):
+        def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+            rng = np.random.default_rng(seed * 1000 + int(config.get("server_round", 0)))
+            out = [
+                p + (PERTURB * rng.standard_normal(p.shape, dtype=np.float32)).astype(p.dtype)
+                if p.dtype.kind == "f" else p
+                for p in parameters
+            ]
+            return out, NUM_SAMPLES, {}
+
+    fl.client.start_client(server_address=f"127.0.0.1:{port}", client=Echo().to_client(), insecure=True,
+                           transport="grpc-bidi", max_retries=50, max_wait_time=120)
+
+
+def flower_python(explicit: str | None) -> str | None:
+    """An interpreter with flwr: --flower-python, FEDCORE_FLOWER_PYTHON, or this one."""
+    for candidate in (explicit, os.environ.get("FEDCORE_FLOWER_PYTHON"), sys.executable):
+        if candidate and subprocess.run([candidate, "-c", "import flwr"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def run_flower(python: str, npz: Path, clients: int, rounds: int, repeat: int, model_bytes: int) -> RunResult:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "flower.json"
+        me = str(Path(__file__).resolve())
+        env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "FLWR_LOG_LEVEL": "WARNING"}
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+        server = subprocess.Popen([python, me, "_flower_server", str(npz), str(port), str(clients), str(rounds),
+                                   str(out)], **quiet)  # type: ignore[call-overload]
+        procs = [subprocess.Popen([python, me, "_flower_client", str(port), str(1 + k + 100 * repeat)], **quiet)
+                 for k in range(clients)]  # type: ignore[call-overload]
+        try:
+            server.wait(timeout=TIMEOUT_S)
+            for p in procs:
+                p.wait(timeout=60)
+        finally:
+            for p in [server, *procs]:
+                if p.poll() is None:
+                    p.kill()
+        if not out.is_file():
+            raise RuntimeError("Flower server wrote no result")
+        res = json.loads(out.read_text())
+    return RunResult("flower-grpc", "fp32-raw", clients, repeat, res["round_s"], res["bytes_per_round"],
+                     res["peak_rss_mb"], model_bytes, {"flwr": res["flwr"]})
+
+
+# ---------------------------------------------------------------------------------------- report
+@dataclass
+class Row:
+    system: str
+    codec: str
+    clients: int
+    median_round_s: float
+    mb_per_round: float
+    peak_rss_mb: float
+    runs: int
+
+
+def summarise(results: list[RunResult]) -> list[Row]:
+    groups: dict[tuple[str, str, int], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.system, r.codec, r.clients), []).append(r)
+    rows = []
+    for (system, codec, n), rs in groups.items():
+        rows.append(Row(
+            system, codec, n,
+            statistics.median([t for r in rs for t in r.round_s]),
+            statistics.median([b for r in rs for b in r.bytes_per_round]) / 1e6,
+            statistics.median([r.peak_rss_mb for r in rs]),
+            len(rs),
+        ))
+    order = {"flower-grpc": 0, "fedcore-grpc": 1, "fedcore-rest": 2}
+    return sorted(rows, key=lambda r: (r.clients, order.get(r.system, 9), r.codec))
+
+
+def goals(rows: list[Row], model_mb: float) -> list[str]:
+    """The issue's targets, checked against this run's numbers (PASS / MISS, never hidden)."""
+    by = {(r.system, r.codec, r.clients): r for r in rows}
+    lines = []
+    ns = sorted({r.clients for r in rows})
+    for n in ns:
+        flower = by.get(("flower-grpc", "fp32-raw", n))
+        for system in ("fedcore-grpc", "fedcore-rest"):
+            for codec, target in (("fp32-raw", 0.5), ("bf16+zstd", 0.3)):
+                ours = by.get((system, codec, n))
+                if flower and ours:
+                    ratio = ours.median_round_s / flower.median_round_s
+                    verdict = "PASS" if ratio <= target else "MISS"
+                    lines.append(f"- N={n} {system} {codec} / Flower fp32: {ratio:.2f}× (goal ≤ {target}×) {verdict}")
+        for codec in CODECS:
+            g, r = by.get(("fedcore-grpc", codec, n)), by.get(("fedcore-rest", codec, n))
+            if g and r:
+                ratio = max(g.median_round_s, r.median_round_s) / min(g.median_round_s, r.median_round_s)
+                verdict = "PASS" if ratio <= 1.5 else "MISS"
+                lines.append(f"- N={n} {codec}: REST vs gRPC within {ratio:.2f}× (goal ≤ 1.5×) {verdict}")
+    if len(ns) >= 2:
+        lo, hi = ns[0], ns[-1]
+        for system in ("fedcore-grpc", "fedcore-rest", "flower-grpc"):
+            for codec in CODECS:
+                a, b = by.get((system, codec, lo)), by.get((system, codec, hi))
+                if a and b:
+                    growth = b.peak_rss_mb - a.peak_rss_mb
+                    verdict = "PASS" if growth <= model_mb else "MISS"
+                    goal = f"goal ≤ one model copy, {model_mb:.0f} MB" if system != "flower-grpc" else "reference"
+                    lines.append(f"- {system} {codec}: server peak RSS N={lo}→{hi} grows {growth:+.0f} MB ({goal})"
+                                 + (f" {verdict}" if system != "flower-grpc" else ""))
+    return lines
+
+
+def write_report(rows: list[Row], results: list[RunResult], meta: dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_mb = meta["model_bytes"] / 1e6
+    flower = {r.clients: r for r in rows if r.system == "flower-grpc"}
+    lines = [
+        "# Transport cost per round (no training)",
+        "",
+        f"Machine: {meta['machine']}.",
+        f"Versions: {meta['versions']}.",
+        f"Model: {meta['model']} ({meta['params']:,} values, {model_mb:.1f} MB as fp32); "
+        f"{meta['rounds']} round(s) × {meta['repeats']} repeat(s) per configuration; fedcore clients as {meta['client_mode']} workers"
+        " (Flower clients: processes)"
+        " on the same machine (loopback). Round time = round started → update aggregated and next global encoded"
+        " (median over all rounds of all repeats); MB/round = parameter payload bytes down + up"
+        " (application bytes; framing adds < 1 %); peak RSS = the server process's VmHWM (median over repeats),"
+        f" every server run with {' '.join(f'{k}={v}' for k, v in meta['malloc_env'].items())}.",
+        "",
+        "| system | codec | N | median round (s) | MB / round | server peak RSS (MB) | × Flower fp32 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = f"{r.median_round_s / flower[r.clients].median_round_s:.2f}" if r.clients in flower else "–"
+        lines.append(f"| {r.system} | {r.codec} | {r.clients} | {r.median_round_s:.3f} | {r.mb_per_round:.1f} | "
+                     f"{r.peak_rss_mb:.0f} | {ratio} |")
+    lines += ["", "## Goals", "", *(goals(rows, model_mb) or ["- (needs Flower and both N for the comparisons)"])]
+    if meta.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {n}" for n in meta["notes"]]]
+    lines += ["", f"Command: `{meta['command']}`", ""]
+    md = out_dir / "transport_bench.md"
+    md.write_text("\n".join(lines))
+    (out_dir / "transport_bench.json").write_text(json.dumps(
+        {"meta": meta, "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in results]}, indent=1))
+    _plot(rows, meta, out_dir / "transport_bench.png")
+    return md
+
+
+def _plot(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = sorted({(r.system, r.codec) for r in rows}, key=lambda s: (s[0] != "flower-grpc", s))
+    ns = sorted({r.clients for r in rows})
+    by = {(r.system, r.codec, r.clients): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(len(series), 1)
+    for ax, attr, label in ((axes[0], "median_round_s", "median round time (s)"),
+                            (axes[1], "peak_rss_mb", "server peak RSS (MB)")):
+        for i, (system, codec) in enumerate(series):
+            xs = [j + i * width for j, n in enumerate(ns) if (system, codec, n) in by]
+            ys = [getattr(by[(system, codec, n)], attr) for n in ns if (system, codec, n) in by]
+            ax.bar(xs, ys, width, label=f"{system} {codec}")
+        ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(ns))], [f"N={n}" for n in ns])
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Transport cost per round, {meta['model']} (no training)\n{meta['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- main
+def _flower_version(flower: str | None) -> str:
+    if not flower:
+        return ""
+    out = subprocess.run([flower, "-c", "import flwr; print(flwr.__version__)"], capture_output=True, text=True)
+    return f", flwr {out.stdout.strip()}" + (" (separate venv)" if flower != sys.executable else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("FEDCORE_LOG_LEVEL", "WARNING")  # before fedcore's logger reads it (children inherit)
+    # Server processes of every system (Flower's too) run with this glibc tuning, the recommended
+    # deployment setting: buffers >= 4 MiB are mmapped and so returned to the OS when freed, and
+    # few malloc arenas, so peak RSS reflects live data rather than per-thread heap fragmentation.
+    for key, value in MALLOC_ENV.items():
+        os.environ.setdefault(key, value)
+    if argv and argv[0] == "_flower_server":
+        flower_server_main(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), argv[5])
+        return 0
+    if argv and argv[0] == "_flower_client":
+        flower_client_main(int(argv[1]), int(argv[2]))
+        return 0
+
+    p = argparse.ArgumentParser(description="gRPC vs REST (vs Flower) cost per round, no training")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny model, N=2, 1 round, 1 repeat, no Flower")
+    p.add_argument("--model", default=None, help="fedcore.models name (default resnet18; quick: digits_mlp)")
+    p.add_argument("--clients", type=int, nargs="+", default=None)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--transports", nargs="+", default=["grpc", "rest"])
+    p.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
+    p.add_argument("--client-mode", choices=["process", "thread"], default=None)
+    p.add_argument("--flower", choices=["auto", "off"], default=None)
+    p.add_argument("--flower-python", default=None, help="interpreter that has flwr (default: FEDCORE_FLOWER_PYTHON)")
+    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
+    a = p.parse_args(argv)
+    q = a.quick
+    model = a.model or ("digits_mlp" if q else "resnet18")
+    ns = a.clients or ([2] if q else [2, 5])
+    rounds = a.rounds or (1 if q else 5)
+    repeats = a.repeats or (1 if q else 3)
+    client_mode = a.client_mode or "process"
+    want_flower = (a.flower or ("off" if q else "auto")) == "auto"
+
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(
+        ["torch", "fedcore.models", "fedcore.federation", "fedcore.wire", "transports.grpc", "transports.rest"]
+    )
+    notes: list[str] = []
+    flower = flower_python(a.flower_python) if want_flower else None
+    if want_flower and flower is None:
+        notes.append("Flower not run: no interpreter with flwr (pass --flower-python or set FEDCORE_FLOWER_PYTHON).")
+
+    results: list[RunResult] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "model.npz"
+        parent, child = ctx.Pipe()
+        helper = ctx.Process(target=describe_model, args=(model, str(npz) if flower else None, child))
+        helper.start()
+        if not parent.poll(300):
+            raise RuntimeError("could not build the model")
+        info = parent.recv()
+        helper.join(timeout=30)
+        params, model_bytes = info["params"], info["model_bytes"]
+        missing = [c for c in a.codecs if CODECS[c]["codec"] not in info["codecs"]]
+        if missing:
+            raise SystemExit(f"codecs not available: {missing}")
+        for repeat in range(repeats):
+            for n in ns:
+                if flower:
+                    results.append(run_flower(flower, npz, n, rounds, repeat, model_bytes))
+                    print(_line(results[-1]), flush=True)
+                for transport in a.transports:
+                    for codec in a.codecs:
+                        results.append(run_fedcore(ctx, transport, model, codec, n, rounds, repeat, client_mode,
+                                                   model_bytes))
+                        print(_line(results[-1]), flush=True)
+
+    meta = {
+        "machine": machine(), "versions": info["versions"] + _flower_version(flower), "model": model, "params": params,
+        "model_bytes": model_bytes, "rounds": rounds, "repeats": repeats, "clients": ns,
+        "client_mode": client_mode, "notes": notes,
+        "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
+        "command": "python experiments/transport_bench.py " + " ".join(argv),
+    }
+    rows = summarise(results)
+    md = write_report(rows, results, meta, a.out)
+    print(md.read_text())
+    return 0
+
+
+def _line(r: RunResult) -> str:
+    return (f"{r.system:13s} {r.codec:9s} N={r.clients} rep={r.repeat}: round "
+            f"{statistics.median(r.round_s):.3f}s, {statistics.median(r.bytes_per_round) / 1e6:.1f} MB, "
+            f"peak RSS {r.peak_rss_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
