@@ -376,3 +376,27 @@ def test_concurrent_updates_are_bounded() -> None:
             c.close()
     finally:
         server.stop(grace_s=0.2)
+
+
+class _StuckFederation(_BigFederation):
+    def __init__(self) -> None:
+        super().__init__(b"", max_payload_bytes=1)
+
+    def status(self) -> dict[str, object]:
+        time.sleep(1.5)
+        return {}
+
+
+def test_every_call_has_a_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that does not answer in time gives a TransportError, never a hang."""
+    monkeypatch.setattr("transports.grpc.client.RPC_TIMEOUT_S", 0.3)
+    server = GrpcServerTransport(_StuckFederation(), Settings(grpc_port=0))  # type: ignore[arg-type]
+    server.start()
+    try:
+        with GrpcClientTransport(server.address, Settings(grpc_port=server.port)) as c:
+            t0 = time.monotonic()
+            with pytest.raises(TransportError, match="DEADLINE_EXCEEDED"):
+                c.status()
+            assert time.monotonic() - t0 < 1.5
+    finally:
+        server.stop(grace_s=0.2)

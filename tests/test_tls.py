@@ -11,7 +11,7 @@ from fedcore.config import Settings
 from fedcore.errors import TransportError
 from fedcore.federation import Federation
 from fedcore.states import Action, ClientState
-from tests.tls_util import make_ca, make_ca_and_server_cert
+from tls_util import make_ca, make_ca_and_server_cert
 from transports.grpc import GrpcClientTransport, GrpcServerTransport
 
 WIRE = {"dtype": "fp32", "codec": "none"}
