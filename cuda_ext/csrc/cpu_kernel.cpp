@@ -11,88 +11,112 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu_kernel.h"
 
 namespace fedcore {
 namespace {
 
-// Clones for AVX-512 / AVX2 / baseline chosen at load time (GCC ifunc); the loops below
-// are written so that GCC auto-vectorises them (no branches, no calls, int tricks for 2^n).
+// Clones for AVX-512 / AVX2 / baseline chosen at load time (GCC ifunc).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#pragma GCC diagnostic ignored "-Wpsabi"
 #else
 #define FC_CLONES
 #endif
 
-// exp(v) for v <= 0 (Cephes-style: 2^n * poly(r)), ~2 ulp; clamps below -87.
-static inline float exp_nonpos(float v) {
-  v = v < -87.0f ? -87.0f : v;
-  float fx = v * 1.44269504088896341f + 0.5f;
-  int n = static_cast<int>(fx);
-  n -= (fx < static_cast<float>(n)) ? 1 : 0;  // floor
-  const float fn = static_cast<float>(n);
-  float r = v - fn * 0.693359375f;
-  r = r + fn * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+// Row softmax kernels on GCC vector extensions: branch-free SIMD that the compiler lowers
+// to SSE / AVX2 / AVX-512 per target clone (auto-vectorisation of the exp loop failed: GCC
+// turned the clamp and floor into branches).
+typedef float fc_v8f __attribute__((vector_size(32)));
+typedef int32_t fc_v8i __attribute__((vector_size(32)));
+
+__attribute__((always_inline)) static inline fc_v8f fc_load8(const float* p) {
+  fc_v8f v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+__attribute__((always_inline)) static inline void fc_store8(float* p, fc_v8f v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// exp(v) for v <= 0, Cephes-style 2^n * poly(r) (~2 ulp); clamps below -87.
+__attribute__((always_inline)) static inline fc_v8f fc_exp8(fc_v8f v) {
+  const fc_v8f lo = fc_v8f{} - 87.0f;
+  v = v > lo ? v : lo;
+  const fc_v8f fx = v * 1.44269504088896341f + 0.5f;
+  fc_v8f fn = __builtin_convertvector(__builtin_convertvector(fx, fc_v8i), fc_v8f);
+  fn = fn > fx ? fn - 1.0f : fn;  // floor
+  const fc_v8f r = v - fn * 0.693359375f + fn * 2.12194440e-4f;
+  fc_v8f p = fc_v8f{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  int32_t bits = (n + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  const fc_v8i bits = (__builtin_convertvector(fn, fc_v8i) + 127) << 23;
+  return p * __builtin_bit_cast(fc_v8f, bits);
+}
+
+__attribute__((always_inline)) static inline float fc_hmax(fc_v8f v) {
+  float m = v[0];
+  for (int l = 1; l < 8; ++l) m = v[l] > m ? v[l] : m;
+  return m;
+}
+__attribute__((always_inline)) static inline float fc_hsum(fc_v8f v) {
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
 FC_CLONES float row_max(const float* z, int64_t n) {
-  float m[8];
-  for (int l = 0; l < 8; ++l) m[l] = -INFINITY;
+  fc_v8f m = fc_v8f{} - INFINITY;
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) m[l] = z[j + l] > m[l] ? z[j + l] : m[l];
-  float out = -INFINITY;
-  for (int l = 0; l < 8; ++l) out = m[l] > out ? m[l] : out;
+  for (; j + 8 <= n; j += 8) {
+    const fc_v8f v = fc_load8(z + j);
+    m = v > m ? v : m;
+  }
+  float out = fc_hmax(m);
   for (; j < n; ++j) out = z[j] > out ? z[j] : out;
   return out;
 }
 
-// e[j] = exp(z[j] - mx) (e may alias z); returns the sum.
-FC_CLONES float exp_sub_sum(const float* z, float* e, int64_t n, float mx) {
-  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// z[j] = exp(z[j] - mx) in place; returns the sum.
+FC_CLONES float exp_sub_sum_inplace(float* z, int64_t n, float mx) {
+  fc_v8f s = fc_v8f{};
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) {
-      const float v = exp_nonpos(z[j + l] - mx);
-      e[j + l] = v;
-      s[l] += v;
-    }
-  float out = 0.f;
-  for (int l = 0; l < 8; ++l) out += s[l];
+  for (; j + 8 <= n; j += 8) {
+    const fc_v8f e = fc_exp8(fc_load8(z + j) - mx);
+    fc_store8(z + j, e);
+    s += e;
+  }
+  float out = fc_hsum(s);
   for (; j < n; ++j) {
-    const float v = exp_nonpos(z[j] - mx);
-    e[j] = v;
-    out += v;
+    z[j] = std::exp(z[j] - mx);
+    out += z[j];
   }
   return out;
 }
 
-FC_CLONES void scale_to(const float* e, float* y, int64_t n, float inv) {
-  for (int64_t j = 0; j < n; ++j) y[j] = e[j] * inv;
+FC_CLONES void scale_inplace(float* z, int64_t n, float inv) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) fc_store8(z + j, fc_load8(z + j) * inv);
+  for (; j < n; ++j) z[j] *= inv;
 }
 
 void scale_to(const float* e, c10::BFloat16* y, int64_t n, float inv) {
   for (int64_t j = 0; j < n; ++j) y[j] = c10::BFloat16(e[j] * inv);
 }
 
-// Softmax of one row of fp32 logits z (overwritten with exp) into y.
+// Softmax of one row of fp32 logits z (overwritten with exp) into y; y may be z.
 template <typename OutT>
 void softmax_row(float* z, OutT* y, int64_t n) {
   const float mx = row_max(z, n);
-  const float s = exp_sub_sum(z, z, n, mx);
-  scale_to(z, y, n, 1.0f / s);
+  const float inv = 1.0f / exp_sub_sum_inplace(z, n, mx);
+  if constexpr (std::is_same_v<OutT, float>) {
+    scale_inplace(z, n, inv);
+    if (y != z) std::memcpy(y, z, n * sizeof(float));
+  } else {
+    scale_to(z, y, n, inv);
+  }
 }
 
 void softmax_row(double* z, double* y, int64_t n) {
@@ -108,8 +132,9 @@ void softmax_row(double* z, double* y, int64_t n) {
 }
 
 int64_t auto_block_rows(int64_t rows, int64_t cols, int64_t elem) {
-  // ~512 KiB of logits per block (L2-resident), at least one block per thread.
-  const int64_t target = std::max<int64_t>(16, (512 << 10) / std::max<int64_t>(1, cols * elem));
+  // ~8 MiB of logits per block, 256..1024 rows: MKL re-packs all of w on every call, so
+  // small blocks waste time (measured); at least one block per thread.
+  const int64_t target = std::clamp<int64_t>((8 << 20) / std::max<int64_t>(1, cols * elem), 256, 1024);
   const int64_t per_thread = (rows + at::get_num_threads() - 1) / at::get_num_threads();
   return std::max<int64_t>(1, std::min(target, per_thread));
 }
