@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--client-split", default="table", choices=["table", "811"],
                    help="table: val/test = floor(train/10) from the test set (Tables 5-6); 811: split each share 8:1:1")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate (0.1 x batch/128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--transport", default="rest", choices=["rest", "grpc"])
     p.add_argument("--dtype", default="bf16", help="wire dtype of parameters (fp32 | bf16 | fp16)")
@@ -300,6 +300,9 @@ def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_pat
     logs = folder / "logs"
     logs.mkdir(exist_ok=True)
     with FederationServer(fed, settings) as srv:
+        # Set the target before any client is ready, so a resumed checkpoint's own autorun target
+        # cannot start a round first and shift it: rounds run up to exactly cfg.rounds.
+        fed.start_autorun(cfg.rounds - fed.round)
         try:
             for k in range(n):
                 with open(logs / f"client_{k + 1}.log", "ab") as log:
@@ -312,7 +315,6 @@ def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_pat
                 if time.monotonic() > end:
                     raise TimeoutError(f"{key}: only {fed.status()['ready']} of {n} clients became ready")
                 time.sleep(0.2)
-            fed.start_autorun(cfg.rounds - fed.round)
             end = time.monotonic() + round_timeout * (cfg.rounds - fed.round)
             while fed.round < cfg.rounds:
                 fed.wait_for_round(fed.round + 1, timeout_s=1.0)
@@ -322,8 +324,14 @@ def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_pat
                 if time.monotonic() > end:
                     raise TimeoutError(f"{key}: rounds did not finish in time")
             flush_rows()
+        except BaseException:
+            for p in procs:  # interrupted or failed: no grace period, stop the clients now
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            raise
         finally:
             _stop_procs(procs)
+            flush_rows()
     return time.monotonic() - start
 
 
@@ -356,9 +364,39 @@ def _fmt(x: float | None, nd: int = 3) -> str:
     return "—" if x is None else f"{x:.{nd}f}"
 
 
-def write_report(out: Path, tag: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
-    from fedcore.plots import plot_accuracy
+def plot_rounds(series: dict[int, list[dict[str, Any]]], cent_hist: list[tuple[int, float]], cent_best: float | None,
+                path: Path, *, title: str, epochs: int = 1) -> Path:
+    """Figs 7-8 style: one line per client count; centralised dashed (its best as a line, and its
+    per-epoch curve, drawn against rounds of the same number of epochs)."""
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for n in sorted(series):
+        pts = [(h["round"], h["accuracy"]) for h in series[n]]
+        ax.plot(*zip(*pts), marker="o", markersize=4, label=f"{n} clients")
+    if cent_hist:
+        ax.plot([e / epochs for e, _ in cent_hist], [a for _, a in cent_hist], linestyle=":", color="grey",
+                label="centralised, per epoch")
+    if cent_best is not None:
+        ax.axhline(cent_best, linestyle="--", color="black", label=f"centralised best ({cent_best:.3f})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel("global model accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, tag: str, meta: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
     cfg = meta["config"]
     s = summarise(rows, cfg["rounds"])
     cent = s["centralised"]["best"]
@@ -366,14 +404,14 @@ def write_report(out: Path, tag: str, meta: dict[str, Any], rows: list[dict[str,
                                         ", random class mix") if cfg["noniid"] == "paper"
                     else f"Dirichlet(alpha={cfg['alpha']})")
     figs = {}
-    for split, fig, title in (("iid", "fig7_iid", "IID"), ("noniid", "fig8_noniid", f"non-IID ({noniid_label})")):
-        series = {f"{v['clients']} clients": v["history"] for k, v in sorted(s.items(), key=lambda kv: str(kv[0]))
-                  if k != "centralised" and v["split"] == split}
+    cent_hist = [(r["round"], r["accuracy"]) for r in sorted(rows, key=lambda r: r["round"])
+                 if r["setting"] == "centralised"]
+    for split, fig, title in (("iid", "fig7_iid", "IID"), ("noniid", "fig8_noniid", "non-IID")):
+        series = {v["clients"]: v["history"] for k, v in s.items() if k != "centralised" and v["split"] == split}
         if series:
             name = f"{tag}_{fig}.png"
-            plot_accuracy(dict(sorted(series.items(), key=lambda kv: int(kv[0].split()[0]))), out / name,
-                          title=f"{title}: global accuracy per round ({cfg['model']})", baseline=cent,
-                          baseline_label=f"centralised best ({_fmt(cent)})")
+            plot_rounds(series, cent_hist, cent, out / name, title=f"{title}: global model accuracy per round "
+                        f"({cfg['model']}, CIFAR-10)", epochs=cfg["epochs"])
             figs[split] = name
 
     m = meta["machine"]
@@ -428,7 +466,7 @@ def write_report(out: Path, tag: str, meta: dict[str, Any], rows: list[dict[str,
     L.append("## Set-up\n")
     fr = cfg["fraction"]
     L.append(f"- Data: CIFAR-10 (JPEG q75 copy), {meta.get('data_dir', '')}. Training images in play: "
-             f"{int(50000 * fr):,} ({fr:.0%} of 50,000, a fixed random subset; every per-client count of the paper's "
+             f"{int(50000 * fr):,} ({fr:.1%} of 50,000, a fixed random subset; every per-client count of the paper's "
              f"Tables 5–6 scaled by {fr}). Server evaluation: "
              + ("all 10,000 test images." if cfg["eval_size"] >= 10000 else
                 f"a fixed random subset of {cfg['eval_size']:,} of the 10,000 test images.")
@@ -465,8 +503,26 @@ def write_report(out: Path, tag: str, meta: dict[str, Any], rows: list[dict[str,
 
 
 # -------------------------------------------------------------------------------------- main
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    previous = {}
+    try:  # SIGTERM (and SIGINT, even under nohup) stop cleanly: client processes ended, checkpoint kept
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _interrupt)
+    except ValueError:  # not the main thread (embedded use): leave the handlers alone
+        pass
+    try:
+        return _main(args, argv)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -518,14 +574,36 @@ def main(argv: list[str] | None = None) -> int:
         meta_path.write_text(json.dumps(meta, indent=1))
         write_report(out, args.tag, meta, read_rows(csv_path))
 
+    try:
+        _run_grid(args, cfg, meta, csv_path, work, data_dir, splits, counts, save_meta)
+    except KeyboardInterrupt:
+        save_meta()
+        print("interrupted: finished rounds are in the CSV; run the same command again to resume", flush=True)
+        return 130
+    s = summarise(read_rows(csv_path), cfg.rounds)
+    print(f"centralised best {_fmt(s['centralised']['best'])}", flush=True)
+    for k, v in s.items():
+        if k != "centralised":
+            print(f"  {k}: best {v['best']:.4f} (round {v['best_round']}), gap {_fmt(v['gap'])}")
+    print(f"report: {out / (args.tag + '.md')}")
+    return 0
+
+
+def _run_grid(args: argparse.Namespace, cfg: Config, meta: dict[str, Any], csv_path: Path, work: Path,
+              data_dir: str | None, splits: list[str], counts: list[int], save_meta: Any) -> None:
+    from experiments.partitions import client_splits
+
+    rows = read_rows(csv_path)
     grid_start = time.monotonic()
     if not args.no_centralised:
         done = sum(1 for r in rows if r["setting"] == "centralised")
         if done < cfg.rounds * cfg.epochs:
             t0 = time.monotonic()
-            run_centralised(cfg, data_dir, csv_path, work, done)
-            meta["wall_s"]["centralised"] = meta["wall_s"].get("centralised", 0.0) + time.monotonic() - t0
-            save_meta()
+            try:
+                run_centralised(cfg, data_dir, csv_path, work, done)
+            finally:
+                meta["wall_s"]["centralised"] = meta["wall_s"].get("centralised", 0.0) + time.monotonic() - t0
+                save_meta()
     for split in splits:
         for n in counts:
             key = setting_key(split, n)
@@ -535,18 +613,14 @@ def main(argv: list[str] | None = None) -> int:
             if have >= cfg.rounds:
                 print(f"[{key}] done earlier ({have} rounds in {csv_path.name}); skipped", flush=True)
                 continue
-            wall = run_federated(cfg, split, n, data_dir, csv_path, work, have, args.client_val, args.round_timeout)
-            meta["wall_s"][key] = meta["wall_s"].get(key, 0.0) + wall
-            save_meta()
+            t0 = time.monotonic()
+            try:
+                run_federated(cfg, split, n, data_dir, csv_path, work, have, args.client_val, args.round_timeout)
+            finally:  # an interrupted setting's time counts too (it resumes from its checkpoint)
+                meta["wall_s"][key] = meta["wall_s"].get(key, 0.0) + time.monotonic() - t0
+                save_meta()
     save_meta()
-    s = summarise(read_rows(csv_path), cfg.rounds)
-    print(f"grid done in {(time.monotonic() - grid_start) / 60:.1f} min (this run); centralised best "
-          f"{_fmt(s['centralised']['best'])}", flush=True)
-    for k, v in s.items():
-        if k != "centralised":
-            print(f"  {k}: best {v['best']:.4f} (round {v['best_round']}), gap {_fmt(v['gap'])}")
-    print(f"report: {out / (args.tag + '.md')}")
-    return 0
+    print(f"grid done in {(time.monotonic() - grid_start) / 60:.1f} min (this run)", flush=True)
 
 
 if __name__ == "__main__":
