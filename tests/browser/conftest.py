@@ -96,7 +96,7 @@ def shot(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[Any, str],
 
     def take(page: Any, name: str) -> Path:
         path = tmp_path / f"{request.node.name}-{name}.png"
-        page.screenshot(path=str(path), full_page=True)
+        page.screenshot(path=str(path), full_page=True, animations="disabled")
         print(f"screenshot: {path}")
         return path
 

@@ -5,9 +5,13 @@ scripted in this thread through the Federation API (register, signal, train on t
 submit), so the test decides exactly when each one trains, leaves or joins, and the page must show
 each step live. Their ``rest``/``grpc`` labels are display-only here; real client processes on both
 transports are in test_dashboard_e2e.py.
+
+`FEDCORE_DASHBOARD_PNG=docs/dashboard.png pytest tests/browser/test_dashboard_scenario.py` also
+writes the README's screenshot (mid-run: round 2 in progress, one client left).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +139,8 @@ def test_paper_figures_4_to_6(browser: Any, scenario: Any, shot: Any) -> None:
     dash.expect_num_clients(4)
     expect(dash.tid("activity")).to_contain_text("client_3: training → left")
     shot(page, "fig5-dropout-mid-round")
+    if os.environ.get("FEDCORE_DASHBOARD_PNG"):  # the README's picture: round 2 running, client_3 gone
+        page.screenshot(path=os.environ["FEDCORE_DASHBOARD_PNG"], full_page=True, animations="disabled")
     for c in (clients[3], clients[4]):
         c.train_and_submit(2)
     dash.expect_rounds_done(2)
@@ -181,5 +187,31 @@ def test_paper_figures_4_to_6(browser: Any, scenario: Any, shot: Any) -> None:
     dash.expect_num_clients(4)
     expect(late_row.get_by_test_id("btn-disconnect")).to_be_disabled()
     shot(page, "after-disconnect")
+    watch.assert_clean()
+    page.context.close()
+
+
+def test_polling_fallback_and_names_shown_as_text(browser: Any, scenario: Any, shot: Any) -> None:
+    """With /events blocked the page polls and stays current; a client's name is never markup."""
+    srv, shares = scenario
+    fed: Federation = srv.federation
+    page, watch = new_page(browser)
+    page.route("**/events*", lambda route: route.abort())
+    dash = Dashboard(page, srv.transports["rest"].url)
+    page.goto(dash.url)
+    expect(dash.tid("connection")).to_have_attribute("data-conn", "polling")
+    evil = '<img id="xss" src="x" onerror="window.pwned=1">'
+    ScriptedClient(fed, evil, "rest", shares[0]).join()
+    ScriptedClient(fed, "client_2", "grpc", shares[1]).join()
+    dash.expect_num_clients(2)
+    expect(dash.rows.filter(has_text="onerror").get_by_test_id("client-name")).to_have_text(evil)
+    expect(page.locator("#xss")).to_have_count(0)
+    fed.start_autorun(1)  # started on the server side: the page learns it by polling
+    expect(dash.tid("status-current-round")).to_have_text("1")
+    expect(dash.row("client_2")).to_have_attribute("data-waiting", "false")  # selected, not waiting
+    shot(page, "polling")
+    assert page.evaluate("window.pwned") is None
+    # the network errors of the blocked stream are expected here; nothing else may fail
+    watch.errors = [e for e in watch.errors if "ERR_FAILED" not in e and "events" not in e]
     watch.assert_clean()
     page.context.close()

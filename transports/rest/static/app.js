@@ -68,7 +68,9 @@ function activeClients() { return [...model.clients.values()].filter((c) => c.st
 function isSelected(c) {
   const cur = model.status.current_round;
   if (model.selected) return model.selected.has(c.name);
-  return ["training", "update"].includes(c.state) || (Array.isArray(c.rounds) && c.rounds.includes(cur));
+  // Selection unknown (page opened mid-round, or polling): only a client that has not even reached
+  // "ready" is surely not in the round; a ready one may be selected and about to be told to train.
+  return c.state !== "join" || (Array.isArray(c.rounds) && c.rounds.includes(cur));
 }
 
 // A client that is ready (or just joined / finished) while a round it is not part of runs: it
@@ -240,11 +242,15 @@ function renderHistory() {
 function renderAll() { renderStatus(); renderClients(); renderHistory(); }
 
 // ------------------------------------------------------------------ applying server data
-function setClients(rows, { keepStates = false } = {}) {
+function setClients(rows, { keepStates = false, logChanges = false } = {}) {
   const next = new Map();
   for (const r of rows) {
     observeClock(r);
     const old = model.clients.get(r.client_id);
+    if (logChanges && !keepStates) {
+      if (!old) logActivity(`${r.name} joined over ${r.transport}`, "join");
+      else if (old.state !== r.state) logActivity(`${r.name}: ${old.state} → ${r.state}`, r.state === "left" ? "left" : "state");
+    }
     // While the stream is live it is the source of truth for states; a poll answer may be older.
     next.set(r.client_id, keepStates && old ? { ...r, state: old.state } : r);
   }
@@ -326,6 +332,7 @@ function scheduleStatusRefresh() {
       const s = await getJSON("status");
       model.status = { ...model.status, ...s };
       if (!s.round_open) model.selected = null;
+      else if (Array.isArray(s.selected_clients)) model.selected = new Set(s.selected_clients);
       renderStatus();
       renderClients();
     } catch { /* the next event or poll fixes it */ }
@@ -335,10 +342,13 @@ function scheduleStatusRefresh() {
 async function pollOnce({ unlessSnapshot = false } = {}) {
   const [s, cl, h] = await Promise.all([getJSON("status"), getJSON("clients"), getJSON("history")]);
   if (unlessSnapshot && model.gotSnapshot) return;
+  const first = !model.polled && !model.gotSnapshot;
+  model.polled = true;
+  if (s.round > (model.status.round ?? 0) && !first) logActivity(`round ${s.round} finished: accuracy ${pct(s.accuracy)}`, "round");
   model.status = s;
   if (!s.round_open) model.selected = null;
   else if (Array.isArray(s.selected_clients)) model.selected = new Set(s.selected_clients);
-  setClients(cl);
+  setClients(cl, { logChanges: !first });
   model.history = h.slice().sort((a, b) => a.round - b.round);
   renderAll();
 }

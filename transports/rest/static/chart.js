@@ -116,7 +116,7 @@ export function drawBytes(host, history) {
   const { x, slots } = xAxis(svg, n);
   const top = Math.max(0, ...rows.flatMap((h) => [h.bytes_in || 0, h.bytes_out || 0]));
   const unit = 1024 ** Math.max(0, Math.min(3, Math.floor(Math.log(Math.max(top, 1)) / Math.log(1024))));
-  const max = niceMax(top / unit) * unit;  // round numbers in KiB / MiB, not in bytes
+  const max = top > 0 ? niceMax(top / unit) * unit : 1024;  // round numbers in KiB / MiB, not in bytes
   const y = yGrid(svg, max, formatBytes);
   const bw = Math.max(3, Math.min(18, (W - M.left - M.right) / slots / 3));
   for (const h of rows) {
