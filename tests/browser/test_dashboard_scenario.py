@@ -86,6 +86,14 @@ def scenario() -> Iterator[tuple[FederationServer, list[DataSplits]]]:
     srv.stop()
 
 
+@pytest.fixture
+def page_watch(browser: Any, scenario: Any) -> Iterator[tuple[Any, Any]]:
+    """A fresh page; closed (with its event stream) before the server stops, pass or fail."""
+    page, watch = new_page(browser)
+    yield page, watch
+    page.context.close()
+
+
 def _round(dash: Dashboard, clients: list[ScriptedClient], rnd: int) -> None:
     """Every client polls; those selected for ``rnd`` must be told to train it."""
     for c in clients:
@@ -94,10 +102,10 @@ def _round(dash: Dashboard, clients: list[ScriptedClient], rnd: int) -> None:
         dash.expect_state(c.name, "training")
 
 
-def test_paper_figures_4_to_6(browser: Any, scenario: Any, shot: Any) -> None:
+def test_paper_figures_4_to_6(page_watch: Any, scenario: Any, shot: Any) -> None:
     srv, shares = scenario
     fed: Federation = srv.federation
-    page, watch = new_page(browser)
+    page, watch = page_watch
     dash = Dashboard(page, srv.transports["rest"].url).open()
     expect(dash.tid("clients-empty")).to_be_visible()
 
@@ -188,14 +196,13 @@ def test_paper_figures_4_to_6(browser: Any, scenario: Any, shot: Any) -> None:
     expect(late_row.get_by_test_id("btn-disconnect")).to_be_disabled()
     shot(page, "after-disconnect")
     watch.assert_clean()
-    page.context.close()
 
 
-def test_polling_fallback_and_names_shown_as_text(browser: Any, scenario: Any, shot: Any) -> None:
+def test_polling_fallback_and_names_shown_as_text(page_watch: Any, scenario: Any, shot: Any) -> None:
     """With /events blocked the page polls and stays current; a client's name is never markup."""
     srv, shares = scenario
     fed: Federation = srv.federation
-    page, watch = new_page(browser)
+    page, watch = page_watch
     page.route("**/events*", lambda route: route.abort())
     dash = Dashboard(page, srv.transports["rest"].url)
     page.goto(dash.url)
@@ -214,4 +221,3 @@ def test_polling_fallback_and_names_shown_as_text(browser: Any, scenario: Any, s
     # the network errors of the blocked stream are expected here; nothing else may fail
     watch.errors = [e for e in watch.errors if "ERR_FAILED" not in e and "events" not in e]
     watch.assert_clean()
-    page.context.close()

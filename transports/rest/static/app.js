@@ -34,6 +34,10 @@ const pct = (v) => (typeof v === "number" ? `${(v * 100).toFixed(2)}%` : "–");
 function observeClock(row) {
   if (typeof row.last_seen === "number") model.offset = Math.max(model.offset, row.last_seen - perfNow());
 }
+// If the server says what its clock reads (status.clock), that is exact.
+function observeServerClock(s) {
+  if (s && typeof s.clock === "number") model.offset = Math.max(model.offset, s.clock - perfNow());
+}
 function ago(serverTime) {
   if (typeof serverTime !== "number" || !Number.isFinite(model.offset)) return "–";
   const s = Math.max(0, perfNow() + model.offset - serverTime);
@@ -82,6 +86,7 @@ function isWaiting(c) {
 // ------------------------------------------------------------------ rendering
 function renderStatus() {
   const s = model.status;
+  observeServerClock(s);
   const on = Boolean(s.autorun);
   const badge = $("st-autorun");
   text(badge, on ? "on" : "off");
