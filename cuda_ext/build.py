@@ -123,7 +123,7 @@ def get_extensions() -> tuple[list, dict]:
     gen = _write_build_info(mode, archs)
     sources = [str(p.relative_to(ROOT)) for p in source_files()
                if p.suffix == ".cpp" and (use_cuda or p.name != "cuda_pipeline.cpp")]
-    cxx = ["-O3", "-fopenmp", "-include", str(gen / "build_info.h")]
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-include", str(gen / "build_info.h")]
     kwargs = dict(name=EXT_NAME, include_dirs=[str(CSRC), str(gen)],
                   extra_link_args=["-fopenmp"])
     if use_cuda:
