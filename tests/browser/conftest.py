@@ -73,6 +73,8 @@ class PageWatch:
     def __init__(self, page: Any) -> None:
         self.page = page
         self.errors: list[str] = []
+        self.urls: list[str] = []
+        page.on("request", lambda req: self.urls.append(req.url))
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
         page.on("console", lambda msg: msg.type == "error" and self.errors.append(f"console: {msg.text}"))
 
@@ -81,6 +83,9 @@ class PageWatch:
         # that is the expected answer, not a page bug.
         real = [e for e in self.errors if "status of 401" not in e and "status of 403" not in e]
         assert not real, "JavaScript errors on the dashboard:\n" + "\n".join(real)
+        # Offline: every asset and call goes to the fedcore server itself (no CDN, no third party).
+        hosts = {u.split("/")[2] for u in self.urls if u.startswith(("http://", "https://"))}
+        assert len(hosts) <= 1 and all(h.startswith(("127.0.0.1:", "localhost:")) for h in hosts), hosts
 
 
 def new_page(browser: Any) -> tuple[Any, PageWatch]:
