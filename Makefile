@@ -16,10 +16,12 @@ export MAX_JOBS ?= 2
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+EXT_SOURCES := $(wildcard cuda_ext/csrc/*) cuda_ext/build.py
+
+$(STAMP): pyproject.toml setup.py $(EXT_SOURCES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 ninja
 	$(BIN)/pip install -q --no-build-isolation -e '.[test]'
 	touch $(STAMP)
 
@@ -27,6 +29,7 @@ demo: $(STAMP)
 	$(BIN)/fedcore demo --clients 3 --rounds 5
 
 test: $(STAMP)
+	sh tests/browser/install_chromium.sh
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)

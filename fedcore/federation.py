@@ -65,10 +65,12 @@ class ClientRecord:
     last_seen: float = 0.0
     rounds: list[int] = field(default_factory=list)
     wanted_transport: str | None = None  # set by an admin: the client switches before its next round
+    kicked: bool = False  # removed by an admin: told to stop, never revived by its own heartbeats
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("token_hash")
+        d.pop("kicked")
         d["state"] = self.state.value
         return d
 
@@ -223,7 +225,7 @@ class Federation:
 
     def _touch(self, rec: ClientRecord) -> None:
         rec.last_seen = self._clock()
-        if rec.state is ClientState.LEFT:
+        if rec.state is ClientState.LEFT and not rec.kicked:
             rec.state = ClientState.JOIN
             self._emit("client", rec.public())
 
@@ -280,6 +282,8 @@ class Federation:
         with self._cond:
             rec = self._auth(client_id, token)
             self._touch(rec)
+            if rec.kicked:
+                return Instruction(Action.STOP, self.round)
             if state is ClientState.LEFT:
                 self._leave(rec, "signalled left")
                 return Instruction(Action.STOP, self.round)
@@ -302,7 +306,7 @@ class Federation:
         return cur is not None and client_id in cur.waiting
 
     def _instruction_for(self, rec: ClientRecord) -> Instruction:
-        if self._finished:
+        if self._finished or rec.kicked:
             return Instruction(Action.STOP, self.round)
         cur = self._current
         if cur is not None and rec.client_id in cur.waiting:
@@ -378,9 +382,11 @@ class Federation:
             rec = self._clients.get(client_id)
             if rec is None:
                 raise UnknownClientError(f"unknown client {client_id!r}")
-            if not admin:
+            if admin:
+                rec.kicked = True
+            else:
                 self._auth(client_id, token)
-            self._leave(rec, "disconnected")
+            self._leave(rec, "removed by the admin" if admin else "disconnected")
 
     def _leave(self, rec: ClientRecord, why: str) -> None:
         if rec.state is ClientState.LEFT:
@@ -581,6 +587,8 @@ class Federation:
             "last_updated": self._last_updated,
             "finished": self._finished,
             "selected": len(cur.selected) if cur else 0,
+            "selected_clients": sorted(self._clients[c].name for c in cur.selected) if cur else [],
+            "clock": self._clock(),  # the clock of clients' joined_at / last_seen
             "submitted": len(cur.submitted) if cur else 0,
             "payload_bytes": len(self._payload),
             "wire": self.wire_options | {"quantize_update": self.quantize_update},
@@ -624,6 +632,10 @@ class Federation:
                 if new or left <= 0 or self._stopped.is_set():
                     return new
                 self._cond.wait(timeout=min(left, 1.0))
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
 
     @property
     def event_seq(self) -> int:

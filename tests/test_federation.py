@@ -231,3 +231,13 @@ def test_streaming_strategies() -> None:
     assert bool((out > 0).all())  # moved toward the clients' mean
     with pytest.raises(ValueError, match="unknown strategy"):
         make_strategy("nope")
+
+
+def test_admin_kick_stops_the_client_for_good() -> None:
+    fed = _fed(FakeClock())
+    a = _join(fed, "a")
+    fed.disconnect(a.client_id, None, admin=True)
+    assert fed.signal(a.client_id, a.token, ClientState.READY).action is Action.STOP
+    assert {c["name"]: c["state"] for c in fed.clients()}["a"] == "left"  # its heartbeat does not revive it
+    status = fed.status()
+    assert status["num_clients"] == 0 and status["selected_clients"] == []

@@ -31,13 +31,14 @@ from fedcore.constants import (
 from fedcore.errors import AuthError, FedcoreError, PayloadError, PayloadTooLargeError
 from fedcore.federation import Federation
 from fedcore.logger import get_logger
-from fedcore.states import ClientState
+from fedcore.states import Action, ClientState
 from fedcore.transport import ServerTransport
 from transports.rest.errors import status_for
 
 log = get_logger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_LONG_POLL_S = 30.0
+LONG_POLL_SLICE_S = 1.0
 
 
 class RegisterRequest(BaseModel):
@@ -138,9 +139,15 @@ def create_app(federation: Federation, settings: Settings | None = None) -> Fast
 
     @app.post("/client/signal", response_model=InstructionResponse, tags=["client"],
               summary="Report the client's state; long-poll for what to do next")
-    def signal(req: SignalRequest, client: Client) -> InstructionResponse:
-        instr = federation.signal(*client, req.state, wait_s=req.wait_s)
-        return InstructionResponse(action=instr.action.value, round=instr.round, config=instr.config)
+    async def signal(req: SignalRequest, request: Request, client: Client) -> InstructionResponse:
+        # The long-poll is cut into slices so a client that went away (killed) stops counting
+        # as alive at once instead of being kept fresh by its own abandoned request.
+        end = time.monotonic() + req.wait_s
+        while True:
+            part = min(max(end - time.monotonic(), 0.0), LONG_POLL_SLICE_S)
+            instr = await run_in_threadpool(federation.signal, *client, req.state, wait_s=part)
+            if instr.action is not Action.WAIT or time.monotonic() >= end or await request.is_disconnected():
+                return InstructionResponse(action=instr.action.value, round=instr.round, config=instr.config)
 
     @app.post("/client/{client_id}/transport/{transport}", tags=["control"],
               summary="Ask a client to switch transport before its next round", dependencies=[Depends(admin_auth)])
@@ -229,7 +236,7 @@ def create_app(federation: Federation, settings: Settings | None = None) -> Fast
                         "history": federation.get_history()}
             yield f"event: snapshot\ndata: {json.dumps(snapshot)}\n\n"
             seq = max(seq, federation.event_seq)
-            while not await request.is_disconnected():
+            while not federation.stopped and not await request.is_disconnected():
                 batch = await run_in_threadpool(federation.events_since, seq, 5.0)
                 if not batch:
                     yield ": keep-alive\n\n"
