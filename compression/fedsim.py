@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Update codec vs lossless: FedAvg on scikit-learn digits\n",
         f"{args.clients} IID clients, {args.rounds} rounds, {args.local_steps} local SGD steps (batch 32, lr 0.05, "
-        f"momentum 0.9), small CNN with BatchNorm, seeds {seeds}; 20 % of digits held out (360 images). Every "
+        f"momentum 0.9), small CNN with BatchNorm, seeds {seeds}; 20 % of digits held out (359 images). Every "
         "client payload goes through `fedcore.wire.encode_state` / `decode_state`; the server averages the decoded "
         f"states. Took {time.perf_counter() - t0:.0f} s.\n",
         "| variant | final acc (mean of seeds) | Δ vs lossless (points) | final acc per seed | mean acc last 3 rounds "
