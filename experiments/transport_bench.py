@@ -404,7 +404,8 @@ def write_report(rows: list[Row], results: list[RunResult], meta: dict[str, Any]
     lines = [
         "# Transport cost per round (no training)",
         "",
-        f"Machine: {meta['machine']}.",
+        f"Machine: {meta['machine']}; 1-min load average {meta['load_avg'][0]} at start, {meta['load_avg'][1]} at end"
+        " (anything above the CPU count means other work shared the machine and inflated the times).",
         f"Versions: {meta['versions']}.",
         f"Model: {meta['model']} ({meta['params']:,} values, {model_mb:.1f} MB as fp32); "
         f"{meta['rounds']} round(s) × {meta['repeats']} repeat(s) per configuration; fedcore clients as {meta['client_mode']} workers"
@@ -515,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     if want_flower and flower is None:
         notes.append("Flower not run: no interpreter with flwr (pass --flower-python or set FEDCORE_FLOWER_PYTHON).")
 
+    load_start = os.getloadavg()[0]
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "model.npz"
@@ -545,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_bytes": model_bytes, "rounds": rounds, "repeats": repeats, "clients": ns,
         "client_mode": client_mode, "notes": notes,
         "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
+        "load_avg": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "command": "python experiments/transport_bench.py " + " ".join(argv),
     }
     rows = summarise(results)
