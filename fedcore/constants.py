@@ -12,11 +12,13 @@ DEFAULT_MAX_DECODED_BYTES = 4 * 1024**3
 
 # Streaming: parameter payloads travel in chunks of this size over gRPC.
 CHUNK_BYTES = 1024 * 1024
+# Updates received (buffered + decoded) at once per transport: bounds server memory whatever N is.
+MAX_CONCURRENT_UPDATES = 2
 
 # Default parameter codec (see README, "Wire format").
 DEFAULT_DTYPE = "bfloat16"
 DEFAULT_CODEC = "zstd"
-DEFAULT_LEVEL = 1
+DEFAULT_LEVEL: int | None = None  # zstd: a preset tuned for split float planes (see compression/codecs.py)
 DEFAULT_FILTER = "auto"
 
 # Network defaults.

@@ -324,7 +324,7 @@ class Federation:
         client_id: str,
         token: str | None,
         round_number: int,
-        payload: bytes,
+        payload: bytes | bytearray | memoryview,
         num_samples: int,
         metrics: Mapping[str, float] | None = None,
     ) -> None:

@@ -56,11 +56,11 @@ class FedAvg(Strategy):
         if num_samples <= 0:
             raise ValueError("num_samples must be positive")
         for name, t in state.items():
-            weighted = t.detach().to(torch.float64) * num_samples
-            if name in self._sum:
-                self._sum[name].add_(weighted)
+            acc = self._sum.get(name)
+            if acc is None:  # the accumulator itself is the only float64 copy ever allocated
+                self._sum[name] = t.detach().to(torch.float64).mul_(num_samples)
             else:
-                self._sum[name] = weighted
+                acc.add_(t.detach(), alpha=num_samples)
         self._total += num_samples
         self.count += 1
 

@@ -5,6 +5,7 @@ Blocking federation calls run in FastAPI's thread pool (plain ``def`` routes) so
 long-poll never stalls the event loop.
 """
 
+import asyncio
 import json
 import threading
 import time
@@ -26,6 +27,7 @@ from fedcore.constants import (
     HEADER_METRICS,
     HEADER_ROUND,
     HEADER_SAMPLES,
+    MAX_CONCURRENT_UPDATES,
     PARAMS_MEDIA_TYPE,
 )
 from fedcore.errors import AuthError, FedcoreError, PayloadError, PayloadTooLargeError
@@ -81,6 +83,7 @@ def create_app(federation: Federation, settings: Settings | None = None) -> Fast
         description="Dynamic federated learning over REST (URIs of the REST paper, Table 2).",
     )
     app.state.federation = federation
+    update_slots = asyncio.Semaphore(MAX_CONCURRENT_UPDATES)
 
     @app.exception_handler(FedcoreError)
     async def _fedcore_error(_: Request, exc: FedcoreError) -> JSONResponse:
@@ -186,25 +189,27 @@ def create_app(federation: Federation, settings: Settings | None = None) -> Fast
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"body of {declared} bytes is over the {limit}-byte limit")
-        chunks: list[bytes] = []
-        size = 0
+        async with update_slots:  # at most MAX_CONCURRENT_UPDATES bodies in memory, whatever N is
+            return await _receive_update(name, request, client, x_fedcore_round, x_fedcore_samples,
+                                         x_fedcore_metrics, limit)
+
+    async def _receive_update(name: str, request: Request, client: tuple[str, str | None], round_number: int,
+                              samples: int, metrics_header: str | None, limit: int) -> dict[str, Any]:
+        body = bytearray()  # grown in place: one copy of the payload, handed to the decoder as is
         async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
+            if len(body) + len(chunk) > limit:
                 raise PayloadTooLargeError(f"body is over the {limit}-byte limit")
-            chunks.append(chunk)
+            body += chunk
         try:
-            metrics = json.loads(x_fedcore_metrics) if x_fedcore_metrics else {}
+            metrics = json.loads(metrics_header) if metrics_header else {}
             if not isinstance(metrics, dict):
                 raise ValueError("metrics must be a JSON object")
         except ValueError as exc:
             raise PayloadError(f"bad {HEADER_METRICS} header: {exc}") from exc
         if await run_in_threadpool(federation.client_name, client[0]) != name:
             raise HTTPException(status_code=403, detail="URI name does not match the client's registered name")
-        await run_in_threadpool(
-            federation.submit_update, *client, x_fedcore_round, b"".join(chunks), x_fedcore_samples, metrics
-        )
-        return {"accepted": True, "round": x_fedcore_round, "bytes": size}
+        await run_in_threadpool(federation.submit_update, *client, round_number, body, samples, metrics)
+        return {"accepted": True, "round": round_number, "bytes": len(body)}
 
     # ----------------------------------------------------------------- service extras
     @app.post("/round/step", tags=["control"], summary="Run one round now (manual control)",
