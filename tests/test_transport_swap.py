@@ -8,6 +8,7 @@ transport carries the same bytes, so it cannot change the result.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 from fedcore.client import FLClient
 from fedcore.config import Settings
 from fedcore.data import load_federated
+from fedcore.errors import AuthError, PayloadError
 from fedcore.federation import Federation
 from fedcore.models import build_model
 from fedcore.transport import get_transport
@@ -134,3 +136,58 @@ def test_swapping_does_not_change_the_model(runs) -> None:
     assert swapped.keys() == plain.keys()
     for name in swapped:
         assert torch.allclose(swapped[name], plain[name], rtol=0, atol=1e-6), name
+
+
+def _wait(cond, timeout_s: float = 60.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_admin_asks_a_client_to_switch_over_grpc() -> None:
+    """The server side of a swap: an admin RPC makes a REST client do its next round over gRPC."""
+    admin = "admin-token"
+    data = load_federated("digits", 2, seed=0)
+    fed = Federation(build_model("digits_mlp", seed=0).state_dict(), min_clients=2, admin_token=admin, **WIRE).start()
+    servers = [get_transport(n).server(fed, Settings(rest_port=0, grpc_port=0)) for n in ("rest", "grpc")]
+    for s in servers:
+        s.start()
+    settings = Settings(rest_port=servers[0].port, grpc_port=servers[1].port, **WIRE)
+    clients = {
+        name: FLClient(build_model("digits_mlp", seed=0), data.clients[k].train, name=name, settings=settings,
+                       transport=start)
+        for k, (name, start) in enumerate((("mover", "rest"), ("stayer", "grpc")))
+    }
+    threads = [threading.Thread(target=c.run, kwargs={"max_rounds": 2, "timeout_s": 120}, daemon=True)
+               for c in clients.values()]
+    control = get_transport("grpc").client(settings.grpc_address, settings)
+    try:
+        for t in threads:
+            t.start()
+        _wait(lambda: fed.status()["ready"] == 2)
+        control.step(admin_token=admin)
+        assert fed.wait_for_round(1, 60)
+        mover = clients["mover"]
+        with pytest.raises(AuthError):  # a client's token is not the admin's
+            control.request_transport(mover.client_id, "grpc", admin_token=mover.token)
+        with pytest.raises(PayloadError):  # INVALID_ARGUMENT
+            control.request_transport(mover.client_id, "carrier-pigeon", admin_token=admin)
+        out = control.request_transport(mover.client_id, "grpc", admin_token=admin)
+        assert out["transport"] == "grpc"
+        _wait(lambda: fed.status()["ready"] == 2 and fed.status()["current_round"] is None)
+        control.step(admin_token=admin)
+        assert fed.wait_for_round(2, 60)
+        for t in threads:
+            t.join(timeout=30)
+        assert mover.summary.transports == ["rest", "grpc"]
+        assert clients["stayer"].summary.transports == ["grpc", "grpc"]
+        assert all(h["participants"] == ["mover", "stayer"] for h in fed.get_history())
+    finally:
+        control.close()
+        for c in clients.values():
+            c.stop()
+            c.close()
+        for s in servers:
+            s.stop()
+        fed.close()

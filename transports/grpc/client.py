@@ -151,5 +151,13 @@ class GrpcClientTransport(ClientTransport):
         reply = self._call(lambda: self._stub.Step(req, timeout=RPC_TIMEOUT_S, metadata=self._admin_md(admin_token)))
         return dict(from_json(reply.json))
 
+    def request_transport(self, client_id: str, transport: str, admin_token: str | None = None) -> dict[str, Any]:
+        """Admin: ask a running client to switch to ``transport`` before its next round."""
+        req = pb.RequestTransportRequest(client_id=client_id, transport=transport)
+        reply = self._call(
+            lambda: self._stub.RequestTransport(req, timeout=RPC_TIMEOUT_S, metadata=self._admin_md(admin_token))
+        )
+        return dict(from_json(reply.json))
+
     def close(self) -> None:
         self._channel.close()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rfedcore.proto\x12\nfedcore.v1\"G\n\x0fRegisterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x11\n\tclient_id\x18\x03 \x01(\t\"@\n\rRegisterReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\"%\n\x10GetGlobalRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"0\n\nGlobalInfo\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"M\n\x0bGlobalChunk\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x16.fedcore.v1.GlobalInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xbe\x01\n\nUpdateInfo\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x34\n\x07metrics\x18\x05 \x03(\x0b\x32#.fedcore.v1.UpdateInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"M\n\x0bUpdateChunk\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x16.fedcore.v1.UpdateInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\")\n\x0fPushUpdateReply\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x03\"Z\n\rSignalRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.fedcore.v1.ClientState\x12\x0e\n\x06wait_s\x18\x03 \x01(\x01\"U\n\x0bInstruction\x12\"\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x12.fedcore.v1.Action\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\"&\n\x11\x44isconnectRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\x11\n\x0f\x44isconnectReply\"%\n\x13StartAutorunRequest\x12\x0e\n\x06rounds\x18\x01 \x01(\x03\"\x14\n\x12StopAutorunRequest\"\r\n\x0bStepRequest\"\x1c\n\x0c\x43ontrolReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\x10\n\x0eHistoryRequest\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t*\xbe\x01\n\x0b\x43lientState\x12\x1c\n\x18\x43LIENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43LIENT_STATE_JOIN\x10\x01\x12\x16\n\x12\x43LIENT_STATE_READY\x10\x02\x12\x19\n\x15\x43LIENT_STATE_TRAINING\x10\x03\x12\x17\n\x13\x43LIENT_STATE_UPDATE\x10\x04\x12\x17\n\x13\x43LIENT_STATE_FINISH\x10\x05\x12\x15\n\x11\x43LIENT_STATE_LEFT\x10\x06*T\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_WAIT\x10\x01\x12\x10\n\x0c\x41\x43TION_TRAIN\x10\x02\x12\x0f\n\x0b\x41\x43TION_STOP\x10\x03\x32\xad\x05\n\nFederation\x12\x42\n\x08Register\x12\x1b.fedcore.v1.RegisterRequest\x1a\x19.fedcore.v1.RegisterReply\x12\x44\n\tGetGlobal\x12\x1c.fedcore.v1.GetGlobalRequest\x1a\x17.fedcore.v1.GlobalChunk0\x01\x12\x44\n\nPushUpdate\x12\x17.fedcore.v1.UpdateChunk\x1a\x1b.fedcore.v1.PushUpdateReply(\x01\x12<\n\x06Signal\x12\x19.fedcore.v1.SignalRequest\x1a\x17.fedcore.v1.Instruction\x12H\n\nDisconnect\x12\x1d.fedcore.v1.DisconnectRequest\x1a\x1b.fedcore.v1.DisconnectReply\x12I\n\x0cStartAutorun\x12\x1f.fedcore.v1.StartAutorunRequest\x1a\x18.fedcore.v1.ControlReply\x12G\n\x0bStopAutorun\x12\x1e.fedcore.v1.StopAutorunRequest\x1a\x18.fedcore.v1.ControlReply\x12\x39\n\x04Step\x12\x17.fedcore.v1.StepRequest\x1a\x18.fedcore.v1.ControlReply\x12:\n\x06Status\x12\x19.fedcore.v1.StatusRequest\x1a\x15.fedcore.v1.JsonReply\x12<\n\x07History\x12\x1a.fedcore.v1.HistoryRequest\x1a\x15.fedcore.v1.JsonReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rfedcore.proto\x12\nfedcore.v1\"G\n\x0fRegisterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x11\n\tclient_id\x18\x03 \x01(\t\"@\n\rRegisterReply\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x03\"%\n\x10GetGlobalRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"0\n\nGlobalInfo\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"M\n\x0bGlobalChunk\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x16.fedcore.v1.GlobalInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"\xbe\x01\n\nUpdateInfo\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x34\n\x07metrics\x18\x05 \x03(\x0b\x32#.fedcore.v1.UpdateInfo.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"M\n\x0bUpdateChunk\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x16.fedcore.v1.UpdateInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\")\n\x0fPushUpdateReply\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x03\"Z\n\rSignalRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.fedcore.v1.ClientState\x12\x0e\n\x06wait_s\x18\x03 \x01(\x01\"U\n\x0bInstruction\x12\"\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x12.fedcore.v1.Action\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\"&\n\x11\x44isconnectRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\x11\n\x0f\x44isconnectReply\"%\n\x13StartAutorunRequest\x12\x0e\n\x06rounds\x18\x01 \x01(\x03\"\x14\n\x12StopAutorunRequest\"\r\n\x0bStepRequest\"?\n\x17RequestTransportRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\ttransport\x18\x02 \x01(\t\"\x1c\n\x0c\x43ontrolReply\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x0f\n\rStatusRequest\"\x10\n\x0eHistoryRequest\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t*\xbe\x01\n\x0b\x43lientState\x12\x1c\n\x18\x43LIENT_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43LIENT_STATE_JOIN\x10\x01\x12\x16\n\x12\x43LIENT_STATE_READY\x10\x02\x12\x19\n\x15\x43LIENT_STATE_TRAINING\x10\x03\x12\x17\n\x13\x43LIENT_STATE_UPDATE\x10\x04\x12\x17\n\x13\x43LIENT_STATE_FINISH\x10\x05\x12\x15\n\x11\x43LIENT_STATE_LEFT\x10\x06*T\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_WAIT\x10\x01\x12\x10\n\x0c\x41\x43TION_TRAIN\x10\x02\x12\x0f\n\x0b\x41\x43TION_STOP\x10\x03\x32\x80\x06\n\nFederation\x12\x42\n\x08Register\x12\x1b.fedcore.v1.RegisterRequest\x1a\x19.fedcore.v1.RegisterReply\x12\x44\n\tGetGlobal\x12\x1c.fedcore.v1.GetGlobalRequest\x1a\x17.fedcore.v1.GlobalChunk0\x01\x12\x44\n\nPushUpdate\x12\x17.fedcore.v1.UpdateChunk\x1a\x1b.fedcore.v1.PushUpdateReply(\x01\x12<\n\x06Signal\x12\x19.fedcore.v1.SignalRequest\x1a\x17.fedcore.v1.Instruction\x12H\n\nDisconnect\x12\x1d.fedcore.v1.DisconnectRequest\x1a\x1b.fedcore.v1.DisconnectReply\x12I\n\x0cStartAutorun\x12\x1f.fedcore.v1.StartAutorunRequest\x1a\x18.fedcore.v1.ControlReply\x12G\n\x0bStopAutorun\x12\x1e.fedcore.v1.StopAutorunRequest\x1a\x18.fedcore.v1.ControlReply\x12\x39\n\x04Step\x12\x17.fedcore.v1.StepRequest\x1a\x18.fedcore.v1.ControlReply\x12Q\n\x10RequestTransport\x12#.fedcore.v1.RequestTransportRequest\x1a\x18.fedcore.v1.ControlReply\x12:\n\x06Status\x12\x19.fedcore.v1.StatusRequest\x1a\x15.fedcore.v1.JsonReply\x12<\n\x07History\x12\x1a.fedcore.v1.HistoryRequest\x1a\x15.fedcore.v1.JsonReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UPDATEINFO_METRICSENTRY']._loaded_options = None
   _globals['_UPDATEINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_CLIENTSTATE']._serialized_start=1058
-  _globals['_CLIENTSTATE']._serialized_end=1248
-  _globals['_ACTION']._serialized_start=1250
-  _globals['_ACTION']._serialized_end=1334
+  _globals['_CLIENTSTATE']._serialized_start=1123
+  _globals['_CLIENTSTATE']._serialized_end=1313
+  _globals['_ACTION']._serialized_start=1315
+  _globals['_ACTION']._serialized_end=1399
   _globals['_REGISTERREQUEST']._serialized_start=29
   _globals['_REGISTERREQUEST']._serialized_end=100
   _globals['_REGISTERREPLY']._serialized_start=102
@@ -69,14 +69,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPAUTORUNREQUEST']._serialized_end=948
   _globals['_STEPREQUEST']._serialized_start=950
   _globals['_STEPREQUEST']._serialized_end=963
-  _globals['_CONTROLREPLY']._serialized_start=965
-  _globals['_CONTROLREPLY']._serialized_end=993
-  _globals['_STATUSREQUEST']._serialized_start=995
-  _globals['_STATUSREQUEST']._serialized_end=1010
-  _globals['_HISTORYREQUEST']._serialized_start=1012
-  _globals['_HISTORYREQUEST']._serialized_end=1028
-  _globals['_JSONREPLY']._serialized_start=1030
-  _globals['_JSONREPLY']._serialized_end=1055
-  _globals['_FEDERATION']._serialized_start=1337
-  _globals['_FEDERATION']._serialized_end=2022
+  _globals['_REQUESTTRANSPORTREQUEST']._serialized_start=965
+  _globals['_REQUESTTRANSPORTREQUEST']._serialized_end=1028
+  _globals['_CONTROLREPLY']._serialized_start=1030
+  _globals['_CONTROLREPLY']._serialized_end=1058
+  _globals['_STATUSREQUEST']._serialized_start=1060
+  _globals['_STATUSREQUEST']._serialized_end=1075
+  _globals['_HISTORYREQUEST']._serialized_start=1077
+  _globals['_HISTORYREQUEST']._serialized_end=1093
+  _globals['_JSONREPLY']._serialized_start=1095
+  _globals['_JSONREPLY']._serialized_end=1120
+  _globals['_FEDERATION']._serialized_start=1402
+  _globals['_FEDERATION']._serialized_end=2170
 # @@protoc_insertion_point(module_scope)

@@ -156,6 +156,14 @@ class StepRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RequestTransportRequest(_message.Message):
+    __slots__ = ("client_id", "transport")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    transport: str
+    def __init__(self, client_id: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
+
 class ControlReply(_message.Message):
     __slots__ = ("json",)
     JSON_FIELD_NUMBER: _ClassVar[int]

@@ -74,6 +74,11 @@ class FederationStub:
                 request_serializer=fedcore__pb2.StepRequest.SerializeToString,
                 response_deserializer=fedcore__pb2.ControlReply.FromString,
                 _registered_method=True)
+        self.RequestTransport = channel.unary_unary(
+                '/fedcore.v1.Federation/RequestTransport',
+                request_serializer=fedcore__pb2.RequestTransportRequest.SerializeToString,
+                response_deserializer=fedcore__pb2.ControlReply.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/fedcore.v1.Federation/Status',
                 request_serializer=fedcore__pb2.StatusRequest.SerializeToString,
@@ -145,6 +150,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestTransport(self, request, context):
+        """POST /client/{client_id}/transport/{transport}: ask a running client to switch protocol
+        before its next round (it keeps its id, token and round position).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Status(self, request, context):
         """Global model status (dashboard view).
         """
@@ -200,6 +213,11 @@ def add_FederationServicer_to_server(servicer, server):
             'Step': grpc.unary_unary_rpc_method_handler(
                     servicer.Step,
                     request_deserializer=fedcore__pb2.StepRequest.FromString,
+                    response_serializer=fedcore__pb2.ControlReply.SerializeToString,
+            ),
+            'RequestTransport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestTransport,
+                    request_deserializer=fedcore__pb2.RequestTransportRequest.FromString,
                     response_serializer=fedcore__pb2.ControlReply.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
@@ -428,6 +446,33 @@ class Federation:
             target,
             '/fedcore.v1.Federation/Step',
             fedcore__pb2.StepRequest.SerializeToString,
+            fedcore__pb2.ControlReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestTransport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcore.v1.Federation/RequestTransport',
+            fedcore__pb2.RequestTransportRequest.SerializeToString,
             fedcore__pb2.ControlReply.FromString,
             options,
             channel_credentials,

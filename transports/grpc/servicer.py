@@ -14,6 +14,7 @@ import grpc
 from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, TransportError
 from fedcore.federation import Federation
 from fedcore.states import Action
+from fedcore.transport import available_transports
 
 from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
@@ -164,6 +165,14 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._check_admin(context)
         number = self.federation.step()
         return self._control_reply(round=number)
+
+    @abort_on_error
+    def RequestTransport(self, request: pb.RequestTransportRequest, context: grpc.ServicerContext) -> pb.ControlReply:
+        self._check_admin(context)
+        if request.transport not in available_transports():
+            raise ValueError(f"unknown transport {request.transport!r}; available: {', '.join(available_transports())}")
+        self.federation.request_transport(request.client_id, request.transport)
+        return self._control_reply(client_id=request.client_id, transport=request.transport)
 
     # ------------------------------------------------------------------ views
     @abort_on_error
