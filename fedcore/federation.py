@@ -356,6 +356,13 @@ class Federation:
             self._emit("client", rec.public())
             self._cond.notify_all()
 
+    def precheck_update(self, client_id: str, token: str | None, round_number: int) -> None:
+        """Raise what :meth:`submit_update` would for credentials or round state, so a transport
+        can refuse an upload before buffering any of it."""
+        with self._cond:
+            self._auth(client_id, token)
+            self._check_open(client_id, round_number)
+
     def _check_open(self, client_id: str, round_number: int) -> None:
         cur = self._current
         if cur is None or cur.number != round_number:

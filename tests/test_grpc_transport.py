@@ -308,6 +308,9 @@ class _BigFederation:
     def client_name(self, client_id: str) -> str:
         return "big"
 
+    def precheck_update(self, client_id: str, token: str | None, round_number: int) -> None:
+        """Every credential and round passes: these tests are about the byte stream."""
+
     def global_payload(self, client_id: str, token: str | None) -> tuple[int, bytes]:
         return 7, self.payload
 

@@ -98,8 +98,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         if first is None or first.WhichOneof("kind") != "info":
             raise PayloadError("an update stream must start with its UpdateInfo")
         info = first.info
-        # Refuse before buffering: unknown client, then the declared size.
-        self.federation.client_name(info.client_id)
+        # Refuse before buffering: credentials and round state, then the declared size.
+        self.federation.precheck_update(info.client_id, bearer_token(context), int(info.round))
         limit = self.federation.max_payload_bytes
         if info.total_bytes > limit:
             raise PayloadTooLargeError(f"update of {info.total_bytes} bytes is over the {limit}-byte limit")

@@ -189,6 +189,7 @@ def create_app(federation: Federation, settings: Settings | None = None) -> Fast
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLargeError(f"body of {declared} bytes is over the {limit}-byte limit")
+        await run_in_threadpool(federation.precheck_update, *client, x_fedcore_round)  # before any byte
         async with update_slots:  # at most MAX_CONCURRENT_UPDATES bodies in memory, whatever N is
             return await _receive_update(name, request, client, x_fedcore_round, x_fedcore_samples,
                                          x_fedcore_metrics, limit)
