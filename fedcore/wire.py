@@ -104,11 +104,14 @@ class _SegmentBuilder:
         self.nbytes += n
         return offset, n
 
+    def views(self) -> list[memoryview]:
+        """Each tensor's bytes without copying (bool and bfloat16 have no numpy twin: uint8 view)."""
+        return [memoryview(p.view(torch.uint8).numpy()).cast("B") for p in self.parts]
+
     def to_bytes(self) -> memoryview:
         if not self.parts:
             return memoryview(b"")
         joined = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
-        # bool and bfloat16 have no numpy twin: view the raw bytes as uint8.
         return memoryview(joined.view(torch.uint8).numpy()).cast("B")
 
 
@@ -167,22 +170,32 @@ def encode_state(
             entry["data"] = [i, *b.add(target)]
         entries.append(entry)
 
-    bodies: list[bytes] = []
+    bodies: list[bytes | memoryview] = []
     seg_headers: list[dict[str, Any]] = []
     for builder in segments.values():
-        raw = builder.to_bytes()
         filt = compression.default_filter(builder.dtype) if filter == "auto" else filter
-        filtered = compression.get_filter(filt).encode(raw, builder.dtype)
-        body = codec_obj.compress(filtered, level)
-        bodies.append(body)
+        if filt == "none" and codec_obj.name == "none":
+            # Identity steps are skipped: the tensors' own bytes go out, copied once by the join.
+            parts = builder.views()
+            crc = 0
+            for part in parts:
+                crc = zlib.crc32(part, crc)
+            bodies.extend(parts)
+            size = builder.nbytes
+        else:
+            raw = builder.to_bytes()
+            filtered = raw if filt == "none" else compression.get_filter(filt).encode(raw, builder.dtype)
+            body = filtered if codec_obj.name == "none" else codec_obj.compress(filtered, level)
+            bodies.append(body)
+            size, crc = len(body), zlib.crc32(body)
         seg_headers.append(
             {
                 "dtype": builder.dtype,
                 "filter": filt,
                 "codec": codec_obj.name,
                 "raw": builder.nbytes,
-                "size": len(body),
-                "crc32": zlib.crc32(body),
+                "size": size,
+                "crc32": crc,
             }
         )
     header = {
@@ -265,7 +278,7 @@ def decode_state(
     if header["kind"] == "delta" and reference is None:
         raise PayloadError("payload holds an update (delta); decoding it needs the reference global model")
 
-    raws: list[bytes] = []
+    raws: list[bytes | memoryview] = []
     for s in header["segments"]:
         size = int(s["size"])
         body = view[pos : pos + size]
@@ -275,8 +288,13 @@ def decode_state(
         if zlib.crc32(body) != s["crc32"]:
             raise PayloadError("segment checksum mismatch: payload corrupt")
         try:
-            filtered = compression.get_codec(s["codec"]).decompress(body, max_size=int(s["raw"]))
-            raw = compression.get_filter(s["filter"]).decode(filtered, s["dtype"])
+            if s["codec"] == "none":  # identity: checked for size, never copied
+                if len(body) > int(s["raw"]):
+                    raise compression.DecompressionLimitError("segment is larger than its declared raw size")
+                filtered = body
+            else:
+                filtered = compression.get_codec(s["codec"]).decompress(body, max_size=int(s["raw"]))
+            raw = filtered if s["filter"] == "none" else compression.get_filter(s["filter"]).decode(filtered, s["dtype"])
         except compression.DecompressionLimitError as exc:
             raise PayloadTooLargeError(str(exc)) from exc
         except compression.CompressionError as exc:
@@ -318,7 +336,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _view(raws: list[bytes], ref: list[int], dtype: torch.dtype) -> torch.Tensor:
+def _view(raws: list[bytes | memoryview], ref: list[int], dtype: torch.dtype) -> torch.Tensor:
     seg_i, off, n = ref
     itemsize = torch.empty((), dtype=dtype).element_size()
     if n % itemsize:
