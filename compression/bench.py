@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import filters as _filters
-from .registry import available_codecs, get_codec
+from .registry import get_codec
 
 MiB = float(1 << 20)
 DEFAULT_DATA = Path("/work/shared/data/cifar10/cifar10_test.npz")
@@ -382,20 +382,13 @@ def table8(model: str, state: str, sd: Mapping[str, Any], init: Mapping[str, Any
 
 # ----------------------------------------------------------------------------- output
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
     import zstandard
 
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical cores (timings on 1 thread; shared machine, load average "
-            f"at the end {load}), Python "
+    from fedcore.sysinfo import cpu_model, load_average
+
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores (timings on 1 thread; shared machine, load average "
+            f"at the end {load_average()}), Python "
             f"{platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
             f"zstandard {zstandard.__version__} (libzstd {'.'.join(map(str, zstandard.ZSTD_VERSION))})")
 

@@ -130,12 +130,9 @@ def bench_cuda(shapes, reps: int) -> list[dict]:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return (f"{cpu}, {torch.get_num_threads()} torch threads, {platform.system()} "
+    from fedcore.sysinfo import cpu_model
+
+    return (f"{cpu_model()}, {torch.get_num_threads()} torch threads, {platform.system()} "
             f"{platform.release()}, torch {torch.__version__}, cuda_ext backend "
             f"{cuda_ext.BACKEND} (CUDA kernels built: {cuda_ext.WITH_CUDA})")
 

@@ -11,7 +11,6 @@ import torch
 from conftest import TRANSPORTS, Harness, make_settings, wait_until
 from fedcore import wire
 from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, RoundStateError, UnknownClientError
-from fedcore.server import FederationServer, build_federation
 from fedcore.states import Action, ClientState
 from fedcore.transport import get_transport
 

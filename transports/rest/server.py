@@ -26,7 +26,6 @@ from fedcore.constants import (
     HEADER_CLIENT_ID,
     HEADER_METRICS,
     HEADER_ROUND,
-    HEADER_SAMPLES,
     MAX_CONCURRENT_UPDATES,
     PARAMS_MEDIA_TYPE,
 )
