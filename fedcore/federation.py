@@ -339,7 +339,10 @@ class Federation:
             self._check_open(client_id, round_number)
             reference = self._sent_state
         # Decoding is the heavy part: done outside the lock so other clients are not held up.
-        state = wire.decode_state(payload, max_size=self.max_decoded_bytes, reference=reference, expected=self._spec)
+        # as_sent: bf16 tensors are folded into the float64 sum directly, never widened to fp32.
+        state = wire.decode_state(
+            payload, max_size=self.max_decoded_bytes, reference=reference, expected=self._spec, as_sent=True
+        )
         if not is_finite_state(state):
             raise PayloadError("update holds NaN or Inf values; refused")
         with self._cond:

@@ -261,8 +261,13 @@ def decode_state(
     max_size: int = DEFAULT_MAX_DECODED_BYTES,
     reference: StateDict | None = None,
     expected: Mapping[str, TensorSpec] | None = None,
+    as_sent: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Decode a payload into tensors of their original dtypes.
+
+    With ``as_sent`` raw tensors stay in their wire dtype as read-only views of the decoded
+    segment (no cast, no copy): for consumers that only read, such as an aggregator folding
+    them into a float64 sum.
 
     Raises :class:`PayloadError` for truncated / corrupt bytes or a payload that does not match
     ``expected`` (names, shapes, dtypes), and :class:`PayloadTooLargeError` when the segments
@@ -323,7 +328,7 @@ def decode_state(
             tensor = _view(raws, t["data"], wire)
             if tensor.numel() != _numel(shape):
                 raise PayloadError(f"tensor {name!r} holds {tensor.numel()} values, shape {shape} needs {_numel(shape)}")
-            out[name] = tensor.reshape(shape).to(dtype, copy=True)
+            out[name] = tensor.reshape(shape) if as_sent else tensor.reshape(shape).to(dtype, copy=True)
         else:
             raise PayloadError(f"unknown tensor encoding {t['enc']!r}")
     return out

@@ -174,3 +174,12 @@ def test_resnet18_bf16_zstd_wire_size_is_below_the_papers() -> None:
     print(f"\nResNet-18 (10 classes): raw {raw / 2**20:.2f} MiB -> bf16+zstd {size / 2**20:.2f} MiB "
           f"(paper: 16.72 MiB)")
     assert size / 2**20 <= 16.72
+
+
+def test_as_sent_keeps_wire_dtype_without_copying() -> None:
+    src = _state()
+    out = wire.decode_state(wire.encode_state(src, dtype="bf16"), as_sent=True)
+    assert out["conv.weight"].dtype == torch.bfloat16
+    assert out["bn.running_mean"].dtype == torch.float32  # untrained buffers travel exactly
+    torch.testing.assert_close(out["conv.weight"].float(), src["conv.weight"].bfloat16().float())
+    assert torch.equal(out["ids"], src["ids"])
