@@ -30,7 +30,8 @@ MAX_MESSAGE_BYTES = max(4 * CHUNK_BYTES, 16 * 1024 * 1024)
 _KEEPALIVE_TIME_MS = 30_000
 _KEEPALIVE_TIMEOUT_MS = 10_000
 
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+# Both ends: message limits and keepalive (the server accepts pings as often as clients send them).
+_BOTH_ENDS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
@@ -40,19 +41,17 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     # No BDP probing: the receive window stays small, so a server streaming the model to many
     # clients holds little per stream in its buffers (loopback throughput barely changes).
     ("grpc.http2.bdp_probe", 0),
+]
+
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    *_BOTH_ENDS,
     # Reconnect quickly after a server restart; FLClient adds its own back-off on top.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 
 SERVER_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
-    ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
+    *_BOTH_ENDS,
     ("grpc.http2.min_ping_interval_without_data_ms", _KEEPALIVE_TIME_MS // 2),
     ("grpc.so_reuseport", 0),  # port 0 must really be a fresh ephemeral port
-    ("grpc.http2.bdp_probe", 0),  # see CHANNEL_OPTIONS
 ]
