@@ -310,7 +310,10 @@ def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_pat
                         _client_cmd(spec.to_json(), cfg, f"client_{k + 1}", k, srv.ports, client_val),
                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
             end = time.monotonic() + READY_TIMEOUT_S
-            while fed.status()["ready"] < n:
+            first_round = fed.round
+            # Autorun is already on: with small data the rounds can start (and even all finish,
+            # the clients leaving) before this loop looks, so a started round also ends the wait.
+            while fed.status()["ready"] < n and fed.round == first_round and fed.status()["current_round"] is None:
                 _check_alive(procs, logs)
                 if time.monotonic() > end:
                     raise TimeoutError(f"{key}: only {fed.status()['ready']} of {n} clients became ready")
