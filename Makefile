@@ -39,7 +39,7 @@ proto: $(STAMP)
 	$(BIN)/python -m transports.grpc.codegen
 
 bench-compression: $(STAMP)
-	$(BIN)/python -m compression.bench
+	$(BIN)/python -m experiments.compression_bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,7 +3,7 @@ and int8 quantised update codecs.
 
 ``fedcore.wire`` uses it as: cast → :func:`get_filter` (``default_filter``)
 → :func:`get_codec` ``.compress`` on the way out, and the reverse on the way in,
-always with a ``max_size`` bound. ``python -m compression.bench`` reproduces
+always with a ``max_size`` bound. ``python -m experiments.compression_bench`` reproduces
 the REST paper's Tables 7-8 and measures our pipeline beside them.
 """
 

@@ -283,7 +283,7 @@ class ZstdCodec(Codec):
     costs time and, worse, replaces Huffman-coded literals by short matches
     that cost more bits. The preset leaves nearly everything to the
     Huffman literal coder: on ResNet-18 bf16 + ``split`` it gives 14.16 MiB
-    in ~25 ms against zstd-1's 14.52 MiB in ~60 ms (see ``compression.bench``).
+    in ~25 ms against zstd-1's 14.52 MiB in ~60 ms (see ``experiments.compression_bench``).
     The output is an ordinary zstd frame any zstd decoder reads.
     """
 

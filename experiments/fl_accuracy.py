@@ -181,7 +181,7 @@ def run_centralised(cfg: Config, data_dir: str | None, csv_path: Path, work: Pat
 
     from experiments.models_small import make_model
     from experiments.partitions import centralised_train, server_eval_set
-    from fedcore.training import evaluate, train
+    from fedcore.loops import evaluate, train
 
     total = cfg.rounds * cfg.epochs
     spec = spec_for(cfg, "iid", 2, data_dir)
@@ -248,7 +248,7 @@ def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_pat
     from fedcore.federation import Federation
     from fedcore.server import FederationServer
     from fedcore.strategy import FedAvg
-    from fedcore.training import make_evaluate_fn
+    from fedcore.loops import make_evaluate_fn
 
     key = setting_key(split, n)
     spec = spec_for(cfg, split, n, data_dir)
@@ -487,7 +487,7 @@ def write_report(out: Path, tag: str, meta: dict[str, Any], rows: list[dict[str,
     if meta.get("partitions"):
         L.append("- Train images per client (ours): " + "; ".join(
             f"{k}: {', '.join(f'{x:,}' for x in v)}" for k, v in meta["partitions"].items()) + ".")
-    L.append(f"- Training: `fedcore.training.train` (SGD, momentum 0.9, weight decay 5e-4, lr {cfg['lr']}, "
+    L.append(f"- Training: `fedcore.loops.train` (SGD, momentum 0.9, weight decay 5e-4, lr {cfg['lr']}, "
              f"batch {cfg['batch_size']}, no augmentation), 1 torch thread per process. Aggregation: FedAvg "
              f"weighted by sample count. All clients take part in every round.")
     L.append(f"- System: real fedcore `FederationServer` over **{cfg['transport'].upper()}** on 127.0.0.1 and one "

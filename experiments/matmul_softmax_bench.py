@@ -130,7 +130,7 @@ def bench_cuda(shapes, reps: int) -> list[dict]:
 
 
 def machine() -> str:
-    from fedcore.sysinfo import cpu_model
+    from fedcore.app.sysinfo import cpu_model
 
     return (f"{cpu_model()}, {torch.get_num_threads()} torch threads, {platform.system()} "
             f"{platform.release()}, torch {torch.__version__}, cuda_ext backend "

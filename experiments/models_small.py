@@ -1,15 +1,15 @@
 """A CIFAR-10 CNN small enough for the federated accuracy grid on a shared 2-core CPU.
 
 ``cifar_cnn_s``: three 3x3 conv + BN + ReLU + max-pool stages (16, 32, 64 channels) and one
-linear layer: 34 k parameters, ~2.8 M multiply-adds per 32x32 image (fedcore.models.CifarCNN has
-0.16 M parameters and ~29 M). Any name of fedcore.models.MODELS (cifar_cnn, resnet18) also works.
+linear layer: 34 k parameters, ~2.8 M multiply-adds per 32x32 image (fedcore.app.models.CifarCNN has
+0.16 M parameters and ~29 M). Any name of fedcore.app.models.MODELS (cifar_cnn, resnet18) also works.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from fedcore.models import MODELS, build_model
+from fedcore.app.models import MODELS, build_model
 
 
 def _stage(cin: int, cout: int) -> nn.Sequential:

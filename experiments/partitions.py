@@ -14,13 +14,13 @@ CIFAR-10 training images (to within 1-3 images), and every Val and Test entry is
 
 The text's "train : val : test = 8 : 1 : 1" is, in the tables, 10 : 1 : 1 of that layout; we
 follow the tables (``client_split="table"``). ``client_split="811"`` instead splits each
-client's share 8 : 1 : 1 like ``fedcore.data.split_8_1_1``.
+client's share 8 : 1 : 1 like ``fedcore.app.data.split_8_1_1``.
 
 Table 6 gives only counts, not the class mix of each client. The paper defines non-IID as "the
 class distribution *or the number* of samples differs between clients"; ``mode="paper"`` keeps
 the exact counts with a random class mix (quantity skew). ``label_alpha`` adds a label skew
 under the same exact counts (each client's class proportions ~ Dirichlet(label_alpha)), and
-``mode="dirichlet"`` is the usual per-class Dirichlet(alpha) split (fedcore.data's).
+``mode="dirichlet"`` is the usual per-class Dirichlet(alpha) split (fedcore.app.data's).
 
 ``fraction`` < 1 scales every count by the same factor (``floor(count * fraction)``) so the
 grid fits a small CPU; the proportions between clients stay those of the tables.
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedcore.data import ArrayDataset, DataSplits, default_cifar_dir, dirichlet_partition, load_cifar10_arrays
+from fedcore.app.data import ArrayDataset, DataSplits, default_cifar_dir, dirichlet_partition, load_cifar10_arrays
 
 # Table 5 (IID) and Table 6 (non-IID): the Train column, per number of clients.
 PAPER_IID_TRAIN = {2: (25_000, 25_000), 3: (16_666, 16_666, 16_666), 5: (10_000,) * 5}

@@ -69,7 +69,7 @@ def free_port() -> int:
 
 
 def machine() -> str:
-    from fedcore.sysinfo import machine_line
+    from fedcore.app.sysinfo import machine_line
 
     return machine_line()
 
@@ -89,7 +89,7 @@ class RunResult:
 
 # ---------------------------------------------------------------------------------------- fedcore roles
 def _model_state(model: str) -> dict[str, Any]:
-    from fedcore.models import build_model
+    from fedcore.app.models import build_model
 
     return build_model(model, seed=0).state_dict()
 
@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description="gRPC vs REST (vs Flower) cost per round, no training")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny model, N=2, 1 round, 1 repeat, no Flower")
-    p.add_argument("--model", default=None, help="fedcore.models name (default resnet18; quick: digits_mlp)")
+    p.add_argument("--model", default=None, help="fedcore.app.models name (default resnet18; quick: digits_mlp)")
     p.add_argument("--clients", type=int, nargs="+", default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(
-        ["torch", "fedcore.models", "fedcore.federation", "fedcore.wire", "transports.grpc", "transports.rest"]
+        ["torch", "fedcore.app.models", "fedcore.federation", "fedcore.wire", "transports.grpc", "transports.rest"]
     )
     notes: list[str] = []
     flower = flower_python(a.flower_python) if want_flower else None

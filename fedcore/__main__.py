@@ -1,3 +1,3 @@
-from fedcore.cli import app
+from fedcore.app.cli import app
 
 app(prog_name="fedcore")

@@ -23,8 +23,8 @@ from fedcore.constants import BACKOFF_INITIAL_S, BACKOFF_MAX_S, DEFAULT_LONG_POL
 from fedcore.errors import AuthError, TransportError, UnknownClientError
 from fedcore.logger import get_logger
 from fedcore.states import Action, ClientState
-from fedcore.training import evaluate as default_evaluate
-from fedcore.training import train as default_train
+from fedcore.loops import evaluate as default_evaluate
+from fedcore.loops import train as default_train
 from fedcore.transport import ClientTransport, get_transport
 
 log = get_logger(__name__)

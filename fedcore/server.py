@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from fedcore.config import Settings
-from fedcore.data import load_federated
+from fedcore.app.data import load_federated
 from fedcore.federation import Federation
 from fedcore.logger import get_logger
-from fedcore.models import build_model
+from fedcore.app.models import build_model
 from fedcore.strategy import make_strategy
-from fedcore.training import make_evaluate_fn
+from fedcore.loops import make_evaluate_fn
 from fedcore.transport import ServerTransport, get_transport
 
 log = get_logger(__name__)

@@ -14,8 +14,8 @@ import pytest
 
 from fedcore.client import FLClient
 from fedcore.config import Settings
-from fedcore.data import Federated, load_federated
-from fedcore.models import build_model
+from fedcore.app.data import Federated, load_federated
+from fedcore.app.models import build_model
 from fedcore.server import FederationServer, build_federation
 
 TRANSPORTS = ["rest", "grpc"]

@@ -273,7 +273,7 @@ def test_quant_rejects_nonfinite_and_mismatch() -> None:
 # ---------------------------------------------------------------- bench smoke test
 def test_bench_quick_smoke(tmp_path) -> None:
     pytest.importorskip("torch")
-    from compression import bench
+    from experiments import compression_bench as bench
 
     rc = bench.main(["--quick", "--models", "tiny", "--train-steps", "2", "--codecs", "zstd,lz4,snappy",
                      "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path)])
@@ -286,7 +286,7 @@ def test_bench_quick_smoke(tmp_path) -> None:
 
 
 def test_bench_help(capsys) -> None:
-    from compression import bench
+    from experiments import compression_bench as bench
 
     with pytest.raises(SystemExit) as exc:
         bench.main(["--help"])

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import ROOT
-from fedcore.cli import app
+from fedcore.app.cli import app
 from fedcore.config import Settings
 from fedcore.errors import ConfigError
 from fedcore.transport import available_transports, get_transport
@@ -48,7 +48,7 @@ def test_transport_registry() -> None:
 
 
 def test_core_never_imports_a_transport() -> None:
-    code = "import sys, fedcore.federation, fedcore.client, fedcore.server, fedcore.cli; " \
+    code = "import sys, fedcore.federation, fedcore.client, fedcore.server, fedcore.app.cli; " \
            "print([m for m in sys.modules if m.startswith('transports')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

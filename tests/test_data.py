@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import Harness, make_settings
-from fedcore.data import dirichlet_partition, iid_partition, load_cifar10_arrays, load_federated
-from fedcore.models import MODELS, build_model
+from fedcore.app.data import dirichlet_partition, iid_partition, load_cifar10_arrays, load_federated
+from fedcore.app.models import MODELS, build_model
 
 
 def test_iid_partition_is_a_disjoint_cover() -> None:

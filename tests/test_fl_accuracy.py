@@ -14,7 +14,7 @@ from experiments.partitions import (
     partition,
     train_counts,
 )
-from fedcore.data import default_cifar_dir
+from fedcore.app.data import default_cifar_dir
 
 needs_cifar = pytest.mark.skipif(default_cifar_dir() is None, reason="CIFAR-10 copy not found (../shared/data/cifar10)")
 

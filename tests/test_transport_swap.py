@@ -17,10 +17,10 @@ import torch
 
 from fedcore.client import FLClient
 from fedcore.config import Settings
-from fedcore.data import load_federated
+from fedcore.app.data import load_federated
 from fedcore.errors import AuthError, PayloadError
 from fedcore.federation import Federation
-from fedcore.models import build_model
+from fedcore.app.models import build_model
 from fedcore.transport import get_transport
 
 ROUNDS = 3

@@ -58,7 +58,7 @@ def test_client_process_killed_mid_round(harness: Harness, transport: str) -> No
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_late_joiner_takes_part_from_next_round(harness: Harness, transport: str) -> None:
-    from fedcore.training import train
+    from fedcore.loops import train
 
     def slow_train(*a, **kw):
         time.sleep(1.0)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import compression
 from fedcore import wire
 from fedcore.errors import PayloadError, PayloadTooLargeError
-from fedcore.models import build_model
+from fedcore.app.models import build_model
 
 CODECS = compression.available_codecs()
 DTYPES = ["fp32", "bf16", "fp16"]

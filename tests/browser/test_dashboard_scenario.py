@@ -26,12 +26,12 @@ from browser.conftest import new_page  # noqa: E402
 from browser.dashboard_page import Dashboard  # noqa: E402
 from conftest import make_settings  # noqa: E402
 from fedcore import wire  # noqa: E402
-from fedcore.data import DataSplits, load_federated  # noqa: E402
+from fedcore.app.data import DataSplits, load_federated  # noqa: E402
 from fedcore.federation import Federation  # noqa: E402
-from fedcore.models import build_model  # noqa: E402
+from fedcore.app.models import build_model  # noqa: E402
 from fedcore.server import FederationServer  # noqa: E402
 from fedcore.states import Action, ClientState  # noqa: E402
-from fedcore.training import make_evaluate_fn, train  # noqa: E402
+from fedcore.loops import make_evaluate_fn, train  # noqa: E402
 
 pytestmark = pytest.mark.browser
 ADMIN = "scenario-admin-token"

@@ -12,11 +12,11 @@ import sys
 
 import torch
 
-import fedcore.cli
+import fedcore.app.cli
 import fedcore.client
-import fedcore.data
-import fedcore.models
-import fedcore.training
+import fedcore.app.data
+import fedcore.app.models
+import fedcore.loops
 import transports.grpc
 import transports.rest  # noqa: F401
 
@@ -27,4 +27,4 @@ if __name__ == "__main__":
     if sys.stdin.readline().strip() != "go":
         sys.exit(0)
     sys.argv = ["fedcore", "client", *sys.argv[1:]]
-    fedcore.cli.app()
+    fedcore.app.cli.app()

@@ -1,4 +1,4 @@
-"""Default local training and evaluation loops (users may pass their own)."""
+"""Default local training and evaluation loops of the client runtime (users may pass their own)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -7,12 +7,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from fedcore.data import ArrayDataset
-
 
 def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None):
-    if isinstance(data, ArrayDataset):
-        x, y = data.tensors()
+    tensors = getattr(data, "tensors", None)  # in-memory data sets hand over (x, y) at once
+    if callable(tensors):
+        x, y = tensors()
         order = torch.randperm(len(y), generator=generator) if shuffle else torch.arange(len(y))
         for i in range(0, len(y), batch_size):
             idx = order[i : i + batch_size]

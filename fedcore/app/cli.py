@@ -113,8 +113,8 @@ def client(
 ) -> None:
     """Join a federation with one partition of the configured data set and train until told to stop."""
     from fedcore.client import FLClient
-    from fedcore.data import load_federated
-    from fedcore.models import build_model
+    from fedcore.app.data import load_federated
+    from fedcore.app.models import build_model
 
     s = _settings(config, set, transport=transport, host=host, rest_port=rest_port, grpc_port=grpc_port,
                   dataset=dataset, data_dir=data_dir, dtype=dtype, codec=codec)
@@ -154,7 +154,7 @@ def demo(
     import logging
     import os
 
-    from fedcore.demo import run_demo
+    from fedcore.app.demo import run_demo
 
     if "FEDCORE_LOG_LEVEL" not in os.environ:  # the progress display says what the logs would
         logging.getLogger("fedcore").setLevel(logging.WARNING)
@@ -182,8 +182,8 @@ def status(
 @bench_app.command("compression", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_compression(ctx: typer.Context) -> None:
     """Codec comparison on serialized ResNet-18/50 (the REST paper's Tables 7-8). Extra args go to
-    `python -m compression.bench` (see its --help)."""
-    from compression.bench import main
+    `python -m experiments.compression_bench` (see its --help)."""
+    from experiments.compression_bench import main
 
     raise typer.Exit(main(list(ctx.args)))
 

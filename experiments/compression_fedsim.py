@@ -4,7 +4,7 @@ Every client update travels through ``fedcore.wire`` exactly as on the network: 
 encodes its local weights (``lossless`` fp32, the ``bf16`` default, or the int8 ``update``
 codec against the global weights it received), the server decodes and averages (FedAvg,
 weighted by samples). Same data order and seeds in every variant, so the only difference is
-the codec. ``python -m compression.fedsim`` writes ``compression_fedsim.md``.
+the codec. ``python -m experiments.compression_fedsim`` writes ``compression_fedsim.md``.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run(variant: str, seed: int, clients: int, rounds: int, local_steps: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compression.fedsim", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.compression_fedsim", description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-steps", type=int, default=10)

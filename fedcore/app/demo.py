@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedcore.config import Settings
-from fedcore.plots import plot_accuracy
+from fedcore.app.plots import plot_accuracy
 from fedcore.server import FederationServer, build_federation
 
 READY_TIMEOUT_S = 120.0

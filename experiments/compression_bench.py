@@ -1,6 +1,6 @@
 """Compression benchmark: reproduces the REST paper's Tables 7-8 and measures fedcore's codecs.
 
-``python -m compression.bench`` (or ``fedcore bench compression``) builds torchvision
+``python -m experiments.compression_bench`` (or ``fedcore bench compression``) builds torchvision
 ResNet-18 / ResNet-50 with a 10-class head, takes the random-init state and the state after
 a few SGD steps on real CIFAR-10 images, and reports
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from . import filters as _filters
-from .registry import get_codec
+from compression import filters as _filters
+from compression.registry import get_codec
 
 MiB = float(1 << 20)
 DEFAULT_DATA = Path("/work/shared/data/cifar10/cifar10_test.npz")
@@ -385,7 +385,7 @@ def machine() -> str:
     import torch
     import zstandard
 
-    from fedcore.sysinfo import cpu_model, load_average
+    from fedcore.app.sysinfo import cpu_model, load_average
 
     return (f"{cpu_model()}, {os.cpu_count()} logical cores (timings on 1 thread; shared machine, load average "
             f"at the end {load_average()}), Python "
@@ -499,7 +499,7 @@ def _parse_levels(spec: str | None, base: dict[str, tuple[int | None, ...]]) -> 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m compression.bench",
+        prog="python -m experiments.compression_bench",
         description="Reproduce the REST paper's Tables 7-8 (codecs on pickled ResNet state_dicts; "
                     "transmission formats) and measure fedcore's codecs beside them.")
     p.add_argument("--models", default="resnet18,resnet50",
@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Machine: {machine()}.  \nTimes: {args.clock} time"
               + (" (process CPU time of single-threaded steps, so other jobs on the shared machine do not "
                  "inflate them)" if args.clock == "cpu" else "") + f", median of up to {args.repeats} runs.  \nStates: *init* = random init (torch seed 0); *trained* = {data_desc}. "
-              f"The update codec encodes trained − init.  \nCommand: `python -m compression.bench "
+              f"The update codec encodes trained − init.  \nCommand: `python -m experiments.compression_bench "
               f"{' '.join(argv_list)}`, {time.strftime('%Y-%m-%d')}, took {elapsed:.0f} s.")
     paths = write_outputs(args.out, t7, t8, header, png=not args.no_plot)
     log(f"done in {elapsed:.0f} s; wrote " + ", ".join(str(p) for p in paths))
