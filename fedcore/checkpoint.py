@@ -44,6 +44,16 @@ def save_checkpoint(directory: Path, model: Mapping[str, torch.Tensor], state: M
             old.unlink(missing_ok=True)
 
 
+def save_state(directory: Path, state: Mapping[str, Any]) -> bool:
+    """Rewrite ``state.json`` alone, keeping the model it names; False when there is none yet."""
+    path = directory / CHECKPOINT_STATE
+    if not path.exists():
+        return False
+    model_name = json.loads(path.read_text())["model"]
+    atomic_write(path, json.dumps({**state, "model": model_name}, indent=1).encode())
+    return True
+
+
 def load_checkpoint(
     directory: Path, expected: Mapping[str, wire.TensorSpec] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:

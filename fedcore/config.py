@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     # transport and addresses
     transport: str = Field("rest", description="client: rest | grpc; server: one or both, e.g. 'rest,grpc'")
     host: str = Field(C.DEFAULT_HOST, description="address to bind (server) or connect to (client)")
+    advertise_host: str | None = Field(
+        None, description="server: the host clients are told to use for each transport (default: host)"
+    )
     rest_port: int = Field(C.DEFAULT_REST_PORT, ge=0, le=65535)
     grpc_port: int = Field(C.DEFAULT_GRPC_PORT, ge=0, le=65535)
     tls_cert: Path | None = Field(None, description="server certificate (PEM); enables TLS")
@@ -37,6 +40,11 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(C.DEFAULT_HEARTBEAT_S, gt=0)
     checkpoint_dir: Path | None = Field(None, description="save global model + history each round; resume from it")
     max_payload_bytes: int = Field(C.DEFAULT_MAX_PAYLOAD_BYTES, gt=0)
+    body_timeout_s: float = Field(C.DEFAULT_BODY_TIMEOUT_S, gt=0, description="an update body must arrive within this")
+    max_update_norm: float | None = Field(
+        C.DEFAULT_MAX_UPDATE_NORM, gt=0, description="refuse updates farther than this x (|global| + 1) from the global"
+    )
+    max_num_samples: int = Field(C.DEFAULT_MAX_NUM_SAMPLES, ge=1, description="sample counts are clipped to this")
 
     # wire format ("model lightweighting")
     dtype: Literal["fp32", "bf16", "fp16", "float32", "bfloat16", "float16"] = "bf16"
@@ -46,7 +54,7 @@ class Settings(BaseSettings):
     quantize_update: bool = Field(False, description="clients send int8-quantised updates instead of weights")
 
     # learning
-    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    strategy: str = Field("fedavg", description="fedavg | fedprox | fedadam | any registered strategy")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx mu")
     server_lr: float = Field(0.01, gt=0, description="FedAdam server learning rate")
     dataset: Literal["digits", "cifar10"] = "digits"
@@ -63,14 +71,27 @@ class Settings(BaseSettings):
     @field_validator("transport")
     @classmethod
     def _transports(cls, v: str) -> str:
+        from fedcore.transport import available_transports
+
         names = [t.strip() for t in v.split(",") if t.strip()]
+        known = available_transports()
         if not names:
-            raise ValueError("transport must name at least one of rest, grpc")
+            raise ValueError(f"transport must name at least one of {', '.join(known)}")
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown transport {unknown[0]!r}; available: {', '.join(known)}")
         return ",".join(names)
 
     @property
     def transports(self) -> list[str]:
         return self.transport.split(",")
+
+    @property
+    def advertised_host(self) -> str:
+        """The host name clients use: advertise_host, or host unless it is a wildcard address."""
+        if self.advertise_host:
+            return self.advertise_host
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
     @property
     def rest_url(self) -> str:

@@ -32,6 +32,16 @@ DEFAULT_CLIENT_TIMEOUT_S = 30.0
 DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_LONG_POLL_S = 10.0
 MONITOR_TICK_S = 0.1
+LONG_POLL_SLICE_S = 0.5  # a long-poll re-checks its peer and the clock this often
+DEFAULT_BODY_TIMEOUT_S = 120.0  # an update body must arrive within this (slow senders are cut off)
+
+# Trust bounds on what clients claim.
+DEFAULT_MAX_UPDATE_NORM: float | None = 100.0  # ‖update − global‖ ≤ this × (‖global‖ + 1)
+DEFAULT_MAX_NUM_SAMPLES = 10_000_000  # sample counts are clipped to this (FedAvg weight)
+MAX_METRICS = 64
+DEFAULT_REGISTER_LIMIT = 30  # new registrations per source address per window (0 = unlimited)
+DEFAULT_REGISTER_WINDOW_S = 10.0
+DEFAULT_PRUNE_LEFT_AFTER_S = 600.0  # clients that left are dropped from the live table after this
 
 # Client reconnect back-off (seconds).
 BACKOFF_INITIAL_S = 0.2

@@ -1,179 +1,182 @@
-"""The server side of a federation: client registry and round state machine.
+"""The server side of a federation: a thin facade over its components that implements the
+operations interface every transport calls.
 
-Transport-agnostic and thread-safe: a REST app and a gRPC servicer can serve one Federation at
-once. Every lifecycle decision (start a round, close it, expire silent clients) happens in
-:meth:`Federation.tick`, run by one monitor thread, so request handlers only record facts and
-wake it. Client states follow the REST paper: join → ready → training → update → finish (+ left).
+Components, each with one job: :class:`ClientRegistry` (clients, tokens, admin, limits),
+:class:`RoundController` (open round, deadlines, autorun), :class:`GlobalModel` (tensors,
+encoded bytes, reference state, checkpoint), :class:`EventLog` (live views) and
+:class:`UploadSlots` (upload concurrency). The facade owns the one lock, decides policy once and
+runs every lifecycle decision in :meth:`tick` (a monitor thread, or a test with a fake clock).
+Client states follow the REST paper: join → ready → training → update → finish (+ left).
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
+import math
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from pydantic import TypeAdapter
 
-from fedcore import wire
-from fedcore.checkpoint import load_checkpoint, save_checkpoint
+from fedcore import __version__
 from fedcore.constants import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_CLIENT_TIMEOUT_S,
     DEFAULT_CODEC,
     DEFAULT_DTYPE,
     DEFAULT_FILTER,
     DEFAULT_LEVEL,
     DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_NUM_SAMPLES,
     DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_UPDATE_NORM,
+    DEFAULT_PRUNE_LEFT_AFTER_S,
+    DEFAULT_REGISTER_LIMIT,
+    DEFAULT_REGISTER_WINDOW_S,
     DEFAULT_ROUND_DEADLINE_S,
+    LONG_POLL_SLICE_S,
+    MAX_CONCURRENT_UPDATES,
+    MAX_METRICS,
     MONITOR_TICK_S,
 )
-from fedcore.errors import (
-    AuthError,
-    PayloadError,
-    PayloadTooLargeError,
-    RoundStateError,
-    UnknownClientError,
-)
+from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, RoundStateError
+from fedcore.events import EventLog
+from fedcore.global_model import GlobalModel
 from fedcore.logger import get_logger
+from fedcore.operations import (
+    Caller,
+    ClientInfo,
+    ControlResult,
+    Endpoint,
+    Event,
+    FederationOperations,
+    GlobalModel as GlobalModelView,
+    Health,
+    Instruction,
+    Refusal,
+    Registration,
+    RoundRecord,
+    RoundStarted,
+    Status,
+    StillConnected,
+    UpdateSink,
+    WireOptions,
+)
+from fedcore.registry import ClientRecord, ClientRegistry
+from fedcore.rounds import RoundController, RoundState
 from fedcore.states import Action, ClientState
 from fedcore.strategy import FedAvg, Strategy, is_finite_state
+from fedcore.uploads import UpdateBuffer, UploadSlots
+from fedcore.wire import canonical_dtype, is_untrained
+
+if TYPE_CHECKING:
+    from fedcore.config import Settings
 
 log = get_logger(__name__)
 
 StateDict = Mapping[str, torch.Tensor]
 EvaluateFn = Callable[[StateDict], Mapping[str, float]]
+FitConfigFn = Callable[[int], Mapping[str, Any]]
 Clock = Callable[[], float]
-
-
-@dataclass
-class ClientRecord:
-    """What the server knows of one client. The token itself is never stored, only its hash."""
-
-    client_id: str
-    name: str
-    token_hash: str
-    transport: str
-    state: ClientState = ClientState.JOIN
-    num_samples: int = 0
-    joined_at: float = 0.0
-    last_seen: float = 0.0
-    rounds: list[int] = field(default_factory=list)
-    wanted_transport: str | None = None  # set by an admin: the client switches before its next round
-    kicked: bool = False  # removed by an admin: told to stop, never revived by its own heartbeats
-
-    def public(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("token_hash")
-        d.pop("kicked")
-        d["state"] = self.state.value
-        return d
+_RECORDS = TypeAdapter(list[RoundRecord])
 
 
 @dataclass(frozen=True)
-class Registration:
-    client_id: str
-    token: str
-    round: int
+class FederationConfig:
+    """Every knob of the server side. ``admin_token=None`` leaves round control open (only for
+    local experiments: the CLI generates a token unless told --no-auth)."""
+
+    min_clients: int = 2
+    round_deadline_s: float = DEFAULT_ROUND_DEADLINE_S
+    client_timeout_s: float = DEFAULT_CLIENT_TIMEOUT_S
+    checkpoint_dir: Path | None = None
+    admin_token: str | None = None
+    wire: WireOptions = WireOptions(DEFAULT_DTYPE, DEFAULT_CODEC, DEFAULT_LEVEL, DEFAULT_FILTER)
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    max_concurrent_updates: int = MAX_CONCURRENT_UPDATES
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_update_norm: float | None = DEFAULT_MAX_UPDATE_NORM
+    max_num_samples: int = DEFAULT_MAX_NUM_SAMPLES
+    register_limit: int = DEFAULT_REGISTER_LIMIT
+    register_window_s: float = DEFAULT_REGISTER_WINDOW_S
+    prune_left_after_s: float = DEFAULT_PRUNE_LEFT_AFTER_S
+    train_config: Mapping[str, Any] | None = None  # static per-round training config sent to clients
+    stop_when_done: bool = False
+
+    def __post_init__(self) -> None:
+        if self.min_clients < 1:
+            raise ValueError("min_clients must be >= 1")
+        object.__setattr__(self, "wire", replace(self.wire, dtype=canonical_dtype(self.wire.dtype)))
+        if self.wire.update not in ("weights", "q8"):
+            raise ValueError(f"wire update mode must be 'weights' or 'q8', not {self.wire.update!r}")
+
+    @classmethod
+    def from_settings(cls, s: Settings, **overrides: Any) -> FederationConfig:
+        values: dict[str, Any] = dict(
+            min_clients=s.min_clients, round_deadline_s=s.round_deadline_s, client_timeout_s=s.client_timeout_s,
+            checkpoint_dir=s.checkpoint_dir, admin_token=s.admin_token,
+            wire=WireOptions(s.dtype, s.codec, s.level, s.filter, "q8" if s.quantize_update else "weights"),
+            max_payload_bytes=s.max_payload_bytes, body_timeout_s=s.body_timeout_s,
+            max_update_norm=s.max_update_norm, max_num_samples=s.max_num_samples,
+            train_config={"epochs": s.local_epochs, "batch_size": s.batch_size, "lr": s.lr},
+        )
+        values.update(overrides)
+        return cls(**values)
 
 
-@dataclass(frozen=True)
-class Instruction:
-    """Answer to a client's signal: what to do next."""
-
-    action: Action
-    round: int
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RoundState:
-    number: int
-    selected: set[str]
-    started_at: float
-    deadline: float
-    submitted: set[str] = field(default_factory=set)
-    dropped: set[str] = field(default_factory=set)
-    bytes_in: int = 0
-    bytes_out: int = 0
-    client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def waiting(self) -> set[str]:
-        return self.selected - self.submitted - self.dropped
-
-
-def _hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class Federation:
+class Federation(FederationOperations):
     """Holds the global model and runs rounds over whichever transports serve it."""
 
     def __init__(
         self,
         initial_state: StateDict,
+        config: FederationConfig | None = None,
         *,
         strategy: Strategy | None = None,
-        min_clients: int = 2,
-        round_deadline_s: float = DEFAULT_ROUND_DEADLINE_S,
-        client_timeout_s: float = DEFAULT_CLIENT_TIMEOUT_S,
         evaluate_fn: EvaluateFn | None = None,
-        checkpoint_dir: str | Path | None = None,
-        admin_token: str | None = None,
-        dtype: str = DEFAULT_DTYPE,
-        codec: str = DEFAULT_CODEC,
-        level: int | None = DEFAULT_LEVEL,
-        filter: str = DEFAULT_FILTER,
-        quantize_update: bool = False,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
-        stop_when_done: bool = False,
+        fit_config_fn: FitConfigFn | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
-        if min_clients < 1:
-            raise ValueError("min_clients must be >= 1")
+        self.config = cfg = config or FederationConfig()
         self.strategy = strategy or FedAvg()
-        self.min_clients = min_clients
-        self.round_deadline_s = round_deadline_s
-        self.client_timeout_s = client_timeout_s
         self.evaluate_fn = evaluate_fn
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.admin_token = admin_token
-        self.wire_options: dict[str, Any] = {"dtype": dtype, "codec": codec, "level": level, "filter": filter}
-        self.quantize_update = quantize_update
-        self.max_payload_bytes = max_payload_bytes
-        self.max_decoded_bytes = max_decoded_bytes
-        self.stop_when_done = stop_when_done
+        self.fit_config_fn = fit_config_fn
         self._clock = clock
         self._wall = wall_clock
-
         self._cond = threading.Condition(threading.RLock())
-        self._clients: dict[str, ClientRecord] = {}
-        self._global: dict[str, torch.Tensor] = {k: v.detach().clone() for k, v in initial_state.items()}
-        self._spec = wire.spec_of(self._global)
-        self.round = 0  # number of completed rounds = version of the global model
-        self.history: list[dict[str, Any]] = []
-        self.autorun_target: int | None = None
-        self._current: RoundState | None = None
-        self._closing: RoundState | None = None
-        self._step_requested = False
-        self._finished = False
-        self._events: list[dict[str, Any]] = []
-        self._event_seq = 0
+        self._registry = ClientRegistry(
+            admin_token=cfg.admin_token, register_limit=cfg.register_limit, register_window_s=cfg.register_window_s,
+            max_num_samples=cfg.max_num_samples, prune_left_after_s=cfg.prune_left_after_s,
+        )
+        self._rounds = RoundController(cfg.round_deadline_s)
+        self._model = GlobalModel(initial_state, cfg.wire, cfg.max_decoded_bytes, cfg.checkpoint_dir)
+        self._events = EventLog(wall_clock)
+        self._slots = UploadSlots(cfg.max_concurrent_updates)
+        self._history: list[RoundRecord] = []
+        self._endpoints: dict[str, Endpoint] = {}
+        self._expected: tuple[str, ...] = ()
         self._last_updated: float | None = None
         self._monitor: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._resume()
+        self._model.encode()
 
-        if self.checkpoint_dir is not None:
-            self._resume()
-        self._payload, self._sent_state = self._encode_global()
+    @classmethod
+    def from_settings(cls, settings: Settings, initial_state: StateDict, *, strategy: Strategy | None = None,
+                      evaluate_fn: EvaluateFn | None = None, fit_config_fn: FitConfigFn | None = None,
+                      **config_overrides: Any) -> Federation:
+        """A Federation configured from a Settings object (file + environment + flags)."""
+        from fedcore.strategy import make_strategy
+
+        strategy = strategy or make_strategy(settings.strategy, mu=settings.proximal_mu, lr=settings.server_lr)
+        return cls(initial_state, FederationConfig.from_settings(settings, **config_overrides), strategy=strategy,
+                   evaluate_fn=evaluate_fn, fit_config_fn=fit_config_fn)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Federation:
@@ -185,8 +188,9 @@ class Federation:
         return self
 
     def close(self) -> None:
+        """Stop: open long-polls answer RECONNECT at once; clients wait and come back."""
         self._stopped.set()
-        with self._cond:  # open long-polls answer WAIT; clients then retry until a server is back
+        with self._cond:
             self._cond.notify_all()
         if self._monitor is not None:
             self._monitor.join(timeout=10)
@@ -207,271 +211,321 @@ class Federation:
             with self._cond:
                 self._cond.wait(timeout=MONITOR_TICK_S)
 
-    # ------------------------------------------------------------------ auth
-    def _auth(self, client_id: str, token: str | None) -> ClientRecord:
-        rec = self._clients.get(client_id)
-        if rec is None:
-            raise UnknownClientError(f"unknown client {client_id!r}")
-        if not token or not hmac.compare_digest(rec.token_hash, _hash_token(token)):
-            raise AuthError("wrong or missing client token")
-        return rec
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
 
-    def check_admin(self, token: str | None) -> None:
-        """Round control needs the admin token when one is configured; client tokens never pass."""
-        if self.admin_token is None:
-            return
-        if not token or not hmac.compare_digest(self.admin_token, token):
-            raise AuthError("round control needs the admin token")
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.config.max_payload_bytes
+
+    @property
+    def round(self) -> int:
+        """Completed rounds = version of the global model."""
+        return self._model.version
+
+    @property
+    def admin_token(self) -> str | None:
+        return self.config.admin_token
+
+    # ------------------------------------------------------------------ served endpoints
+    def expect_transports(self, names: Sequence[str]) -> None:
+        with self._cond:
+            self._expected = tuple(names)
+
+    def mark_serving(self, endpoint: Endpoint) -> None:
+        with self._cond:
+            self._endpoints[endpoint.transport] = endpoint
+
+    def mark_stopped(self, transport: str) -> None:
+        with self._cond:
+            self._endpoints.pop(transport, None)
+
+    def _served(self) -> tuple[Endpoint, ...]:
+        return tuple(self._endpoints[k] for k in sorted(self._endpoints))
+
+    # ------------------------------------------------------------------ helpers
+    def _emit(self, kind: str, data: Any) -> None:
+        self._events.emit(kind, data)
+        self._cond.notify_all()
+
+    def _emit_client(self, rec: ClientRecord) -> None:
+        self._emit("client", rec.info())
 
     def _touch(self, rec: ClientRecord) -> None:
         rec.last_seen = self._clock()
         if rec.state is ClientState.LEFT and not rec.kicked:
             rec.state = ClientState.JOIN
-            self._emit("client", rec.public())
+            rec.left_at = None
+            self._emit_client(rec)
 
-    # ------------------------------------------------------------------ client operations
-    def register(
-        self,
-        name: str,
-        *,
-        num_samples: int = 0,
-        transport: str = "unknown",
-        client_id: str | None = None,
-        token: str | None = None,
-    ) -> Registration:
-        """Register a client, or resume one (same id and token: after a restart or transport swap)."""
-        if not name or len(name) > 128:
-            raise ValueError("client name must be 1..128 characters")
-        if num_samples < 0:
-            raise ValueError("num_samples must be >= 0")
-        with self._cond:
-            if client_id is not None:
-                rec = self._auth(client_id, token)
-                rec.transport = transport
-                rec.num_samples = num_samples or rec.num_samples
-                self._touch(rec)
-                self._emit("client", rec.public())
-                assert token is not None
-                return Registration(rec.client_id, token, self.round)
-            new_id = uuid.uuid4().hex[:16]  # de-identified: unrelated to the name or address
-            new_token = secrets.token_urlsafe(24)
-            now = self._clock()
-            rec = ClientRecord(new_id, name, _hash_token(new_token), transport, ClientState.JOIN, num_samples, now, now)
-            self._clients[new_id] = rec
-            log.info("client %s (%s) joined over %s", name, new_id, transport)
-            self._emit("client", rec.public())
-            self._cond.notify_all()
-            return Registration(new_id, new_token, self.round)
-
-    def global_payload(self, client_id: str, token: str | None) -> tuple[int, bytes]:
-        """(round of the global model, its encoded bytes); the same bytes for every transport."""
-        with self._cond:
-            rec = self._auth(client_id, token)
-            self._touch(rec)
-            payload, version = self._payload, self.round
-            if self._current is not None:
-                self._current.bytes_out += len(payload)
-            return version, payload
-
-    def signal(
-        self, client_id: str, token: str | None, state: ClientState | str, *, wait_s: float = 0.0
-    ) -> Instruction:
-        """A client reports its state; the answer (long-polled up to ``wait_s``) says what to do."""
-        state = ClientState(state)
-        deadline = self._clock() + max(0.0, wait_s)
-        with self._cond:
-            rec = self._auth(client_id, token)
-            self._touch(rec)
-            if rec.kicked:
-                return Instruction(Action.STOP, self.round)
-            if state is ClientState.LEFT:
-                self._leave(rec, "signalled left")
-                return Instruction(Action.STOP, self.round)
-            if state is not rec.state and not (state is ClientState.READY and self._is_selected_pending(client_id)):
-                rec.state = state
-                self._emit("client", rec.public())
-                self._cond.notify_all()
-            while True:
-                instr = self._instruction_for(rec)
-                if instr.action is not Action.WAIT or self._stopped.is_set():
-                    return instr
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    return instr
-                self._cond.wait(timeout=min(remaining, 1.0))
-                self._touch(rec)
-
-    def _is_selected_pending(self, client_id: str) -> bool:
-        cur = self._current
-        return cur is not None and client_id in cur.waiting
-
-    def _instruction_for(self, rec: ClientRecord) -> Instruction:
-        if self._finished or rec.kicked:
-            return Instruction(Action.STOP, self.round)
-        cur = self._current
-        if cur is not None and rec.client_id in cur.waiting:
-            if rec.state is not ClientState.TRAINING:
-                rec.state = ClientState.TRAINING
-                self._emit("client", rec.public())
-            config = self.strategy.client_config()
-            if rec.wanted_transport and rec.wanted_transport != rec.transport:
-                config["transport"] = rec.wanted_transport
-            return Instruction(Action.TRAIN, cur.number, config)
-        return Instruction(Action.WAIT, self.round)
-
-    def submit_update(
-        self,
-        client_id: str,
-        token: str | None,
-        round_number: int,
-        payload: bytes | bytearray | memoryview,
-        num_samples: int,
-        metrics: Mapping[str, float] | None = None,
-    ) -> None:
-        """A client's local model for ``round_number``; folded into the round as it arrives."""
-        if len(payload) > self.max_payload_bytes:
-            raise PayloadTooLargeError(f"update of {len(payload)} bytes is over the {self.max_payload_bytes}-byte limit")
-        if num_samples <= 0:
-            raise PayloadError("num_samples must be a positive integer")
-        with self._cond:
-            rec = self._auth(client_id, token)
-            self._touch(rec)
-            self._check_open(client_id, round_number)
-            reference = self._sent_state
-        # Decoding is the heavy part: done outside the lock so other clients are not held up.
-        # as_sent: bf16 tensors are folded into the float64 sum directly, never widened to fp32.
-        state = wire.decode_state(
-            payload, max_size=self.max_decoded_bytes, reference=reference, expected=self._spec, as_sent=True
-        )
-        if not is_finite_state(state):
-            raise PayloadError("update holds NaN or Inf values; refused")
-        with self._cond:
-            self._check_open(client_id, round_number)
-            cur = self._current
-            assert cur is not None
-            self.strategy.accumulate(state, num_samples)
-            cur.submitted.add(client_id)
-            cur.bytes_in += len(payload)
-            cur.client_metrics[rec.name] = {k: float(v) for k, v in (metrics or {}).items()}
-            rec.num_samples = num_samples
-            rec.state = ClientState.UPDATE
-            rec.rounds.append(round_number)
-            self._emit("client", rec.public())
-            self._cond.notify_all()
-
-    def precheck_update(self, client_id: str, token: str | None, round_number: int) -> None:
-        """Raise what :meth:`submit_update` would for credentials or round state, so a transport
-        can refuse an upload before buffering any of it."""
-        with self._cond:
-            self._auth(client_id, token)
-            self._check_open(client_id, round_number)
-
-    def _check_open(self, client_id: str, round_number: int) -> None:
-        cur = self._current
-        if cur is None or cur.number != round_number:
-            now = cur.number if cur else None
-            raise RoundStateError(f"round {round_number} is not open (open round: {now})")
-        if client_id not in cur.selected or client_id in cur.dropped:
-            raise RoundStateError(f"client is not selected for round {round_number}")
-        if client_id in cur.submitted:
-            raise RoundStateError(f"client already sent its update for round {round_number}")
-
-    def request_transport(self, client_id: str, transport: str) -> None:
-        """Ask a running client to switch protocol: it does so before its next round, keeping
-        its id, token and round position (the admin's side of ``FLClient.use_transport``)."""
-        with self._cond:
-            rec = self._clients.get(client_id)
-            if rec is None:
-                raise UnknownClientError(f"unknown client {client_id!r}")
-            rec.wanted_transport = transport
-            self._emit("client", rec.public())
-
-    def disconnect(self, client_id: str, token: str | None, *, admin: bool = False) -> None:
-        """The client leaves (or an admin removes it); an open round goes on without it."""
-        with self._cond:
-            rec = self._clients.get(client_id)
-            if rec is None:
-                raise UnknownClientError(f"unknown client {client_id!r}")
-            if admin:
-                rec.kicked = True
-            else:
-                self._auth(client_id, token)
-            self._leave(rec, "removed by the admin" if admin else "disconnected")
+    def _require_admin(self, caller: Caller | None) -> None:
+        if caller is not None:
+            self._registry.require_admin(caller.token)
 
     def _leave(self, rec: ClientRecord, why: str) -> None:
         if rec.state is ClientState.LEFT:
             return
         rec.state = ClientState.LEFT
-        cur = self._current
+        rec.left_at = self._clock()
+        cur = self._rounds.current
         if cur is not None and rec.client_id in cur.waiting:
             cur.dropped.add(rec.client_id)
         log.info("client %s (%s) left: %s", rec.name, rec.client_id, why)
-        self._emit("client", rec.public())
-        self._cond.notify_all()
+        self._emit_client(rec)
+
+    def _control(self, operation: str, **fields: Any) -> ControlResult:
+        return ControlResult(operation, self._status_locked(), **fields)
+
+    # ------------------------------------------------------------------ client operations
+    def register(self, caller: Caller, name: str, num_samples: int, transport: str,
+                 tags: Sequence[str] = ()) -> Registration:
+        with self._cond:
+            if caller.client_id:
+                rec = self._registry.auth(caller.client_id, caller.token)
+                rec.transport = transport
+                if num_samples:
+                    rec.num_samples, _ = self._registry.clip_samples(num_samples)
+                if rec.wanted_transport == transport:
+                    rec.wanted_transport = None
+                self._touch(rec)
+                self._emit_client(rec)
+                token = caller.token or ""
+            else:
+                rec, token = self._registry.add(name, num_samples, transport, list(tags), caller.peer, self._clock())
+                log.info("client %s (%s) joined over %s", name, rec.client_id, transport)
+                self._emit_client(rec)
+            return Registration(rec.client_id, token, self.round, self.config.wire, self._served())
+
+    def fetch_global(self, caller: Caller) -> GlobalModelView:
+        with self._cond:
+            rec = self._registry.auth(caller.client_id, caller.token)
+            self._touch(rec)
+            payload = self._model.payload
+            if self._rounds.current is not None:
+                self._rounds.current.bytes_out += len(payload)
+            return GlobalModelView(self.round, payload)
+
+    def signal(self, caller: Caller, state: ClientState | str, wait_s: float,
+               still_connected: StillConnected | None = None) -> Instruction:
+        state = ClientState(state)
+        deadline = self._clock() + max(0.0, wait_s)
+        with self._cond:
+            rec = self._registry.auth(caller.client_id, caller.token)
+            self._touch(rec)
+            if rec.kicked:
+                return Instruction(Action.STOP, self.round, reason="removed by the admin")
+            if state is ClientState.LEFT:
+                self._leave(rec, "signalled left")
+                return Instruction(Action.STOP, self.round, reason="left")
+            if state is not rec.state and not (state is ClientState.READY and self._rounds.is_waiting_for(rec.client_id)):
+                rec.state = state
+                self._emit_client(rec)
+            while True:
+                if self._stopped.is_set():
+                    return Instruction(Action.RECONNECT, self.round, reason="server stopping; reconnect")
+                instr = self._instruction_for(rec)
+                remaining = deadline - self._clock()
+                if instr.action is not Action.WAIT or remaining <= 0:
+                    return instr
+                self._cond.wait(timeout=min(remaining, LONG_POLL_SLICE_S))
+                if still_connected is not None and not still_connected():
+                    return instr  # the peer went away: no answer reaches it, and it is not kept alive
+                self._touch(rec)
+
+    def _instruction_for(self, rec: ClientRecord) -> Instruction:
+        if self._rounds.finished or rec.kicked:
+            return Instruction(Action.STOP, self.round, reason="federation finished" if not rec.kicked else "removed")
+        cur = self._rounds.current
+        if cur is not None and rec.client_id in cur.waiting:
+            if rec.state is not ClientState.TRAINING:
+                rec.state = ClientState.TRAINING
+                self._emit_client(rec)
+            switch = None
+            if rec.wanted_transport and rec.wanted_transport != rec.transport:
+                switch = self._endpoints.get(rec.wanted_transport)
+            return Instruction(Action.TRAIN, cur.number, dict(cur.train_config), self.config.wire, switch)
+        return Instruction(Action.WAIT, self.round)
+
+    @contextmanager
+    def accept_update(self, caller: Caller, round_number: int, declared_size: int | None, num_samples: int,
+                      metrics: Mapping[str, float] | None = None) -> Iterator[UpdateSink]:
+        cfg = self.config
+        clean_metrics = _check_metrics(metrics)
+        if not isinstance(num_samples, int) or num_samples <= 0:
+            raise PayloadError("num_samples must be a positive integer")
+        with self._cond:
+            rec = self._registry.auth(caller.client_id, caller.token)
+            self._touch(rec)
+            self._rounds.check_open(rec.client_id, round_number)
+            samples, clipped = self._registry.clip_samples(num_samples)
+        if declared_size is not None and declared_size > cfg.max_payload_bytes:  # before any byte or slot
+            raise PayloadTooLargeError(f"update of {declared_size} bytes is over the {cfg.max_payload_bytes}-byte limit")
+        self._slots.acquire(rec.client_id, cfg.body_timeout_s)
+        try:
+            buffer = UpdateBuffer(cfg.max_payload_bytes, declared_size, cfg.body_timeout_s)
+            yield buffer
+            payload = buffer.result()
+            try:
+                # Decoding is the heavy part: outside the lock so other clients are not held up.
+                state = self._model.decode_update(payload)
+                if not is_finite_state(state):
+                    raise PayloadError("update holds NaN or Inf values; refused")
+                self._check_norm(state)
+            except PayloadError as exc:
+                with self._cond:
+                    cur = self._rounds.current
+                    if cur is not None and cur.number == round_number:
+                        cur.refused.append(Refusal(rec.name, str(exc)))
+                raise
+            with self._cond:
+                cur = self._rounds.check_open(rec.client_id, round_number)
+                self.strategy.accumulate(state, samples)
+                cur.submitted.add(rec.client_id)
+                cur.bytes_in += len(payload)
+                cur.client_metrics[rec.name] = clean_metrics
+                if clipped:
+                    cur.clipped.add(rec.name)
+                rec.num_samples = samples
+                rec.state = ClientState.UPDATE
+                rec.rounds.append(round_number)
+                self._emit_client(rec)
+        finally:
+            self._slots.release(rec.client_id)
+
+    def submit_update(self, caller: Caller, round_number: int, payload: bytes | bytearray | memoryview,
+                      num_samples: int, metrics: Mapping[str, float] | None = None) -> None:
+        """The whole upload gate in one call, for in-process transports and tests."""
+        with self.accept_update(caller, round_number, len(payload), num_samples, metrics) as sink:
+            sink.write(payload)
+
+    def _check_norm(self, state: StateDict) -> None:
+        """Refuse an update far from the global model (relative L2 bound): one bad client cannot
+        drag the average to 1e38."""
+        bound = self.config.max_update_norm
+        if bound is None:
+            return
+        diff_sq, ref_sq = 0.0, 0.0
+        glob = self._model.state
+        for name, t in state.items():
+            if not t.is_floating_point() or is_untrained(name):
+                continue
+            g = glob[name].double()
+            diff_sq += float((t.double() - g).square().sum())
+            ref_sq += float(g.square().sum())
+        norm, ref = math.sqrt(diff_sq), math.sqrt(ref_sq)
+        if norm > bound * (ref + 1.0):
+            raise PayloadError(
+                f"update is {norm:.3g} away from the global model, over the bound "
+                f"max_update_norm × (‖global‖ + 1) = {bound * (ref + 1.0):.3g}; refused"
+            )
+
+    def disconnect(self, client_id: str, caller: Caller | None = None) -> ControlResult:
+        with self._cond:
+            rec = self._registry.get(client_id)
+            admin = caller is None or self._registry.is_admin(caller.token)
+            if admin:
+                rec.kicked = True
+                self._leave(rec, "removed by the admin")
+                self._persist_state()
+            else:
+                assert caller is not None
+                if caller.client_id not in (None, client_id):
+                    raise AuthError("a client may only disconnect itself")
+                self._registry.auth(client_id, caller.token)
+                self._leave(rec, "disconnected")
+            return self._control("disconnect", client_id=client_id)
 
     # ------------------------------------------------------------------ round control
-    def start_autorun(self, rounds: int) -> int:
-        """Run ``rounds`` more rounds, each as soon as ``min_clients`` are ready; returns the target."""
+    def start_autorun(self, rounds: int, caller: Caller | None = None) -> ControlResult:
+        self._require_admin(caller)
         if rounds < 1:
             raise ValueError("rounds must be >= 1")
         with self._cond:
-            base = self._current.number if self._current else self.round
-            self.autorun_target = base + rounds
-            self._finished = False
-            self._emit("status", self._status_locked())
-            self._cond.notify_all()
-            return self.autorun_target
+            cur = self._rounds.current
+            base = cur.number if cur is not None else self.round
+            return self._set_autorun(base + rounds)
 
-    def stop_autorun(self) -> None:
-        """No new round starts; an open round still completes."""
+    def autorun_to(self, target: int, caller: Caller | None = None) -> ControlResult:
+        """Run until ``target`` rounds are complete in all (restarts included): what
+        ``fedcore server --autorun --rounds N`` means, so a restarted server continues toward N."""
+        self._require_admin(caller)
         with self._cond:
-            self.autorun_target = None
-            self._emit("status", self._status_locked())
-            self._cond.notify_all()
+            if self.round >= target:
+                return self._control("autorun", autorun_target=None)
+            return self._set_autorun(target)
 
-    def step(self) -> int:
-        """Manual control: start one round now (needs ``min_clients`` ready); returns its number."""
+    def _set_autorun(self, target: int) -> ControlResult:
+        self._rounds.set_autorun(target)
+        self._persist_state()
+        self._emit("status", self._status_locked())
+        return self._control("autorun", autorun_target=target)
+
+    def stop_autorun(self, caller: Caller | None = None) -> ControlResult:
+        """No new round starts; an open round still completes. Persisted: a restart does not resume."""
+        self._require_admin(caller)
         with self._cond:
-            if self._current is not None or self._closing is not None:
+            self._rounds.stop_autorun()
+            self._persist_state()
+            self._emit("status", self._status_locked())
+            return self._control("stop_autorun")
+
+    def step(self, caller: Caller | None = None) -> ControlResult:
+        """Manual control: start one round now (needs ``min_clients`` ready)."""
+        self._require_admin(caller)
+        with self._cond:
+            if self._rounds.busy:
                 raise RoundStateError("a round is already running")
-            ready = self._ready_ids()
-            if len(ready) < self.min_clients:
-                raise RoundStateError(f"{len(ready)} client(s) ready, the round needs {self.min_clients}")
-            self._finished = False
-            return self._start_round(ready).number
+            ready = self._registry.ready_ids()
+            if len(ready) < self.config.min_clients:
+                raise RoundStateError(f"{len(ready)} client(s) ready, the round needs {self.config.min_clients}")
+            rs = self._start_round(ready)
+            return self._control("step", round=rs.number)
 
-    def _ready_ids(self) -> list[str]:
-        return [c.client_id for c in self._clients.values() if c.state in (ClientState.READY, ClientState.FINISH)]
+    def request_transport(self, client_id: str, transport: str, caller: Caller | None = None) -> ControlResult:
+        """Ask a running client to switch protocol before its next round, keeping its id, token
+        and round position; only to a transport this server serves."""
+        self._require_admin(caller)
+        with self._cond:
+            if transport not in self._endpoints:
+                served = ", ".join(sorted(self._endpoints)) or "none yet"
+                raise ValueError(f"this server serves {served}, not {transport!r}")
+            rec = self._registry.get(client_id)
+            rec.wanted_transport = transport if transport != rec.transport else None
+            self._emit_client(rec)
+            return self._control("request_transport", client_id=client_id, transport=transport)
 
-    def _autorun_wants_round(self) -> bool:
-        return self.autorun_target is not None and self.round < self.autorun_target
+    def _train_config(self, number: int) -> dict[str, Any]:
+        config: dict[str, Any] = dict(self.config.train_config or {})
+        config.update(self.strategy.client_config())
+        if self.fit_config_fn is not None:
+            config.update(self.fit_config_fn(number))
+        return config
 
     def _start_round(self, selected: list[str]) -> RoundState:
-        now = self._clock()
-        rs = RoundState(self.round + 1, set(selected), now, now + self.round_deadline_s)
-        self.strategy.begin_round(self._global)
-        self._current = rs
+        number = self.round + 1
+        rs = self._rounds.start(number, selected, self._clock(), self._train_config(number))
+        self.strategy.begin_round(self._model.state)
         log.info("round %d started with %d client(s)", rs.number, len(selected))
-        self._emit("round_started", {"round": rs.number, "clients": sorted(self._clients[c].name for c in selected)})
-        self._cond.notify_all()
+        self._emit("round_started", RoundStarted(rs.number, tuple(sorted(self._registry.name_of(c) for c in selected))))
         return rs
 
     def tick(self) -> None:
-        """One pass of the lifecycle: expire silent clients, close a finished round, start the next."""
+        """One pass of the lifecycle: expire silent clients, prune, close a finished round, start the next."""
         to_close: RoundState | None = None
         with self._cond:
             now = self._clock()
-            for rec in self._clients.values():
-                if rec.state is not ClientState.LEFT and now - rec.last_seen > self.client_timeout_s:
+            for rec in list(self._registry.records.values()):
+                if rec.state is not ClientState.LEFT and now - rec.last_seen > self.config.client_timeout_s:
                     self._leave(rec, f"silent for {now - rec.last_seen:.1f}s")
-            cur = self._current
-            if cur is not None and (not cur.waiting or now >= cur.deadline):
-                if cur.waiting:
-                    log.warning("round %d deadline: leaving out %d straggler(s)", cur.number, len(cur.waiting))
-                self._current, self._closing, to_close = None, cur, cur
-            elif cur is None and self._closing is None and self._autorun_wants_round():
-                ready = self._ready_ids()
-                if len(ready) >= self.min_clients:
+            self._registry.prune(now)
+            to_close = self._rounds.due(now)
+            if to_close is not None:
+                if to_close.waiting:
+                    log.warning("round %d deadline: leaving out %d straggler(s)", to_close.number, len(to_close.waiting))
+            elif not self._rounds.busy and self._rounds.autorun_wants_round(self.round):
+                ready = self._registry.ready_ids()
+                if len(ready) >= self.config.min_clients:
                     self._start_round(ready)
         if to_close is not None:
             self._close_round(to_close)
@@ -479,64 +533,135 @@ class Federation:
     def _close_round(self, rs: RoundState) -> None:
         """Aggregate, evaluate and checkpoint outside the lock, then publish the new global."""
         try:
-            new_global = self.strategy.finish(self._global)
+            new_global = self.strategy.finish(self._model.state)
             metrics = dict(self.evaluate_fn(new_global)) if self.evaluate_fn and rs.submitted else {}
             with self._cond:
-                participants = sorted(self._clients[c].name for c in rs.submitted)
-                if rs.submitted:
-                    self._global = new_global
-                self.round = rs.number
-                self._payload, self._sent_state = self._encode_global()
-                entry: dict[str, Any] = {
-                    "round": rs.number,
-                    "participants": participants,
-                    "num_participants": len(participants),
-                    "selected": len(rs.selected),
-                    "dropped": sorted(self._clients[c].name for c in rs.dropped),
-                    "stragglers": sorted(self._clients[c].name for c in rs.waiting),
-                    "accuracy": metrics.get("accuracy"),
-                    "loss": metrics.get("loss"),
-                    "client_metrics": rs.client_metrics,
-                    "bytes_in": rs.bytes_in,
-                    "bytes_out": rs.bytes_out,
-                    "duration_s": round(self._clock() - rs.started_at, 4),
-                    "finished_at": self._wall(),
-                }
-                self.history.append(entry)
-                self._last_updated = entry["finished_at"]
+                names = self._registry.name_of
+                participants = tuple(sorted(names(c) for c in rs.submitted))
+                self._model.publish(new_global if rs.submitted else self._model.state, rs.number)
+                record = RoundRecord(
+                    round=rs.number, participants=participants, num_participants=len(participants),
+                    selected=len(rs.selected), dropped=tuple(sorted(names(c) for c in rs.dropped)),
+                    stragglers=tuple(sorted(names(c) for c in rs.waiting)),
+                    accuracy=_opt_float(metrics.get("accuracy")), loss=_opt_float(metrics.get("loss")),
+                    client_metrics=rs.client_metrics, bytes_in=rs.bytes_in, bytes_out=rs.bytes_out,
+                    duration_s=round(self._clock() - rs.started_at, 4), finished_at=self._wall(),
+                    train_config=rs.train_config, refused=tuple(rs.refused), clipped_samples=tuple(sorted(rs.clipped)),
+                )
+                self._history.append(record)
+                self._last_updated = record.finished_at
                 for cid in rs.submitted:
-                    rec = self._clients[cid]
-                    if rec.state is ClientState.UPDATE:
+                    rec = self._registry.records.get(cid)
+                    if rec is not None and rec.state is ClientState.UPDATE:
                         rec.state = ClientState.FINISH
-                        self._emit("client", rec.public())
-                if self.autorun_target is not None and self.round >= self.autorun_target:
-                    self.autorun_target = None
-                    self._finished = self.stop_when_done
-                self._save_checkpoint_locked()
-                self._emit("round_finished", entry)
+                        self._emit_client(rec)
+                if self._rounds.autorun_target is not None and self.round >= self._rounds.autorun_target:
+                    log.info("autorun finished %d/%d", self.round, self._rounds.autorun_target)
+                    self._rounds.autorun_target = None
+                    self._rounds.finished = self.config.stop_when_done
+                self._model.save(self._state_json())
+                self._emit("round_finished", record)
                 self._emit("status", self._status_locked())
-                acc = entry["accuracy"]
+                acc = record.accuracy
                 log.info(
                     "round %d done: %d participant(s), accuracy %s, %d B in, %d B out, %.2fs",
                     rs.number, len(participants), f"{acc:.4f}" if acc is not None else "n/a",
-                    rs.bytes_in, rs.bytes_out, entry["duration_s"],
+                    rs.bytes_in, rs.bytes_out, record.duration_s,
                 )
         finally:
             with self._cond:
-                self._closing = None
+                self._rounds.closed()
                 self._cond.notify_all()
 
-    # ------------------------------------------------------------------ model + persistence
-    def _encode_global(self) -> tuple[bytes, dict[str, torch.Tensor]]:
-        payload = wire.encode_state(self._global, **self.wire_options, meta={"round": self.round})
-        # What clients receive is the cast model: an update (delta) is relative to exactly that.
-        sent = wire.decode_state(payload, max_size=self.max_decoded_bytes) if self.quantize_update else self._global
-        return payload, sent
+    # ------------------------------------------------------------------ persistence
+    def _state_json(self) -> dict[str, Any]:
+        return {
+            "autorun_target": self._rounds.autorun_target,
+            "autorun_stopped": self._rounds.autorun_stopped,
+            "history": [asdict(r) for r in self._history],
+            "clients": self._registry.snapshot(),
+        }
+
+    def _persist_state(self) -> None:
+        """Every change that must survive a restart (autorun target, stop, kicks), not only round closes."""
+        self._model.save_state_only(self._state_json())
+
+    def _resume(self) -> None:
+        state = self._model.load()
+        if state is None:
+            return
+        self._history = _RECORDS.validate_python(state.get("history", []))
+        target = state.get("autorun_target")
+        self._rounds.autorun_target = int(target) if target is not None else None
+        self._rounds.autorun_stopped = bool(state.get("autorun_stopped", False))
+        self._registry.restore(state.get("clients", []), self._clock())
+        if self._history:
+            self._last_updated = self._history[-1].finished_at
+        log.info("resumed from checkpoint at round %d (%d known client(s))", self.round, len(self._registry.records))
+
+    @property
+    def autorun_stopped(self) -> bool:
+        return self._rounds.autorun_stopped
+
+    # ------------------------------------------------------------------ views
+    def _status_locked(self) -> Status:
+        cur = self._rounds.current
+        last = self._history[-1] if self._history else None
+        target = self._rounds.autorun_target
+        names = self._registry.name_of
+        return Status(
+            round=self.round, current_round=cur.number if cur else None, round_open=cur is not None,
+            autorun=target is not None, autorun_target=target,
+            rounds_left=max(0, target - self.round) if target is not None else 0,
+            num_clients=len(self._registry.active()), min_clients=self.config.min_clients,
+            ready=len(self._registry.ready_ids()), accuracy=last.accuracy if last else None,
+            loss=last.loss if last else None, last_updated=self._last_updated, finished=self._rounds.finished,
+            selected=len(cur.selected) if cur else 0,
+            selected_clients=tuple(sorted(names(c) for c in cur.selected)) if cur else (),
+            clock=self._clock(), submitted=len(cur.submitted) if cur else 0, payload_bytes=len(self._model.payload),
+            wire=self.config.wire, strategy=self.strategy.name, stopping=self._stopped.is_set(),
+            endpoints=self._served(),
+        )
+
+    def status(self) -> Status:
+        with self._cond:
+            return self._status_locked()
+
+    def clients(self) -> list[ClientInfo]:
+        with self._cond:
+            return [c.info() for c in self._registry.records.values()]
+
+    def history(self) -> list[RoundRecord]:
+        with self._cond:
+            return list(self._history)
+
+    def health(self) -> Health:
+        with self._cond:
+            serving = tuple(sorted(self._endpoints))
+            ready = not self._stopped.is_set() and set(self._expected) <= set(serving)
+            return Health(ready, self.round, __version__, serving, self._expected)
+
+    def events_since(self, seq: int, timeout_s: float, still_connected: StillConnected | None = None) -> list[Event]:
+        end = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                new = self._events.since(seq)
+                left = end - time.monotonic()
+                if new or left <= 0 or self._stopped.is_set():
+                    return new
+                self._cond.wait(timeout=min(left, LONG_POLL_SLICE_S))
+                if still_connected is not None and not still_connected():
+                    return []
+
+    @property
+    def event_seq(self) -> int:
+        with self._cond:
+            return self._events.seq
 
     @property
     def global_state(self) -> dict[str, torch.Tensor]:
         with self._cond:
-            return dict(self._global)
+            return dict(self._model.state)
 
     def wait_for_round(self, number: int, timeout_s: float) -> bool:
         """Block until ``number`` rounds are complete (tests, demo); False on time-out."""
@@ -549,105 +674,22 @@ class Federation:
                 self._cond.wait(timeout=min(left, 0.5))
             return True
 
-    def _save_checkpoint_locked(self) -> None:
-        if self.checkpoint_dir is None:
-            return
-        state = {
-            "round": self.round,
-            "autorun_target": self.autorun_target,
-            "history": self.history,
-            "clients": [asdict(c) | {"state": ClientState.LEFT.value} for c in self._clients.values()],
-        }
-        save_checkpoint(self.checkpoint_dir, self._global, state)
 
-    def _resume(self) -> None:
-        assert self.checkpoint_dir is not None
-        loaded = load_checkpoint(self.checkpoint_dir, expected=self._spec)
-        if loaded is None:
-            return
-        model, state = loaded
-        self._global = model
-        self.round = int(state["round"])
-        self.history = list(state.get("history", []))
-        self.autorun_target = state.get("autorun_target")
-        for c in state.get("clients", []):
-            c["state"] = ClientState.LEFT
-            rec = ClientRecord(**c)
-            rec.last_seen = rec.joined_at = self._clock()
-            self._clients[rec.client_id] = rec
-        log.info("resumed from checkpoint at round %d (%d known client(s))", self.round, len(self._clients))
+def _opt_float(v: Any) -> float | None:
+    return float(v) if v is not None else None
 
-    # ------------------------------------------------------------------ views
-    def _status_locked(self) -> dict[str, Any]:
-        cur = self._current
-        last = self.history[-1] if self.history else {}
-        active = [c for c in self._clients.values() if c.state is not ClientState.LEFT]
-        return {
-            "round": self.round,
-            "current_round": cur.number if cur else None,
-            "round_open": cur is not None,
-            "autorun": self.autorun_target is not None,
-            "autorun_target": self.autorun_target,
-            "rounds_left": max(0, self.autorun_target - self.round) if self.autorun_target is not None else 0,
-            "num_clients": len(active),
-            "min_clients": self.min_clients,
-            "ready": len(self._ready_ids()),
-            "accuracy": last.get("accuracy"),
-            "loss": last.get("loss"),
-            "last_updated": self._last_updated,
-            "finished": self._finished,
-            "selected": len(cur.selected) if cur else 0,
-            "selected_clients": sorted(self._clients[c].name for c in cur.selected) if cur else [],
-            "clock": self._clock(),  # the clock of clients' joined_at / last_seen
-            "submitted": len(cur.submitted) if cur else 0,
-            "payload_bytes": len(self._payload),
-            "wire": self.wire_options | {"quantize_update": self.quantize_update},
-            "strategy": self.strategy.name,
-        }
 
-    def status(self) -> dict[str, Any]:
-        with self._cond:
-            return self._status_locked()
-
-    def clients(self) -> list[dict[str, Any]]:
-        with self._cond:
-            return [c.public() for c in self._clients.values()]
-
-    def get_history(self) -> list[dict[str, Any]]:
-        with self._cond:
-            return list(self.history)
-
-    def client_name(self, client_id: str) -> str:
-        with self._cond:
-            rec = self._clients.get(client_id)
-            if rec is None:
-                raise UnknownClientError(f"unknown client {client_id!r}")
-            return rec.name
-
-    # ------------------------------------------------------------------ events (dashboard)
-    def _emit(self, kind: str, data: Any) -> None:
-        self._event_seq += 1
-        self._events.append({"seq": self._event_seq, "type": kind, "data": data, "time": self._wall()})
-        if len(self._events) > 2000:
-            del self._events[:1000]
-        self._cond.notify_all()
-
-    def events_since(self, seq: int, timeout_s: float) -> list[dict[str, Any]]:
-        """Events after ``seq`` (long-polled up to ``timeout_s``) for live views."""
-        end = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                new = [e for e in self._events if e["seq"] > seq]
-                left = end - time.monotonic()
-                if new or left <= 0 or self._stopped.is_set():
-                    return new
-                self._cond.wait(timeout=min(left, 1.0))
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopped.is_set()
-
-    @property
-    def event_seq(self) -> int:
-        with self._cond:
-            return self._event_seq
+def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    """Client metrics: at most MAX_METRICS finite numbers with short names."""
+    if not metrics:
+        return {}
+    if not isinstance(metrics, Mapping) or len(metrics) > MAX_METRICS:
+        raise PayloadError(f"metrics must be an object of at most {MAX_METRICS} numbers")
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if not isinstance(k, str) or not 0 < len(k) <= 64:
+            raise PayloadError("metric names must be 1..64 characters")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            raise PayloadError(f"metric {k!r} must be a finite number, got {v!r}")
+        out[k] = float(v)
+    return out

@@ -19,3 +19,4 @@ class Action(str, Enum):
     WAIT = "wait"
     TRAIN = "train"
     STOP = "stop"
+    RECONNECT = "reconnect"  # the server is stopping: wait, then reconnect with the same id and token

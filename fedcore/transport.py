@@ -1,30 +1,44 @@
-"""The transport interface and its registry.
+"""The transport interfaces and their registry.
 
 The core defines what a transport must do and finds implementations by name (entry points in
-the ``fedcore.transports`` group, with the two in-tree ones as a fallback), so it never imports
-one: ``transports`` depends on ``fedcore``, never the reverse.
+the ``fedcore.transports`` group, the two in-tree ones as a fallback, or ``register_transport``
+at run time), so it never imports one: ``transports`` depends on ``fedcore``, never the reverse.
+A server transport maps its protocol onto :class:`~fedcore.operations.FederationOperations`;
+a client transport maps every client-side operation back onto the protocol.
 """
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fedcore.operations import (
+    ClientInfo,
+    ControlResult,
+    FederationOperations,
+    GlobalModel,
+    Health,
+    Instruction,
+    Registration,
+    RoundRecord,
+    Status,
+)
 from fedcore.states import ClientState
 
 if TYPE_CHECKING:
     from fedcore.config import Settings
-    from fedcore.federation import Federation, Instruction, Registration
 
 ENTRY_POINT_GROUP = "fedcore.transports"
 _BUILTIN = {"rest": "transports.rest:TRANSPORT", "grpc": "transports.grpc:TRANSPORT"}
+_REGISTERED: dict[str, TransportSpec] = {}
 
 
 class ClientTransport(ABC):
-    """One client's connection to a server. After :meth:`register` it carries the id and token."""
+    """One client's connection to a server: every client-side operation. After
+    :meth:`register` it carries the id and token; admin operations take the admin token."""
 
     name: str = ""
 
@@ -33,45 +47,69 @@ class ClientTransport(ABC):
         self.settings = settings
         self.client_id: str | None = None
         self.token: str | None = None
+        self.client_name: str | None = None
+
+    # ------------------------------------------------------------------ client operations
+    @abstractmethod
+    def register(self, name: str, num_samples: int, *, client_id: str | None = None, token: str | None = None,
+                 tags: Sequence[str] = ()) -> Registration:
+        """Join (or, with id + token, resume) and remember the credentials."""
 
     @abstractmethod
-    def register(
-        self, name: str, num_samples: int, *, client_id: str | None = None, token: str | None = None
-    ) -> Registration:
-        """POST /client: join (or, with id + token, resume) and remember the credentials."""
+    def fetch_global(self) -> GlobalModel:
+        """The updated global parameters (GET /transmitter)."""
 
-    @abstractmethod
-    def fetch_global(self) -> tuple[int, bytes]:
-        """GET /transmitter: (round, encoded global parameters)."""
+    def fetch_initial(self) -> GlobalModel:
+        """The initial (current global) parameters (GET /client); the same bytes by default."""
+        return self.fetch_global()
 
     @abstractmethod
     def signal(self, state: ClientState, *, wait_s: float = 0.0) -> Instruction:
-        """POST /client/signal: report state; long-poll for the next instruction."""
+        """Report state; long-poll for the next instruction."""
 
     @abstractmethod
     def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
-        """POST /transmitter/{name}: send local parameters for a round."""
+        """Send local parameters for a round."""
 
     @abstractmethod
     def disconnect(self) -> None:
-        """DELETE /client/{id}."""
+        """Leave the federation."""
+
+    # ------------------------------------------------------------------ views
+    @abstractmethod
+    def status(self) -> Status: ...
 
     @abstractmethod
-    def status(self) -> dict[str, Any]:
-        """Global model status (round, clients, accuracy...)."""
-
-    # round control (admin token)
-    @abstractmethod
-    def start_autorun(self, rounds: int, admin_token: str | None = None) -> dict[str, Any]: ...
+    def clients(self) -> list[ClientInfo]: ...
 
     @abstractmethod
-    def stop_autorun(self, admin_token: str | None = None) -> dict[str, Any]: ...
+    def history(self) -> list[RoundRecord]: ...
 
     @abstractmethod
-    def step(self, admin_token: str | None = None) -> dict[str, Any]: ...
+    def health(self) -> Health: ...
+
+    # ------------------------------------------------------------------ round control (admin token)
+    @abstractmethod
+    def start_autorun(self, rounds: int, admin_token: str | None = None) -> ControlResult: ...
+
+    @abstractmethod
+    def stop_autorun(self, admin_token: str | None = None) -> ControlResult: ...
+
+    @abstractmethod
+    def step(self, admin_token: str | None = None) -> ControlResult: ...
+
+    @abstractmethod
+    def kick(self, client_id: str, admin_token: str | None = None) -> ControlResult: ...
+
+    @abstractmethod
+    def request_transport(self, client_id: str, transport: str, admin_token: str | None = None) -> ControlResult: ...
 
     def close(self) -> None:
         """Release sockets; the client stays registered."""
+
+    def admin(self, admin_token: str | None) -> str | None:
+        """The admin token to send: the given one, else the configured one."""
+        return admin_token if admin_token is not None else self.settings.admin_token
 
     def set_credentials(self, client_id: str, token: str) -> None:
         self.client_id, self.token = client_id, token
@@ -84,12 +122,12 @@ class ClientTransport(ABC):
 
 
 class ServerTransport(ABC):
-    """Serves one :class:`Federation` on one port, in background threads."""
+    """Serves one :class:`FederationOperations` on one port, in background threads."""
 
     name: str = ""
 
-    def __init__(self, federation: Federation, settings: Settings) -> None:
-        self.federation = federation
+    def __init__(self, ops: FederationOperations, settings: Settings) -> None:
+        self.ops = ops
         self.settings = settings
 
     @abstractmethod
@@ -105,7 +143,8 @@ class ServerTransport(ABC):
 
     @property
     def address(self) -> str:
-        return f"{self.settings.host}:{self.port}"
+        """What a client of this transport connects to (announced to clients at registration)."""
+        return f"{self.settings.advertised_host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -113,6 +152,15 @@ class TransportSpec:
     name: str
     client: type[ClientTransport]
     server: type[ServerTransport]
+
+
+def register_transport(spec: TransportSpec) -> None:
+    """Make a transport available by name in this process (tests, simulations, plug-ins)."""
+    _REGISTERED[spec.name] = spec
+
+
+def unregister_transport(name: str) -> None:
+    _REGISTERED.pop(name, None)
 
 
 def _load(target: str) -> TransportSpec:
@@ -124,13 +172,15 @@ def _load(target: str) -> TransportSpec:
 
 
 def available_transports() -> list[str]:
-    names = set(_BUILTIN)
+    names = set(_BUILTIN) | set(_REGISTERED)
     names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     return sorted(names)
 
 
 def get_transport(name: str) -> TransportSpec:
     """The transport called ``name``; a clear error lists the installed ones."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             return _load(ep.value)

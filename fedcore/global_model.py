@@ -1,0 +1,94 @@
+"""The global model: its tensors, its encoded bytes (encoded once per round, served to every
+client on every transport), the reference an int8 update is relative to, and its checkpoint."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcore import wire
+from fedcore.checkpoint import load_checkpoint, save_checkpoint, save_state
+from fedcore.errors import PayloadError
+from fedcore.operations import WireOptions
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+class GlobalModel:
+    """Not thread-safe by itself: the Federation publishes a new version under its lock."""
+
+    def __init__(self, initial_state: StateDict, options: WireOptions, max_decoded_bytes: int,
+                 checkpoint_dir: Path | None) -> None:
+        self.state: dict[str, torch.Tensor] = {k: v.detach().clone() for k, v in initial_state.items()}
+        self.spec = wire.spec_of(self.state)
+        self.options = options
+        self.max_decoded_bytes = max_decoded_bytes
+        self.checkpoint_dir = checkpoint_dir
+        self.version = 0  # completed rounds
+        self.payload = b""
+        self._reference: dict[str, torch.Tensor] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the model's tensors as the server holds them (the decode bound of an update)."""
+        return sum(t.numel() * t.element_size() for t in self.state.values())
+
+    def encode(self) -> None:
+        """Encode the current version once; every fetch serves these bytes."""
+        o = self.options
+        self.payload = wire.encode_state(self.state, dtype=o.dtype, codec=o.codec, level=o.level, filter=o.filter,
+                                         meta={"round": self.version})
+        self._reference = None
+
+    def reference(self) -> dict[str, torch.Tensor]:
+        """What clients received (the cast model): an int8 update is relative to exactly that."""
+        if self._reference is None:
+            self._reference = wire.decode_state(self.payload, max_size=self.max_decoded_bytes)
+        return self._reference
+
+    def decode_update(self, payload: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+        """A client's update as tensors, checked against this model's names, shapes and dtypes.
+        The header's kind decides the decoding; it must be what the server announced."""
+        header = wire.payload_info(payload)
+        kind = header["kind"]
+        expected_kind = "delta" if self.options.update == "q8" else "weights"
+        if kind != expected_kind:
+            raise PayloadError(
+                f"this server expects {expected_kind!r} payloads (wire update mode {self.options.update!r}), "
+                f"got {kind!r}: use the wire options from the registration reply"
+            )
+        reference = self.reference() if kind == "delta" else None
+        bound = min(self.max_decoded_bytes, max(4 * self.nbytes, 1 << 20))
+        return wire.decode_state(payload, max_size=bound, reference=reference, expected=self.spec,
+                                 as_sent=kind == "weights")
+
+    def publish(self, new_state: dict[str, torch.Tensor], version: int) -> None:
+        self.state = new_state
+        self.version = version
+        self.encode()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, state: Mapping[str, Any]) -> None:
+        """Model + federation state, after a round closes."""
+        if self.checkpoint_dir is not None:
+            save_checkpoint(self.checkpoint_dir, self.state, {**state, "round": self.version})
+
+    def save_state_only(self, state: Mapping[str, Any]) -> None:
+        """Federation state alone (autorun target, stop, kicks) between round closes."""
+        if self.checkpoint_dir is None:
+            return
+        if not save_state(self.checkpoint_dir, {**state, "round": self.version}):
+            self.save(state)  # nothing saved yet: write the model too
+
+    def load(self) -> dict[str, Any] | None:
+        if self.checkpoint_dir is None:
+            return None
+        loaded = load_checkpoint(self.checkpoint_dir, expected=self.spec)
+        if loaded is None:
+            return None
+        model, state = loaded
+        self.state = model
+        self.version = int(state["round"])
+        return state

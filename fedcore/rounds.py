@@ -1,0 +1,92 @@
+"""The round state machine: which round is open, who was selected, when it closes, autorun.
+
+Pure bookkeeping with an injected clock; the Federation calls it under its lock and performs
+the side effects (aggregation, events, checkpoints). Every lifecycle decision is taken in
+``Federation.tick``, so tests drive it deterministically with a fake clock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedcore.errors import RoundStateError
+from fedcore.operations import Refusal
+
+
+@dataclass
+class RoundState:
+    number: int
+    selected: set[str]
+    started_at: float
+    deadline: float
+    train_config: dict[str, Any] = field(default_factory=dict)
+    submitted: set[str] = field(default_factory=set)
+    dropped: set[str] = field(default_factory=set)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    refused: list[Refusal] = field(default_factory=list)
+    clipped: set[str] = field(default_factory=set)
+
+    @property
+    def waiting(self) -> set[str]:
+        return self.selected - self.submitted - self.dropped
+
+
+class RoundController:
+    """Open round, closing round and the autorun target (absolute: the round number to reach)."""
+
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        self.current: RoundState | None = None
+        self.closing: RoundState | None = None
+        self.autorun_target: int | None = None
+        self.autorun_stopped = False  # an admin stopped autorun: a restart must not resume it
+        self.finished = False
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or self.closing is not None
+
+    def autorun_wants_round(self, completed: int) -> bool:
+        return self.autorun_target is not None and completed < self.autorun_target
+
+    def set_autorun(self, target: int) -> None:
+        self.autorun_target = target
+        self.autorun_stopped = False
+        self.finished = False
+
+    def stop_autorun(self) -> None:
+        self.autorun_target = None
+        self.autorun_stopped = True
+
+    def start(self, number: int, selected: list[str], now: float, train_config: dict[str, Any]) -> RoundState:
+        rs = RoundState(number, set(selected), now, now + self.deadline_s, dict(train_config))
+        self.current = rs
+        self.finished = False
+        return rs
+
+    def due(self, now: float) -> RoundState | None:
+        """The open round if it must close now (everyone reported, or its deadline passed)."""
+        cur = self.current
+        if cur is not None and (not cur.waiting or now >= cur.deadline):
+            self.current, self.closing = None, cur
+            return cur
+        return None
+
+    def closed(self) -> None:
+        self.closing = None
+
+    def check_open(self, client_id: str, round_number: int) -> RoundState:
+        cur = self.current
+        if cur is None or cur.number != round_number:
+            now = cur.number if cur else None
+            raise RoundStateError(f"round {round_number} is not open (open round: {now})")
+        if client_id not in cur.selected or client_id in cur.dropped:
+            raise RoundStateError(f"client is not selected for round {round_number}")
+        if client_id in cur.submitted:
+            raise RoundStateError(f"client already sent its update for round {round_number}")
+        return cur
+
+    def is_waiting_for(self, client_id: str) -> bool:
+        return self.current is not None and client_id in self.current.waiting

@@ -1,0 +1,82 @@
+"""The upload gate's bookkeeping: size, time and concurrency bounds for update bodies.
+
+One body per client at a time, at most ``max_concurrent`` bodies buffered and decoded at once
+across all transports (server memory stays bounded whatever the number of clients), and each
+body must arrive within ``body_timeout_s`` (a slow-loris sender is cut off, not held).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from fedcore.errors import PayloadError, PayloadTooLargeError, TransportError, UploadTimeoutError
+
+
+class UploadSlots:
+    """Global and per-client concurrency of uploads."""
+
+    def __init__(self, max_concurrent: int) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1")
+        self._global = threading.BoundedSemaphore(max_concurrent)
+        self._lock = threading.Lock()
+        self._clients: set[str] = set()
+
+    def acquire(self, client_id: str, wait_s: float) -> None:
+        with self._lock:
+            if client_id in self._clients:
+                raise RoundStateBusy("this client already has an upload in progress")
+            self._clients.add(client_id)
+        if not self._global.acquire(timeout=max(0.0, wait_s)):
+            with self._lock:
+                self._clients.discard(client_id)
+            raise TransportError("server busy receiving other updates; retry")
+
+    def release(self, client_id: str) -> None:
+        self._global.release()
+        with self._lock:
+            self._clients.discard(client_id)
+
+
+class RoundStateBusy(TransportError):
+    """A second concurrent upload from one client: refused, the first one goes on."""
+
+
+class UpdateBuffer:
+    """An upload's bytes, checked for size and time on every write (implements UpdateSink)."""
+
+    def __init__(self, limit: int, declared: int | None, timeout_s: float) -> None:
+        if declared is not None and declared < 0:
+            raise PayloadError(f"declared size {declared} is negative")
+        if declared is not None and declared > limit:
+            raise PayloadTooLargeError(f"update of {declared} bytes is over the {limit}-byte limit")
+        self.limit = limit
+        self.declared = declared
+        self.deadline = time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
+        self.received = 0
+        self._buf = bytearray(declared) if declared is not None else bytearray()
+
+    def remaining_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        if time.monotonic() > self.deadline:
+            raise UploadTimeoutError(f"update body took longer than {self.timeout_s:.0f}s to arrive")
+        n = len(chunk)
+        end = self.received + n
+        if end > self.limit:
+            raise PayloadTooLargeError(f"update passed the {self.limit}-byte limit while streaming")
+        if self.declared is not None:
+            if end > self.declared:
+                raise PayloadError(f"update is longer than its declared {self.declared} bytes")
+            self._buf[self.received : end] = chunk
+        else:
+            self._buf += chunk
+        self.received = end
+
+    def result(self) -> bytearray:
+        """The whole body; a truncated one is a :class:`PayloadError`."""
+        if self.declared is not None and self.received != self.declared:
+            raise PayloadError(f"update truncated: {self.received} of {self.declared} bytes arrived")
+        return self._buf
