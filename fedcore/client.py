@@ -20,8 +20,9 @@ from torch.utils.data import Dataset
 from fedcore import wire
 from fedcore.config import Settings
 from fedcore.constants import BACKOFF_INITIAL_S, BACKOFF_MAX_S, DEFAULT_LONG_POLL_S, DEFAULT_RECONNECT_TIMEOUT_S
-from fedcore.errors import AuthError, TransportError, UnknownClientError
+from fedcore.errors import AuthError, RoundStateError, TransportError, UnknownClientError
 from fedcore.logger import get_logger
+from fedcore.operations import Endpoint, Instruction, WireOptions
 from fedcore.states import Action, ClientState
 from fedcore.loops import evaluate as default_evaluate
 from fedcore.loops import train as default_train
@@ -33,9 +34,16 @@ TrainFn = Callable[..., Mapping[str, float]]
 EvalFn = Callable[[nn.Module, Dataset], Mapping[str, float]]
 
 
+# Training-config keys the server decides per round; a client overrides one only by setting it
+# explicitly (constructor, TOML, FEDCORE_* or --set), never by a default.
+_LOCAL_KEYS = {"epochs": "local_epochs", "batch_size": "batch_size", "lr": "lr"}
+
+
 @dataclass
 class ClientSummary:
     client_id: str | None
+    stop_reason: str = ""
+    dropped_updates: list[int] = field(default_factory=list)  # rounds whose update the server no longer wanted
     rounds: list[int] = field(default_factory=list)
     transports: list[str] = field(default_factory=list)
     bytes_sent: int = 0
@@ -59,6 +67,7 @@ class FLClient:
         num_samples: int | None = None,
         transport: str | None = None,
         on_round_end: Callable[[FLClient, int], None] | None = None,
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.model = model
         self.train_data = train_data
@@ -70,8 +79,12 @@ class FLClient:
         self.num_samples = num_samples if num_samples is not None else len(train_data)  # type: ignore[arg-type]
         self.on_round_end = on_round_end
         self.transport_name = transport or self.settings.transports[0]
+        self.tags = tags
         self._transport: ClientTransport | None = None
         self._pending_transport: str | None = None
+        self._pending_address: str | None = None
+        self._endpoints: dict[str, str] = {}  # what the server announced: transport -> address
+        self.wire: WireOptions | None = None  # what the server decided; None until registered
         self.client_id: str | None = None
         self.token: str | None = None
         self.last_round = 0
@@ -82,10 +95,12 @@ class FLClient:
         self.summary = ClientSummary(None)
 
     # ------------------------------------------------------------------ transport handling
-    def use_transport(self, name: str) -> None:
-        """Switch protocol before the next round; identity and round position are kept."""
+    def use_transport(self, name: str, address: str | None = None) -> None:
+        """Switch protocol before the next round; identity and round position are kept. The
+        address defaults to the one the server announced for that transport."""
         get_transport(name)  # fail now on an unknown name, not mid-federation
         self._pending_transport = name
+        self._pending_address = address
 
     @property
     def transport(self) -> ClientTransport:
@@ -93,28 +108,39 @@ class FLClient:
             self._transport = self._open(self.transport_name)
         return self._transport
 
-    def _open(self, name: str) -> ClientTransport:
+    def _open(self, name: str, address: str | None = None) -> ClientTransport:
         spec = get_transport(name)
-        return spec.client(self.settings.address_for(name), self.settings)
+        address = address or self._endpoints.get(name) or self.settings.address_for(name)
+        return spec.client(address, self.settings)
 
     def _apply_pending_swap(self) -> None:
         name = self._pending_transport
         if name is None or name == self.transport_name and self._transport is not None:
             self._pending_transport = None
             return
-        self._pending_transport = None
+        address, self._pending_transport, self._pending_address = self._pending_address, None, None
         old = self._transport
         self.transport_name = name
-        self._transport = self._open(name)
+        self._transport = self._open(name, address)
         if self.client_id and self.token:
-            self._retry(lambda: self._transport.register(  # type: ignore[union-attr]
-                self.name, self.num_samples, client_id=self.client_id, token=self.token))
+            self._retry(lambda: self._remember(self._transport.register(  # type: ignore[union-attr]
+                self.name, self.num_samples, client_id=self.client_id, token=self.token, tags=self.tags)))
         if old is not None:
             old.close()
         log.info("%s switched to %s at round %d", self.name, name, self.last_round)
 
-    def _retry(self, op: Callable[[], Any], timeout_s: float = DEFAULT_RECONNECT_TIMEOUT_S) -> Any:
+    def _remember(self, reg: Any) -> None:
+        """Keep what the server decided at registration: credentials, wire options, endpoints."""
+        self.client_id, self.token = reg.client_id, reg.token
+        self.summary.client_id = reg.client_id
+        if reg.wire is not None:
+            self.wire = reg.wire
+        if reg.endpoints:
+            self._endpoints = {e.transport: e.address for e in reg.endpoints}
+
+    def _retry(self, op: Callable[[], Any], timeout_s: float | None = None) -> Any:
         """Retry on an unreachable server with exponential back-off (capped), up to ``timeout_s``."""
+        timeout_s = DEFAULT_RECONNECT_TIMEOUT_S if timeout_s is None else timeout_s
         delay, end = BACKOFF_INITIAL_S, time.monotonic() + timeout_s
         while True:
             try:
@@ -127,25 +153,36 @@ class FLClient:
                 delay = min(delay * 2, BACKOFF_MAX_S)
 
     # ------------------------------------------------------------------ protocol steps
-    def connect(self) -> None:
-        """Register (or resume with the known id and token) and fetch the global model."""
+    def connect(self, timeout_s: float | None = None) -> None:
+        """Register (or resume with the known id and token) and fetch the global model. With no
+        server within ``timeout_s``, one TransportError that says where it looked."""
         def _register() -> None:
+            t = self.transport
             try:
-                reg = self.transport.register(self.name, self.num_samples, client_id=self.client_id, token=self.token)
+                reg = t.register(self.name, self.num_samples, client_id=self.client_id, token=self.token, tags=self.tags)
             except (UnknownClientError, AuthError):
                 if self.client_id is None:
                     raise
                 log.warning("%s: server forgot this client; registering anew", self.name)
                 self.client_id = self.token = None
-                reg = self.transport.register(self.name, self.num_samples)
-            self.client_id, self.token = reg.client_id, reg.token
-            self.summary.client_id = reg.client_id
+                reg = t.register(self.name, self.num_samples, tags=self.tags)
+            self._remember(reg)
 
-        self._retry(_register)
+        try:
+            self._retry(_register, timeout_s)
+        except TransportError as exc:
+            if self.client_id is not None:
+                raise
+            address = self.transport.address
+            raise TransportError(
+                f"no fedcore server at {address} (is it running? started with --transport "
+                f"{self.transport_name}?)"
+            ) from exc
         self._pull_global()
 
     def _pull_global(self) -> None:
-        version, payload = self._retry(self.transport.fetch_global)
+        model = self._retry(self.transport.fetch_global)
+        version, payload = model.round, model.payload
         self.summary.bytes_received += len(payload)
         if version != self._global_version:
             state = wire.decode_state(payload, expected=self._spec, max_size=self.settings.max_payload_bytes * 4)
@@ -160,9 +197,30 @@ class FLClient:
             except Exception as exc:  # a missed heartbeat is not fatal; the next one may pass
                 log.debug("heartbeat failed: %s", exc)
 
-    def train_round(self, round_number: int, config: Mapping[str, Any]) -> None:
-        """Fetch the global model, train locally, push the update."""
+    def round_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The server's training config for this round, with the keys this client set explicitly."""
+        merged = dict(config)
+        explicit = self.settings.model_fields_set
+        for key, setting in _LOCAL_KEYS.items():
+            if setting in explicit or key not in merged:
+                merged[key] = getattr(self.settings, setting)
+        return merged
+
+    def _encode(self, round_number: int) -> bytes:
+        w = self.wire or WireOptions(self.settings.dtype, self.settings.codec, self.settings.level,
+                                     self.settings.filter, "q8" if self.settings.quantize_update else "weights")
+        return wire.encode_state(
+            self.model.state_dict(), dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter,
+            reference=self._received, quantize_update=w.update == "q8",
+            meta={"round": round_number, "client": self.name},
+        )
+
+    def train_round(self, round_number: int, config: Mapping[str, Any]) -> bool:
+        """Fetch the global model, train locally, push the update. False when the server no
+        longer wanted it (its round closed or the server restarted): the update is dropped and
+        the client waits for the next instruction."""
         self._pull_global()
+        cfg = self.round_config(config)
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
         beat.start()
@@ -173,48 +231,63 @@ class FLClient:
                 self.train_fn(
                     self.model,
                     self.train_data,
-                    epochs=self.settings.local_epochs,
-                    batch_size=self.settings.batch_size,
-                    lr=self.settings.lr,
-                    proximal_mu=float(config.get("proximal_mu", 0.0)),
+                    epochs=int(cfg["epochs"]),
+                    batch_size=int(cfg["batch_size"]),
+                    lr=float(cfg["lr"]),
+                    proximal_mu=float(cfg.get("proximal_mu", 0.0)),
                     global_state=self._received,
                     seed=seed,
                 )
             )
             if self.val_data is not None and len(self.val_data) > 0:  # type: ignore[arg-type]
                 metrics.update({f"val_{k}": v for k, v in self.evaluate_fn(self.model, self.val_data).items()})
-            payload = wire.encode_state(
-                self.model.state_dict(),
-                dtype=self.settings.dtype,
-                codec=self.settings.codec,
-                level=self.settings.level,
-                filter=self.settings.filter,
-                reference=self._received,
-                quantize_update=self.settings.quantize_update,
-                meta={"round": round_number, "client": self.name},
-            )
+            payload = self._encode(round_number)
         finally:
             stop.set()
             beat.join(timeout=5)
-        self._retry(lambda: self.transport.push_update(round_number, payload, self.num_samples, metrics))
+        try:
+            self._retry(lambda: self.transport.push_update(round_number, payload, self.num_samples, metrics))
+        except RoundStateError as exc:
+            log.warning("%s: round %d update dropped (%s); waiting for the next instruction", self.name,
+                        round_number, exc)
+            self.summary.dropped_updates.append(round_number)
+            self.last_round = round_number
+            return False
         self.summary.bytes_sent += len(payload)
         self.summary.rounds.append(round_number)
         self.summary.transports.append(self.transport_name)
         self.summary.metrics.append(metrics)
         self.last_round = round_number
-        log.info("%s: round %d sent (%d B over %s)", self.name, round_number, len(payload), self.transport_name)
+        log.info("%s: round %d sent (%d B over %s) %s", self.name, round_number, len(payload), self.transport_name,
+                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return True
+
+    def _follow(self, instr: Instruction) -> None:
+        """Act on a TRAIN instruction: switch transport first when asked, then train."""
+        if instr.wire is not None:
+            self.wire = instr.wire
+        switch: Endpoint | None = instr.switch_to
+        if switch is not None and switch.transport != self.transport_name:
+            self.use_transport(switch.transport, switch.address)
+            self._apply_pending_swap()
+        elif "transport" in instr.config and instr.config["transport"] != self.transport_name:
+            self.use_transport(str(instr.config["transport"]))
+            self._apply_pending_swap()
+        self.train_round(instr.round, instr.config)
 
     def run(self, *, max_rounds: int | None = None, timeout_s: float | None = None) -> ClientSummary:
         """Take part in rounds until the server says stop, ``max_rounds`` are done or ``timeout_s``."""
         end = time.monotonic() + timeout_s if timeout_s else None
-        self.connect()
+        self.connect(timeout_s=timeout_s)
         state = ClientState.READY
         try:
             while not self._stop.is_set():
                 if end is not None and time.monotonic() > end:
                     log.warning("%s: time-out after %.0fs", self.name, timeout_s)
+                    self.summary.stop_reason = "time-out"
                     break
                 if max_rounds is not None and len(self.summary.rounds) >= max_rounds:
+                    self.summary.stop_reason = f"{max_rounds} round(s) done"
                     break
                 self._apply_pending_swap()
                 try:
@@ -223,13 +296,15 @@ class FLClient:
                     self.connect()  # the server restarted without our registration
                     continue
                 if instr.action is Action.STOP:
+                    self.summary.stop_reason = instr.reason or "the server said stop"
                     break
+                if instr.action is Action.RECONNECT:
+                    log.info("%s: server stopping; reconnecting when it is back", self.name)
+                    self._stop.wait(BACKOFF_MAX_S / 2)
+                    self.connect()
+                    continue
                 if instr.action is Action.TRAIN and instr.round > self.last_round:
-                    switch = instr.config.get("transport")
-                    if switch and switch != self.transport_name:
-                        self.use_transport(str(switch))
-                        self._apply_pending_swap()
-                    self.train_round(instr.round, instr.config)
+                    self._follow(instr)
                     if self.on_round_end is not None:
                         self.on_round_end(self, instr.round)
                 state = ClientState.READY

@@ -103,7 +103,12 @@ class Settings(BaseSettings):
         return f"{self.host}:{self.grpc_port}"
 
     def address_for(self, transport: str) -> str:
-        return self.rest_url if transport == "rest" else self.grpc_address
+        """Where a client first looks for ``transport`` (afterwards the server's announced endpoints win)."""
+        if transport == "rest":
+            return self.rest_url
+        if transport == "grpc":
+            return self.grpc_address
+        return f"{transport}://{self.host}"
 
     @classmethod
     def settings_customise_sources(

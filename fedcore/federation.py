@@ -43,7 +43,7 @@ from fedcore.constants import (
     MAX_METRICS,
     MONITOR_TICK_S,
 )
-from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, RoundStateError
+from fedcore.errors import AuthError, ForbiddenError, PayloadError, PayloadTooLargeError, RoundStateError
 from fedcore.events import EventLog
 from fedcore.global_model import GlobalModel
 from fedcore.logger import get_logger
@@ -61,6 +61,7 @@ from fedcore.operations import (
     Registration,
     RoundRecord,
     RoundStarted,
+    Snapshot,
     Status,
     StillConnected,
     UpdateSink,
@@ -356,6 +357,8 @@ class Federation(FederationOperations):
             raise PayloadError("num_samples must be a positive integer")
         with self._cond:
             rec = self._registry.auth(caller.client_id, caller.token)
+            if caller.name is not None and caller.name != rec.name:
+                raise ForbiddenError("the name in the request does not match the client's registered name")
             self._touch(rec)
             self._rounds.check_open(rec.client_id, round_number)
             samples, clipped = self._registry.clip_samples(num_samples)
@@ -634,6 +637,11 @@ class Federation(FederationOperations):
     def history(self) -> list[RoundRecord]:
         with self._cond:
             return list(self._history)
+
+    def snapshot(self) -> Snapshot:
+        with self._cond:
+            return Snapshot(self._events.seq, self._status_locked(), tuple(c.info() for c in self._registry.records.values()),
+                            tuple(self._history))
 
     def health(self) -> Health:
         with self._cond:

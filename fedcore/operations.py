@@ -24,6 +24,7 @@ class Caller:
     token: str | None = None
     client_id: str | None = None
     peer: str = "unknown"  # source address, for per-source limits
+    name: str | None = None  # a name the request claims (REST: /transmitter/{name}); checked
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,17 @@ class RoundStarted:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """Everything a live view starts from, taken atomically with the event sequence number it
+    is current at: a view that then follows events after ``seq`` misses nothing."""
+
+    seq: int
+    status: Status
+    clients: tuple[ClientInfo, ...]
+    history: tuple[RoundRecord, ...]
+
+
+@dataclass(frozen=True)
 class Health:
     """Ready only when every configured transport accepts connections."""
 
@@ -274,6 +286,9 @@ class FederationOperations(ABC):
     @abstractmethod
     def events_since(self, seq: int, timeout_s: float, still_connected: StillConnected | None = None) -> list[Event]:
         """Events after ``seq``, long-polled up to ``timeout_s``."""
+
+    @abstractmethod
+    def snapshot(self) -> Snapshot: ...
 
     @abstractmethod
     def health(self) -> Health: ...

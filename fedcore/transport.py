@@ -149,9 +149,29 @@ class ServerTransport(ABC):
 
 @dataclass(frozen=True)
 class TransportSpec:
+    """A transport's two halves, each a class or a lazy ``"module:Class"`` reference (so a
+    client process never imports the server's web framework)."""
+
     name: str
-    client: type[ClientTransport]
-    server: type[ServerTransport]
+    client_ref: type[ClientTransport] | str
+    server_ref: type[ServerTransport] | str
+
+    @property
+    def client(self) -> type[ClientTransport]:
+        return _resolve(self.client_ref, ClientTransport)  # type: ignore[return-value]
+
+    @property
+    def server(self) -> type[ServerTransport]:
+        return _resolve(self.server_ref, ServerTransport)  # type: ignore[return-value]
+
+
+def _resolve(ref: type | str, base: type) -> type:
+    if isinstance(ref, str):
+        module, _, attr = ref.partition(":")
+        ref = getattr(importlib.import_module(module), attr)
+    if not (isinstance(ref, type) and issubclass(ref, base)):
+        raise TypeError(f"{ref!r} is not a {base.__name__}")
+    return ref
 
 
 def register_transport(spec: TransportSpec) -> None:

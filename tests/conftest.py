@@ -1,9 +1,7 @@
 """Shared fixtures: real servers on 127.0.0.1 ephemeral ports, clients in threads or processes."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,13 +10,21 @@ from typing import Any
 
 import pytest
 
+import transports.memory
+from fedcore.app.build import build_federation
+from fedcore.app.data import Federated, load_federated
+from fedcore.app.launcher import spawn_client
+from fedcore.app.models import build_model
 from fedcore.client import FLClient
 from fedcore.config import Settings
-from fedcore.app.data import Federated, load_federated
-from fedcore.app.models import build_model
-from fedcore.server import FederationServer, build_federation
+from fedcore.server import FederationServer
+from fedcore.transport import available_transports, register_transport
 
-TRANSPORTS = ["rest", "grpc"]
+# The contract suite runs for every registered transport: the two network ones and the
+# in-process one (which proves the operations interface is all a transport needs).
+register_transport(transports.memory.TRANSPORT)
+TRANSPORTS = available_transports()
+NETWORK_TRANSPORTS = ["rest", "grpc"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,12 +111,8 @@ class Harness:
     def client_process(self, srv: FederationServer, name: str, index: int, *, transport: str,
                        extra: list[str] = ()) -> subprocess.Popen[bytes]:
         s = srv.client_settings()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", FEDCORE_LOG_LEVEL="WARNING")
-        cmd = [sys.executable, "-m", "fedcore", "client", "--name", name, "--index", str(index),
-               "--transport", transport, "--rest-port", str(s.rest_port), "--grpc-port", str(s.grpc_port),
-               "--set", f"num_partitions={s.num_partitions}", "--set", f"heartbeat_s={s.heartbeat_s}",
-               "--timeout", "120", *extra]
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = spawn_client(s, name, index, transport, args=["--timeout", "120", *extra],
+                         env={"PYTHONPATH": str(ROOT), "FEDCORE_LOG_LEVEL": "WARNING"})
         self.procs.append(p)
         return p
 

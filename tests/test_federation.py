@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fedcore import wire
-from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, RoundStateError, UnknownClientError
-from fedcore.federation import Federation
+from fedcore.errors import AuthError, ForbiddenError, PayloadError, PayloadTooLargeError, RoundStateError, UnknownClientError
+from fedcore.federation import Federation, FederationConfig
+from fedcore.operations import Caller, WireOptions
 from fedcore.states import Action, ClientState
 from fedcore.strategy import FedAdam, FedAvg, FedProx, make_strategy
 
@@ -29,43 +30,46 @@ def _fed(clock: FakeClock, **kw) -> Federation:
     kw.setdefault("min_clients", 2)
     kw.setdefault("round_deadline_s", 60.0)
     kw.setdefault("client_timeout_s", 30.0)
-    return Federation(_model(), clock=clock, dtype="fp32", **kw)
+    strategy = kw.pop("strategy", None)
+    cfg = FederationConfig(wire=WireOptions("fp32", "zstd", None, "auto"), **kw)
+    return Federation(_model(), cfg, clock=clock, strategy=strategy)
 
 
-def _join(fed: Federation, name: str, n: int = 10):
-    reg = fed.register(name, num_samples=n)
-    fed.global_payload(reg.client_id, reg.token)
-    fed.signal(reg.client_id, reg.token, ClientState.READY)
-    return reg
+def _join(fed: Federation, name: str, n: int = 10) -> Caller:
+    reg = fed.register(Caller(peer="test"), name, n, "test")
+    me = Caller(reg.token, reg.client_id)
+    fed.fetch_global(me)
+    fed.signal(me, ClientState.READY, 0)
+    return me
 
 
-def _update(fed: Federation, reg, rnd: int, value: float, n: int) -> None:
+def _update(fed: Federation, reg: Caller, rnd: int, value: float, n: int) -> None:
     state = {"w": torch.full((3, 2), value), "b": torch.full((2,), value), "bn.num_batches_tracked": torch.tensor(n)}
-    fed.submit_update(reg.client_id, reg.token, rnd, wire.encode_state(state, dtype="fp32"), n)
+    fed.submit_update(reg, rnd, wire.encode_state(state, dtype="fp32"), n)
 
 
 def test_states_and_weighted_fedavg() -> None:
     clock = FakeClock()
     fed = _fed(clock)
     a, b = _join(fed, "a", 10), _join(fed, "b", 30)
-    assert fed.status()["ready"] == 2
+    assert fed.status().ready == 2
     fed.start_autorun(1)
     fed.tick()
-    instr = fed.signal(a.client_id, a.token, ClientState.READY)
+    instr = fed.signal(a, ClientState.READY, 0)
     assert instr.action is Action.TRAIN and instr.round == 1
-    assert {c["name"]: c["state"] for c in fed.clients()}["a"] == "training"
+    assert {c.name: c.state for c in fed.clients()}["a"] == "training"
     _update(fed, a, 1, 1.0, 10)
-    assert {c["name"]: c["state"] for c in fed.clients()}["a"] == "update"
+    assert {c.name: c.state for c in fed.clients()}["a"] == "update"
     _update(fed, b, 1, 3.0, 30)
     fed.tick()
     assert fed.round == 1
     # formula (1): (10*1 + 30*3) / 40 = 2.5
     assert torch.allclose(fed.global_state["w"], torch.full((3, 2), 2.5))
     assert fed.global_state["bn.num_batches_tracked"].dtype == torch.int64
-    h = fed.get_history()[0]
-    assert h["participants"] == ["a", "b"] and h["bytes_in"] > 0
-    assert {c["state"] for c in fed.clients()} == {"finish"}
-    assert fed.status()["autorun"] is False  # target reached
+    h = fed.history()[0]
+    assert h.participants == ("a", "b") and h.bytes_in > 0
+    assert {c.state for c in fed.clients()} == {"finish"}
+    assert fed.status().autorun is False  # target reached
 
 
 def test_dropout_mid_round_completes_with_the_others() -> None:
@@ -75,8 +79,8 @@ def test_dropout_mid_round_completes_with_the_others() -> None:
     fed.start_autorun(1)
     fed.tick()
     _update(fed, regs[0], 1, 1.0, 10)
-    fed.disconnect(regs[1].client_id, regs[1].token)  # b leaves mid-round
-    assert fed.status()["num_clients"] == 2
+    fed.disconnect(regs[1].client_id, caller=regs[1])  # b leaves mid-round
+    assert fed.status().num_clients == 2
     fed.tick()
     assert fed.round == 0  # c still training
     # c goes silent: after the client time-out it is dropped and the round closes with a alone
@@ -84,8 +88,8 @@ def test_dropout_mid_round_completes_with_the_others() -> None:
     fed.tick()
     fed.tick()
     assert fed.round == 1
-    h = fed.get_history()[0]
-    assert h["participants"] == ["a"] and h["dropped"] == ["b", "c"]
+    h = fed.history()[0]
+    assert h.participants == ("a",) and h.dropped == ("b", "c")
 
 
 def test_deadline_leaves_stragglers_out() -> None:
@@ -98,7 +102,7 @@ def test_deadline_leaves_stragglers_out() -> None:
     clock.t += 6
     fed.tick()
     assert fed.round == 1
-    assert fed.get_history()[0]["stragglers"] == ["b"]
+    assert fed.history()[0].stragglers == ("b",)
     with pytest.raises(RoundStateError):
         _update(fed, b, 1, 2.0, 10)  # too late for round 1
 
@@ -110,19 +114,19 @@ def test_late_joiner_waits_for_next_round() -> None:
     fed.start_autorun(2)
     fed.tick()
     c = _join(fed, "c")
-    assert fed.signal(c.client_id, c.token, ClientState.READY).action is Action.WAIT
+    assert fed.signal(c, ClientState.READY, 0).action is Action.WAIT
     with pytest.raises(RoundStateError):
         _update(fed, c, 1, 1.0, 10)
     _update(fed, a, 1, 1.0, 10)
     _update(fed, b, 1, 1.0, 10)
     fed.tick()  # closes round 1
     fed.tick()  # starts round 2 with everyone ready
-    assert fed.signal(c.client_id, c.token, ClientState.READY).action is Action.TRAIN
+    assert fed.signal(c, ClientState.READY, 0).action is Action.TRAIN
     for r in (a, b, c):
         _update(fed, r, 2, 1.0, 10)
     fed.tick()
-    assert fed.get_history()[0]["participants"] == ["a", "b"]
-    assert fed.get_history()[1]["participants"] == ["a", "b", "c"]
+    assert fed.history()[0].participants == ("a", "b")
+    assert fed.history()[1].participants == ("a", "b", "c")
 
 
 def test_autorun_stop_and_manual_step() -> None:
@@ -130,8 +134,8 @@ def test_autorun_stop_and_manual_step() -> None:
     fed = _fed(clock)
     a, b = _join(fed, "a"), _join(fed, "b")
     fed.tick()
-    assert fed.status()["current_round"] is None  # no autorun: nothing starts
-    assert fed.step() == 1
+    assert fed.status().current_round is None  # no autorun: nothing starts
+    assert fed.step().round == 1
     with pytest.raises(RoundStateError):
         fed.step()
     _update(fed, a, 1, 1.0, 10)
@@ -140,7 +144,7 @@ def test_autorun_stop_and_manual_step() -> None:
     fed.start_autorun(5)
     fed.stop_autorun()
     fed.tick()
-    assert fed.status()["current_round"] is None and fed.round == 1
+    assert fed.status().current_round is None and fed.round == 1
 
 
 def test_min_clients_gate() -> None:
@@ -150,7 +154,7 @@ def test_min_clients_gate() -> None:
     _join(fed, "b")
     fed.start_autorun(1)
     fed.tick()
-    assert fed.status()["current_round"] is None
+    assert fed.status().current_round is None
     with pytest.raises(RoundStateError, match="needs 3"):
         fed.step()
 
@@ -164,18 +168,18 @@ def test_bad_input_never_corrupts_the_global_model() -> None:
     before = {k: v.clone() for k, v in fed.global_state.items()}
     nan = {"w": torch.full((3, 2), float("nan")), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
     with pytest.raises(PayloadError, match="NaN"):
-        fed.submit_update(a.client_id, a.token, 1, wire.encode_state(nan, dtype="fp32"), 10)
+        fed.submit_update(a, 1, wire.encode_state(nan, dtype="fp32"), 10)
     wrong = {"w": torch.zeros(2, 2), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
     with pytest.raises(PayloadError):
-        fed.submit_update(a.client_id, a.token, 1, wire.encode_state(wrong, dtype="fp32"), 10)
+        fed.submit_update(a, 1, wire.encode_state(wrong, dtype="fp32"), 10)
     with pytest.raises(PayloadError):
-        fed.submit_update(a.client_id, a.token, 1, b"garbage", 10)
+        fed.submit_update(a, 1, b"garbage", 10)
     with pytest.raises(PayloadTooLargeError):
-        fed.submit_update(a.client_id, a.token, 1, bytes(20_000), 10)
+        fed.submit_update(a, 1, bytes(20_000), 10)
     with pytest.raises(AuthError):
-        fed.submit_update(a.client_id, "wrong-token", 1, b"x", 10)
+        fed.submit_update(Caller("wrong-token", a.client_id), 1, b"x", 10)
     with pytest.raises(UnknownClientError):
-        fed.global_payload("nobody", a.token)
+        fed.fetch_global(Caller(a.token, "nobody"))
     assert all(torch.equal(before[k], v) for k, v in fed.global_state.items())
     _update(fed, a, 1, 1.0, 10)  # a can still send a good update
     _update(fed, b, 1, 1.0, 10)
@@ -186,11 +190,13 @@ def test_bad_input_never_corrupts_the_global_model() -> None:
 def test_admin_token_guards_control() -> None:
     fed = _fed(FakeClock(), admin_token="s3cret")
     with pytest.raises(AuthError):
-        fed.check_admin(None)
+        fed.start_autorun(1, caller=Caller(None))
     a = _join(fed, "a")
+    with pytest.raises(ForbiddenError):
+        fed.start_autorun(1, caller=a)  # a client token never passes
     with pytest.raises(AuthError):
-        fed.check_admin(a.token)
-    fed.check_admin("s3cret")
+        fed.disconnect(a.client_id, caller=Caller("s3cre"))  # neither the admin's nor a's
+    assert fed.start_autorun(1, caller=Caller("s3cret")).autorun_target == 1
 
 
 def test_checkpoint_resume(tmp_path: Path) -> None:
@@ -206,14 +212,14 @@ def test_checkpoint_resume(tmp_path: Path) -> None:
     assert fed.round == 2
     saved = fed.global_state
     again = _fed(FakeClock(), checkpoint_dir=tmp_path)
-    assert again.round == 2 and len(again.get_history()) == 2
+    assert again.round == 2 and len(again.history()) == 2
     assert all(torch.equal(saved[k], v) for k, v in again.global_state.items())
-    assert again.autorun_target == 3
+    assert again.status().autorun_target == 3
     # known clients resume with their old token
-    reg = again.register("a", client_id=a.client_id, token=a.token)
+    reg = again.register(a, "a", 0, "test")
     assert reg.client_id == a.client_id
     with pytest.raises(AuthError):
-        again.register("a", client_id=a.client_id, token="forged")
+        again.register(Caller("forged", a.client_id), "a", 0, "test")
 
 
 def test_streaming_strategies() -> None:
@@ -236,8 +242,8 @@ def test_streaming_strategies() -> None:
 def test_admin_kick_stops_the_client_for_good() -> None:
     fed = _fed(FakeClock())
     a = _join(fed, "a")
-    fed.disconnect(a.client_id, None, admin=True)
-    assert fed.signal(a.client_id, a.token, ClientState.READY).action is Action.STOP
-    assert {c["name"]: c["state"] for c in fed.clients()}["a"] == "left"  # its heartbeat does not revive it
+    fed.disconnect(a.client_id)
+    assert fed.signal(a, ClientState.READY, 0).action is Action.STOP
+    assert {c.name: c.state for c in fed.clients()}["a"] == "left"  # its heartbeat does not revive it
     status = fed.status()
-    assert status["num_clients"] == 0 and status["selected_clients"] == []
+    assert status.num_clients == 0 and status.selected_clients == ()

@@ -8,52 +8,53 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TRANSPORTS, Harness, make_settings, wait_until
+from conftest import NETWORK_TRANSPORTS, TRANSPORTS, Harness, make_settings, wait_until
 from fedcore import wire
 from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, RoundStateError, UnknownClientError
+from fedcore.operations import RoundRecord
 from fedcore.states import Action, ClientState
 from fedcore.transport import get_transport
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def _names(entry: dict) -> list[str]:
-    return sorted(entry["participants"])
+def _names(entry: RoundRecord) -> list[str]:
+    return sorted(entry.participants)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_three_clients_rounds(harness: Harness, transport: str) -> None:
     srv = harness.server(make_settings(transport, min_clients=3), stop_when_done=True)
     cs = [harness.client(srv, f"c{i}", i, transport=transport) for i in range(3)]
-    wait_until(lambda: srv.federation.status()["ready"] == 3, what="3 ready clients")
+    wait_until(lambda: srv.federation.status().ready == 3, what="3 ready clients")
     srv.federation.start_autorun(2)
     assert srv.federation.wait_for_round(2, 60)
-    hist = srv.federation.get_history()
+    hist = srv.federation.history()
     assert [_names(h) for h in hist] == [["c0", "c1", "c2"]] * 2
-    assert all(h["bytes_in"] > 0 and h["bytes_out"] > 0 for h in hist)
-    assert {c["transport"] for c in srv.federation.clients()} == {transport}
+    assert all(h.bytes_in > 0 and h.bytes_out > 0 for h in hist)
+    assert {c.transport for c in srv.federation.clients()} == {transport}
     for c in cs:
         c.thread.join(20)
         assert c.error is None and c.result.rounds == [1, 2]
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", NETWORK_TRANSPORTS)
 def test_client_process_killed_mid_round(harness: Harness, transport: str) -> None:
     srv = harness.server(make_settings(transport, min_clients=3, client_timeout_s=2.0))
     fed = srv.federation
     harness.client(srv, "steady0", 0, transport=transport)
     harness.client(srv, "steady1", 1, transport=transport)
     victim = harness.client_process(srv, "victim", 2, transport=transport, extra=["--set", "local_epochs=100000"])
-    wait_until(lambda: fed.status()["ready"] == 3, 90, "3 ready clients (one is a process)")
+    wait_until(lambda: fed.status().ready == 3, 90, "3 ready clients (one is a process)")
     fed.start_autorun(1)
-    wait_until(lambda: {c["name"]: c["state"] for c in fed.clients()}.get("victim") == "training", 30,
+    wait_until(lambda: {c.name: c.state for c in fed.clients()}.get("victim") == "training", 30,
                "victim to be training")
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     assert fed.wait_for_round(1, 30), "round did not complete without the killed client"
-    h = fed.get_history()[0]
-    assert _names(h) == ["steady0", "steady1"] and h["dropped"] == ["victim"]
-    assert fed.status()["num_clients"] == 2
+    h = fed.history()[0]
+    assert _names(h) == ["steady0", "steady1"] and h.dropped == ("victim",)
+    assert fed.status().num_clients == 2
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -68,14 +69,14 @@ def test_late_joiner_takes_part_from_next_round(harness: Harness, transport: str
     fed = srv.federation
     harness.client(srv, "early0", 0, transport=transport, train_fn=slow_train)
     harness.client(srv, "early1", 1, transport=transport, train_fn=slow_train)
-    wait_until(lambda: fed.status()["ready"] == 2, what="2 ready clients")
+    wait_until(lambda: fed.status().ready == 2, what="2 ready clients")
     fed.start_autorun(2)
-    wait_until(lambda: fed.status()["current_round"] == 1, what="round 1 to start")
+    wait_until(lambda: fed.status().current_round == 1, what="round 1 to start")
     harness.client(srv, "late", 2, transport=transport)
-    wait_until(lambda: any(c["name"] == "late" for c in fed.clients()), what="late client to register")
-    assert fed.status()["current_round"] == 1, "round 1 ended before the late client joined"
+    wait_until(lambda: any(c.name == "late" for c in fed.clients()), what="late client to register")
+    assert fed.status().current_round == 1, "round 1 ended before the late client joined"
     assert fed.wait_for_round(2, 60)
-    hist = fed.get_history()
+    hist = fed.history()
     assert _names(hist[0]) == ["early0", "early1"]
     assert _names(hist[1]) == ["early0", "early1", "late"]
 
@@ -86,11 +87,11 @@ def test_server_restart_resumes_from_checkpoint(harness: Harness, transport: str
     srv = harness.server(settings)
     harness.client(srv, "a", 0, transport=transport)
     harness.client(srv, "b", 1, transport=transport)
-    wait_until(lambda: srv.federation.status()["ready"] == 2, what="2 ready clients")
+    wait_until(lambda: srv.federation.status().ready == 2, what="2 ready clients")
     srv.federation.start_autorun(4)
     assert srv.federation.wait_for_round(2, 60)
     srv.federation.stop_autorun()
-    wait_until(lambda: srv.federation.status()["current_round"] is None, what="open round to finish")
+    wait_until(lambda: srv.federation.status().current_round is None, what="open round to finish")
     stopped_at = srv.federation.round
     saved = srv.federation.global_state
     ports = srv.ports
@@ -99,13 +100,13 @@ def test_server_restart_resumes_from_checkpoint(harness: Harness, transport: str
     restarted = harness.server(settings.model_copy(update={"rest_port": ports.get("rest", 0),
                                                            "grpc_port": ports.get("grpc", 0)}))
     fed = restarted.federation
-    assert fed.round == stopped_at and len(fed.get_history()) == stopped_at
+    assert fed.round == stopped_at and len(fed.history()) == stopped_at
     assert all(torch.equal(saved[k], v) for k, v in fed.global_state.items())
-    wait_until(lambda: fed.status()["ready"] == 2, 60, "clients to come back")
+    wait_until(lambda: fed.status().ready == 2, 60, "clients to come back")
     fed.start_autorun(1)
     assert fed.wait_for_round(stopped_at + 1, 60)
-    last = fed.get_history()[-1]
-    assert last["round"] == stopped_at + 1 and _names(last) == ["a", "b"]
+    last = fed.history()[-1]
+    assert last.round == stopped_at + 1 and _names(last) == ["a", "b"]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -118,14 +119,14 @@ def test_bad_input_is_refused_and_server_survives(harness: Harness, transport: s
     t = spec.client(cs.address_for(transport), cs)
     try:
         reg = t.register("probe", 100)
-        _, initial = t.fetch_global()
+        initial = t.fetch_global().payload
         t.signal(ClientState.READY)
         with pytest.raises(AuthError):
             t.start_autorun(1)  # no admin token
         with pytest.raises(AuthError):
             t.start_autorun(1, admin_token=reg.token)  # a client token cannot control rounds
         t.start_autorun(1, admin_token="admin-secret")
-        wait_until(lambda: fed.status()["current_round"] == 1, what="round 1")
+        wait_until(lambda: fed.status().current_round == 1, what="round 1")
         assert t.signal(ClientState.READY).action is Action.TRAIN
         before = {k: v.clone() for k, v in fed.global_state.items()}
         with pytest.raises(PayloadError):
@@ -152,7 +153,7 @@ def test_bad_input_is_refused_and_server_survives(harness: Harness, transport: s
         # still serving: a good update closes the round
         t.push_update(1, initial, 100, {"loss": 0.5})
         assert fed.wait_for_round(1, 30)
-        assert t.status()["round"] == 1
+        assert t.status().round == 1
     finally:
         t.close()
 
@@ -165,10 +166,10 @@ def test_disconnect_and_status(harness: Harness, transport: str) -> None:
     t = spec.client(cs.address_for(transport), cs)
     try:
         reg = t.register("x", 5)
-        assert srv.federation.status()["num_clients"] == 1
+        assert srv.federation.status().num_clients == 1
         t.disconnect()
-        assert {c["client_id"]: c["state"] for c in srv.federation.clients()}[reg.client_id] == "left"
-        assert srv.federation.status()["num_clients"] == 0
+        assert {c.client_id: c.state for c in srv.federation.clients()}[reg.client_id] == "left"
+        assert srv.federation.status().num_clients == 0
     finally:
         t.close()
 
@@ -180,15 +181,15 @@ def test_admin_asks_a_running_client_to_switch_transport(harness: Harness) -> No
     fed = srv.federation
     a = harness.client(srv, "a", 0, transport="rest")
     harness.client(srv, "b", 1, transport="grpc")
-    wait_until(lambda: fed.status()["ready"] == 2, what="2 ready clients")
+    wait_until(lambda: fed.status().ready == 2, what="2 ready clients")
     url = srv.client_settings().rest_url
-    a_id = {c["name"]: c["client_id"] for c in fed.clients()}["a"]
+    a_id = {c.name: c.client_id for c in fed.clients()}["a"]
     denied = httpx.post(f"{url}/client/{a_id}/transport/grpc")
     assert denied.status_code == 401
     ok = httpx.post(f"{url}/client/{a_id}/transport/grpc", headers={"Authorization": "Bearer adm"})
     assert ok.status_code == 200, ok.text
     fed.start_autorun(2)
     assert fed.wait_for_round(2, 60)
-    assert {c["name"]: c["transport"] for c in fed.clients()} == {"a": "grpc", "b": "grpc"}
-    assert [sorted(h["participants"]) for h in fed.get_history()] == [["a", "b"], ["a", "b"]]
+    assert {c.name: c.transport for c in fed.clients()} == {"a": "grpc", "b": "grpc"}
+    assert [sorted(h.participants) for h in fed.history()] == [["a", "b"], ["a", "b"]]
     assert a.client.summary.transports == ["grpc", "grpc"]

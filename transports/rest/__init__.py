@@ -1,9 +1,12 @@
-"""REST transport: FastAPI app + uvicorn server, httpx client, the REST paper's URIs."""
+"""REST transport: FastAPI app + uvicorn server, httpx client, the REST paper's URIs.
+
+Importing it loads only the httpx client: FastAPI and uvicorn load when the server half is first
+used, so client processes start faster.
+"""
 from fedcore.transport import TransportSpec
 
 from transports.rest.client import RestClientTransport
-from transports.rest.server import RestServerTransport, create_app
 
-TRANSPORT = TransportSpec("rest", RestClientTransport, RestServerTransport)
+TRANSPORT = TransportSpec("rest", RestClientTransport, "transports.rest.server:RestServerTransport")
 
-__all__ = ["TRANSPORT", "RestClientTransport", "RestServerTransport", "create_app"]
+__all__ = ["TRANSPORT", "RestClientTransport"]

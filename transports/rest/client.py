@@ -1,23 +1,46 @@
-"""httpx client for the REST transport; maps HTTP errors back to fedcore's typed errors."""
+"""httpx client for the REST transport: every client-side operation, typed results, and HTTP
+errors mapped back to the fedcore error the server raised (by the ``error`` kind it sends)."""
 from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import TypeAdapter
 
 from fedcore.config import Settings
 from fedcore.constants import HEADER_CLIENT_ID, HEADER_METRICS, HEADER_ROUND, HEADER_SAMPLES, PARAMS_MEDIA_TYPE
-from fedcore.errors import FedcoreError, TransportError
-from fedcore.federation import Instruction, Registration
-from fedcore.states import Action, ClientState
+from fedcore.errors import AuthError, ErrorKind, TransportError, error_for
+from fedcore.operations import (
+    ClientInfo,
+    ControlResult,
+    GlobalModel,
+    Health,
+    Instruction,
+    Registration,
+    RoundRecord,
+    Status,
+)
+from fedcore.states import ClientState
 from fedcore.transport import ClientTransport
-from transports.rest.errors import ERROR_OF
+from transports.rest.errors import KIND_FOR_STATUS
 
 _TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 _POLL_MARGIN_S = 10.0
+T = TypeVar("T")
+
+
+@lru_cache(maxsize=None)
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(tp)
+
+
+def parse(tp: type[T] | Any, data: Any) -> T:
+    """A core dataclass (or a list of them) from the JSON the server sent."""
+    return _adapter(tp).validate_python(data)  # type: ignore[no-any-return]
 
 
 class RestClientTransport(ClientTransport):
@@ -29,89 +52,103 @@ class RestClientTransport(ClientTransport):
         self._http = httpx.Client(base_url=address, timeout=_TIMEOUT, verify=verify)
 
     # ------------------------------------------------------------------ plumbing
-    def _headers(self, token: str | None = None) -> dict[str, str]:
+    def _call(self, method: str, url: str, *, token: str | None = None, use_client_token: bool = True,
+              timeout: float | None = None, headers: Mapping[str, str] | None = None, **kw: Any) -> httpx.Response:
         h: dict[str, str] = {}
-        tok = token if token is not None else self.token
+        tok = token if token is not None else (self.token if use_client_token else None)
         if tok:
             h["Authorization"] = f"Bearer {tok}"
         if self.client_id:
             h[HEADER_CLIENT_ID] = self.client_id
-        return h
-
-    def _call(self, method: str, url: str, *, token: str | None = None, timeout: float | None = None,
-              headers: Mapping[str, str] | None = None, **kw: Any) -> httpx.Response:
-        all_headers = self._headers(token) | dict(headers or {})
+        h.update(headers or {})
         try:
-            resp = self._http.request(method, url, headers=all_headers,
-                                      timeout=timeout if timeout is not None else _TIMEOUT, **kw)
+            resp = self._http.request(method, url, headers=h, timeout=timeout if timeout is not None else _TIMEOUT, **kw)
         except httpx.TransportError as exc:  # connect / read failures: the caller may retry
             raise TransportError(f"{method} {self.address}{url}: {exc}") from exc
         if resp.status_code >= 400:
             try:
-                detail = resp.json().get("detail", resp.text)
-            except ValueError:
-                detail = resp.text
-            err = ERROR_OF.get(resp.status_code)
-            if err is not None:
-                raise err(str(detail))
-            if resp.status_code >= 500:
-                raise TransportError(f"server error {resp.status_code}: {detail}")
-            raise FedcoreError(f"HTTP {resp.status_code}: {detail}")
+                body = resp.json()
+                detail, kind = str(body.get("detail", resp.text)), body.get("error")
+            except (ValueError, AttributeError):
+                detail, kind = resp.text, None
+            fallback = KIND_FOR_STATUS.get(resp.status_code, ErrorKind.UNAVAILABLE)
+            raise error_for(kind, fallback, f"{detail} [HTTP {resp.status_code}]")
         return resp
 
+    def _admin_call(self, method: str, url: str, admin_token: str | None) -> ControlResult:
+        token = self.admin(admin_token)
+        resp = self._call(method, url, token=token or "", use_client_token=False)
+        return parse(ControlResult, resp.json())
+
     # ------------------------------------------------------------------ client operations
-    def register(self, name: str, num_samples: int, *, client_id: str | None = None,
-                 token: str | None = None) -> Registration:
-        body = {"name": name, "num_samples": num_samples, "client_id": client_id, "token": token, "transport": self.name}
-        data = self._call("POST", "/client", json=body).json()
-        self.set_credentials(data["client_id"], data["token"])
-        self._name = name
-        return Registration(data["client_id"], data["token"], int(data["round"]))
+    def register(self, name: str, num_samples: int, *, client_id: str | None = None, token: str | None = None,
+                 tags: Sequence[str] = ()) -> Registration:
+        body = {"name": name, "num_samples": num_samples, "client_id": client_id, "token": token,
+                "transport": self.name, "tags": list(tags)}
+        reg = parse(Registration, self._call("POST", "/client", json=body, use_client_token=False).json())
+        self.set_credentials(reg.client_id, reg.token)
+        self.client_name = name
+        return reg
 
-    def fetch_global(self) -> tuple[int, bytes]:
-        resp = self._call("GET", "/transmitter")
-        return int(resp.headers[HEADER_ROUND]), resp.content
+    def _params(self, url: str) -> GlobalModel:
+        resp = self._call("GET", url)
+        return GlobalModel(int(resp.headers[HEADER_ROUND]), resp.content)
 
-    def fetch_initial(self) -> tuple[int, bytes]:
-        resp = self._call("GET", "/client")
-        return int(resp.headers[HEADER_ROUND]), resp.content
+    def fetch_global(self) -> GlobalModel:
+        return self._params("/transmitter")
+
+    def fetch_initial(self) -> GlobalModel:
+        return self._params("/client")
 
     def signal(self, state: ClientState, *, wait_s: float = 0.0) -> Instruction:
-        data = self._call("POST", "/client/signal", json={"state": state.value, "wait_s": wait_s},
-                          timeout=wait_s + _POLL_MARGIN_S).json()
-        return Instruction(Action(data["action"]), int(data["round"]), dict(data.get("config") or {}))
+        resp = self._call("POST", "/client/signal", json={"state": state.value, "wait_s": wait_s},
+                          timeout=wait_s + _POLL_MARGIN_S)
+        return parse(Instruction, resp.json())
 
     def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
+        if not self.client_name:
+            raise AuthError("register first: this transport has no client name")
         headers = {
             "Content-Type": PARAMS_MEDIA_TYPE,
             HEADER_ROUND: str(round_number),
             HEADER_SAMPLES: str(num_samples),
             HEADER_METRICS: json.dumps(dict(metrics)),
         }
-        self._call("POST", f"/transmitter/{getattr(self, '_name', '')}", content=payload, headers=headers)
+        self._call("POST", f"/transmitter/{self.client_name}", content=payload, headers=headers)
 
     def disconnect(self) -> None:
         if self.client_id:
             self._call("DELETE", f"/client/{self.client_id}")
 
-    def status(self) -> dict[str, Any]:
-        return self._call("GET", "/status").json()
+    # ------------------------------------------------------------------ views
+    def status(self) -> Status:
+        return parse(Status, self._call("GET", "/status").json())
 
-    def history(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/history").json()
+    def clients(self) -> list[ClientInfo]:
+        return parse(list[ClientInfo], self._call("GET", "/clients").json())
+
+    def history(self) -> list[RoundRecord]:
+        return parse(list[RoundRecord], self._call("GET", "/history").json())
+
+    def health(self) -> Health:
+        resp = self._http.get("/health")  # 503 carries the same body: not an error here
+        return parse(Health, resp.json())
 
     # ------------------------------------------------------------------ round control
-    def _admin(self, admin_token: str | None) -> str:
-        return admin_token or self.settings.admin_token or ""
+    def start_autorun(self, rounds: int, admin_token: str | None = None) -> ControlResult:
+        return self._admin_call("POST", f"/client/autorun/{rounds}", admin_token)
 
-    def start_autorun(self, rounds: int, admin_token: str | None = None) -> dict[str, Any]:
-        return self._call("POST", f"/client/autorun/{rounds}", token=self._admin(admin_token)).json()
+    def stop_autorun(self, admin_token: str | None = None) -> ControlResult:
+        return self._admin_call("DELETE", "/client/autorun", admin_token)
 
-    def stop_autorun(self, admin_token: str | None = None) -> dict[str, Any]:
-        return self._call("DELETE", "/client/autorun", token=self._admin(admin_token)).json()
+    def step(self, admin_token: str | None = None) -> ControlResult:
+        return self._admin_call("POST", "/round/step", admin_token)
 
-    def step(self, admin_token: str | None = None) -> dict[str, Any]:
-        return self._call("POST", "/round/step", token=self._admin(admin_token)).json()
+    def kick(self, client_id: str, admin_token: str | None = None) -> ControlResult:
+        return self._admin_call("DELETE", f"/client/{client_id}", admin_token)
+
+    def request_transport(self, client_id: str, transport: str, admin_token: str | None = None) -> ControlResult:
+        return self._admin_call("POST", f"/client/{client_id}/transport/{transport}", admin_token)
 
     def close(self) -> None:
         self._http.close()

@@ -1,38 +1,24 @@
-"""One table for fedcore error ⇄ HTTP status, used by the app and the client alike."""
+"""fedcore error kinds ⇄ HTTP status: the one table the app and the client share.
+
+The server answers ``{"detail": message, "error": kind}``; the client rebuilds the same fedcore
+error class from ``error`` (or, for a body without it, from the status code).
+"""
 from __future__ import annotations
 
-from fedcore.errors import (
-    AuthError,
-    FedcoreError,
-    PayloadError,
-    PayloadTooLargeError,
-    RoundStateError,
-    UnknownClientError,
-)
+from fedcore.errors import ErrorKind
 
-# Most specific first: PayloadTooLargeError is a PayloadError.
-STATUS_OF: list[tuple[type[FedcoreError], int]] = [
-    (PayloadTooLargeError, 413),
-    (PayloadError, 400),
-    (UnknownClientError, 404),
-    (AuthError, 401),
-    (RoundStateError, 409),
-]
-ERROR_OF: dict[int, type[FedcoreError]] = {
-    413: PayloadTooLargeError,
-    400: PayloadError,
-    422: PayloadError,
-    404: UnknownClientError,
-    401: AuthError,
-    403: AuthError,
-    409: RoundStateError,
+STATUS_FOR_KIND: dict[ErrorKind, int] = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.TIMEOUT: 408,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.RATE_LIMITED: 429,
+    ErrorKind.INTERNAL: 500,
+    ErrorKind.UNAVAILABLE: 503,
 }
-
-
-def status_for(exc: Exception) -> int:
-    for cls, code in STATUS_OF:
-        if isinstance(exc, cls):
-            return code
-    if isinstance(exc, ValueError):
-        return 400
-    return 500
+KIND_FOR_STATUS: dict[int, ErrorKind] = {code: kind for kind, code in STATUS_FOR_KIND.items()} | {
+    422: ErrorKind.INVALID,  # FastAPI's request validation
+}

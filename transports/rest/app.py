@@ -1,0 +1,65 @@
+"""The FastAPI app: the routers over one FederationOperations, and the one error mapping."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from fedcore import __version__
+from fedcore.errors import ErrorKind, FedcoreError, kind_of
+from fedcore.logger import get_logger
+from fedcore.operations import FederationOperations
+from transports.rest.docs import mount_offline_docs
+from transports.rest.errors import STATUS_FOR_KIND
+from transports.rest.routes_client import client_router
+from transports.rest.routes_control import control_router
+from transports.rest.routes_views import mount_dashboard, views_router
+
+log = get_logger(__name__)
+
+
+def create_app(ops: FederationOperations, transports: Sequence[str] = ("rest",),
+               extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The REST API (the REST paper's URIs, Table 2) and the dashboard over ``ops``.
+    ``transports`` are the names this server serves (valid switch targets in the schema)."""
+    app = FastAPI(
+        title="fedcore",
+        version=__version__,
+        description="Dynamic federated learning over REST (URIs of the REST paper, Table 2). Parameter bodies "
+                    "are fedcore's wire format (application/octet-stream); see the README's 'Wire format'.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.ops = ops
+
+    # FedcoreError and ValueError: answered here and the connection stays open (a handler for
+    # Exception itself would run in Starlette's outer middleware, which re-raises and drops the
+    # keep-alive connection).
+    async def _error(_: Request, exc: Exception) -> JSONResponse:
+        kind = kind_of(exc)
+        if kind is ErrorKind.INTERNAL:
+            log.error("REST handler failed", exc_info=exc)
+        return JSONResponse({"detail": str(exc) or type(exc).__name__, "error": kind.value},
+                            status_code=STATUS_FOR_KIND[kind])
+
+    app.add_exception_handler(FedcoreError, _error)
+    app.add_exception_handler(ValueError, _error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}", "error": "invalid"},
+                            status_code=422)
+
+    # Control before client routes: DELETE /client/autorun must not match DELETE /client/{client_id}.
+    app.include_router(control_router(ops, list(transports)))
+    app.include_router(client_router(ops))
+    app.include_router(views_router(ops))
+    for router in extra_routers:
+        app.include_router(router)
+    mount_offline_docs(app)
+    mount_dashboard(app)
+    return app

@@ -1,0 +1,66 @@
+"""The client URIs of the REST paper (its Table 2): register, parameters, signal, disconnect."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import Response
+
+from fedcore.constants import HEADER_METRICS, HEADER_ROUND, PARAMS_MEDIA_TYPE
+from fedcore.operations import ControlResult, FederationOperations, Instruction, Registration
+from transports.rest.bridge import receive_update, while_connected
+from transports.rest.deps import CallerDep
+from transports.rest.schemas import RegisterRequest, SignalRequest
+from transports.rest.views import ERROR_RESPONSES, parse_metrics
+
+_PARAMS = {200: {"content": {PARAMS_MEDIA_TYPE: {}}, "description": "the wire format's bytes"}}
+
+
+def client_router(ops: FederationOperations, transport_name: str = "rest") -> APIRouter:
+    r = APIRouter(tags=["client"], responses=ERROR_RESPONSES)
+
+    @r.post("/client", summary="Register a client (or resume with client_id + token)")
+    def register(req: RegisterRequest, caller: CallerDep) -> Registration:
+        who = caller
+        if req.client_id is not None:
+            who = replace(caller, token=req.token or caller.token, client_id=req.client_id)
+        return ops.register(who, req.name, req.num_samples, transport_name, req.tags)
+
+    def params(caller: CallerDep) -> Response:
+        model = ops.fetch_global(caller)
+        return Response(model.payload, media_type=PARAMS_MEDIA_TYPE, headers={HEADER_ROUND: str(model.round)})
+
+    r.add_api_route("/client", params, methods=["GET"], summary="Initial (current global) parameters, compressed",
+                    response_class=Response, responses=_PARAMS)
+    r.add_api_route("/transmitter", params, methods=["GET"], summary="Updated global parameters, compressed",
+                    response_class=Response, responses=_PARAMS)
+
+    @r.post("/client/signal", summary="Report the client's state; long-poll for what to do next")
+    async def signal(req: SignalRequest, request: Request, caller: CallerDep) -> Instruction:
+        return await while_connected(request, lambda alive: ops.signal(caller, req.state, req.wait_s, alive))
+
+    @r.delete("/client/{client_id}", summary="Disconnect a client (itself with its token, or the admin)")
+    def disconnect(client_id: Annotated[str, Path(max_length=64)], caller: CallerDep) -> ControlResult:
+        return ops.disconnect(client_id, caller=caller)
+
+    @r.post("/transmitter/{name}", summary="A client's local parameters (binary body)",
+            openapi_extra={"requestBody": {"required": True, "content": {
+                PARAMS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
+    async def local_parameters(
+        name: Annotated[str, Path(min_length=1, max_length=128)],
+        request: Request,
+        caller: CallerDep,
+        x_fedcore_round: Annotated[int, Header(ge=0)],
+        x_fedcore_samples: Annotated[int, Header(ge=1)],
+        x_fedcore_metrics: Annotated[str | None, Header(max_length=8192)] = None,
+    ) -> dict[str, Any]:
+        declared_header = request.headers.get("content-length")
+        declared = int(declared_header) if declared_header is not None and declared_header.isdigit() else None
+        metrics = parse_metrics(x_fedcore_metrics, HEADER_METRICS)
+        who = replace(caller, name=name)
+        gate = ops.accept_update(who, x_fedcore_round, declared, x_fedcore_samples, metrics)
+        received = await receive_update(request, gate)
+        return {"accepted": True, "round": x_fedcore_round, "bytes": received}
+
+    return r

@@ -1,0 +1,73 @@
+"""Public views: status, clients, history, health, live events (SSE) and the dashboard."""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from pathlib import Path
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from fedcore.operations import ClientInfo, FederationOperations, Health, RoundRecord, Status
+from transports.rest.bridge import while_connected
+
+STATIC_DIR = Path(__file__).parent / "static"
+EVENT_POLL_S = 5.0
+
+
+def views_router(ops: FederationOperations) -> APIRouter:
+    r = APIRouter(tags=["status"])
+
+    @r.get("/status", summary="Global model status")
+    def status() -> Status:
+        return ops.status()
+
+    @r.get("/clients", summary="Every client and its state")
+    def clients() -> list[ClientInfo]:
+        return ops.clients()
+
+    @r.get("/history", summary="Per-round history")
+    def history() -> list[RoundRecord]:
+        return ops.history()
+
+    @r.get("/health", summary="Ready (200) once every configured transport accepts; 503 before",
+           responses={503: {"model": Health, "description": "not ready"}})
+    def health() -> JSONResponse:
+        h = ops.health()
+        return JSONResponse(asdict(h), status_code=200 if h.ready else 503)
+
+    @r.get("/events", summary="Live events (server-sent events)")
+    async def events(request: Request, since: int = Query(0, ge=0)) -> StreamingResponse:
+        async def stream() -> AsyncIterator[str]:
+            # One atomic snapshot and the sequence number it is current at: no event between
+            # the two can be lost (a lost round_finished once left the page a round behind).
+            snap = await run_in_threadpool(ops.snapshot)
+            view = {"status": asdict(snap.status), "clients": [asdict(c) for c in snap.clients],
+                    "history": [asdict(h) for h in snap.history]}
+            yield f"id: {snap.seq}\nevent: snapshot\ndata: {json.dumps(view)}\n\n"
+            seq = max(since, snap.seq)
+            while not ops.stopping and not await request.is_disconnected():
+                batch = await while_connected(request, lambda alive: ops.events_since(seq, EVENT_POLL_S, alive))
+                if not batch:
+                    yield ": keep-alive\n\n"
+                for e in batch:
+                    seq = e.seq
+                    yield f"id: {e.seq}\nevent: {e.type}\ndata: {json.dumps(asdict(e.data))}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return r
+
+
+def mount_dashboard(app: "FastAPI") -> None:  # noqa: F821 - FastAPI imported by the caller
+    index = STATIC_DIR / "index.html"
+    if not index.exists():
+        return
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(index)

@@ -1,0 +1,28 @@
+"""Shared pieces of the REST routers: documented error responses and header parsing."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fedcore.errors import PayloadError
+from transports.rest.errors import STATUS_FOR_KIND
+from transports.rest.schemas import ErrorBody
+
+# Every error a route may answer, declared once for the OpenAPI schema.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": kind.value.replace("_", " ")}
+    for kind, code in STATUS_FOR_KIND.items() if code != 500
+}
+
+
+def parse_metrics(header: str | None, header_name: str) -> dict[str, float] | None:
+    """The metrics JSON header (an object of numbers; the core checks the values)."""
+    if not header:
+        return None
+    try:
+        value = json.loads(header)
+    except ValueError as exc:
+        raise PayloadError(f"bad {header_name} header: {exc}") from exc
+    if not isinstance(value, dict):
+        raise PayloadError(f"bad {header_name} header: must be a JSON object")
+    return value
