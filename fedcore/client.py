@@ -250,8 +250,8 @@ class FLClient:
         except RoundStateError as exc:
             log.warning("%s: round %d update dropped (%s); waiting for the next instruction", self.name,
                         round_number, exc)
+            # Not counted: after a server restart the same round number opens again and must be trained.
             self.summary.dropped_updates.append(round_number)
-            self.last_round = round_number
             return False
         self.summary.bytes_sent += len(payload)
         self.summary.rounds.append(round_number)
