@@ -59,7 +59,20 @@ from transports.grpc.status import CODE_FOR_KIND, KIND_METADATA_KEY, kind_for_co
 
 ADMIN = "admin-secret"
 WIRE = WireOptions("fp32", "none", None, "none")
-ENCODE = {"dtype": "fp32", "codec": "none", "filter": "none"}
+
+
+def _encode(state: Mapping[str, torch.Tensor]) -> bytes:
+    return wire.encode_state(state, dtype="fp32", codec="none", filter="none")
+
+
+def _stub_of(channel: grpc.Channel) -> Any:
+    """The generated stub (grpc_tools emits it without annotations)."""
+    return pb_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
+
+
+def _kind_sent(err: grpc.RpcError) -> str | None:
+    assert isinstance(err, grpc.Call)
+    return dict(err.trailing_metadata() or ()).get(KIND_METADATA_KEY)
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -96,10 +109,10 @@ class _Served:
         c.register(name, samples, **kw)
         return c
 
-    def stub(self) -> pb_grpc.FederationStub:
+    def stub(self) -> Any:
         channel = grpc.insecure_channel(self.server.address)
         self._channels.append(channel)
-        return pb_grpc.FederationStub(channel)
+        return _stub_of(channel)
 
     def close(self) -> None:
         for c in self._clients:
@@ -140,7 +153,7 @@ def _open_round(fed: Federation, c: GrpcClientTransport) -> int:
 
 
 def _update(fed: Federation, delta: float = 0.01) -> bytes:
-    return wire.encode_state({k: v + delta for k, v in fed.global_state.items()}, **ENCODE)
+    return _encode({k: v + delta for k, v in fed.global_state.items()})
 
 
 def _code(fn: Callable[[], object]) -> grpc.RpcError:
@@ -221,7 +234,7 @@ def test_round_trip_multi_chunk() -> None:
 
         number = _open_round(fed, c)
         update = {k: v + 1 for k, v in wire.decode_state(model.payload).items()}
-        c.push_update(number, wire.encode_state(update, **ENCODE), 10, {"loss": 0.5})
+        c.push_update(number, _encode(update), 10, {"loss": 0.5})
         assert fed.wait_for_round(number, 10)
         assert torch.equal(fed.global_state["w"], update["w"])
         (rec,) = c.history()
@@ -305,7 +318,7 @@ def test_health_rpc_and_health_service() -> None:
         c = s.client()
         h = c.health()
         assert isinstance(h, Health) and h.ready and h.serving == ("grpc",) and h.expected == ("grpc",)
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(s.server.address))
+        health: Any = health_pb2_grpc.HealthStub(grpc.insecure_channel(s.server.address))
         for service in ("", SERVICE_NAME):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -366,13 +379,14 @@ def test_every_error_kind_round_trips_to_the_same_class() -> None:
     with faulty() as (fed, server):
         channel = grpc.insecure_channel(server.address)
         try:
-            with GrpcClientTransport(server.address, Settings(grpc_port=server.port)) as c:
-                _check_every_kind(fed, c, pb_grpc.FederationStub(channel))
+            c = GrpcClientTransport(server.address, Settings(grpc_port=server.port))
+            _check_every_kind(fed, c, _stub_of(channel))
         finally:
+            c.close()
             channel.close()
 
 
-def _check_every_kind(fed: _Faulty, c: GrpcClientTransport, stub: pb_grpc.FederationStub) -> None:
+def _check_every_kind(fed: _Faulty, c: GrpcClientTransport, stub: Any) -> None:
     # INTERNAL has no class of its own (a client sees a retryable TransportError): checked below
     kinds = [k for k in ErrorKind if ERROR_FOR_KIND[k].kind is k]
     assert set(ErrorKind) - set(kinds) == {ErrorKind.INTERNAL}
@@ -384,7 +398,7 @@ def _check_every_kind(fed: _Faulty, c: GrpcClientTransport, stub: pb_grpc.Federa
         assert type(info.value) is cls and f"boom {kind.value}" in str(info.value)
         err = _code(lambda: stub.Status(pb.StatusRequest(), timeout=5))
         assert err.code() is CODE_FOR_KIND[kind]
-        assert (KIND_METADATA_KEY, kind.value) in tuple(err.trailing_metadata() or ())
+        assert _kind_sent(err) == kind.value
     # a plain ValueError is INVALID; a bug is INTERNAL, answered without its internals, and the server lives on
     fed.error = ValueError("bad value")
     with pytest.raises(PayloadError, match="bad value"):
@@ -396,7 +410,7 @@ def _check_every_kind(fed: _Faulty, c: GrpcClientTransport, stub: pb_grpc.Federa
     assert "INTERNAL" in str(info2.value) and "secret" not in str(info2.value)
     err = _code(lambda: stub.Status(pb.StatusRequest(), timeout=5))
     assert err.code() is grpc.StatusCode.INTERNAL
-    assert (KIND_METADATA_KEY, "internal") in tuple(err.trailing_metadata() or ())
+    assert _kind_sent(err) == "internal"
     fed.error = None
     assert c.status().round == 0
 
@@ -509,6 +523,26 @@ def test_stalled_update_stream_is_cut_off_and_the_server_keeps_serving() -> None
         c.push_update(number, payload, 10, {"loss": 1.0})
         assert s.fed.wait_for_round(number, 10)
         assert c.history()[0].participants == ("alice",)
+
+
+def test_silent_stream_without_update_info_is_cut_off(monkeypatch: pytest.MonkeyPatch, srv: _Served) -> None:
+    """Before the first message there is no body time-out yet: the transport's own bound applies."""
+    monkeypatch.setattr("transports.grpc.servicer.FIRST_MESSAGE_TIMEOUT_S", 0.5)
+    c = srv.client()
+    release = threading.Event()
+
+    def silent() -> Iterator[pb.UpdateChunk]:
+        release.wait(timeout=15)
+        yield from ()
+
+    t0 = time.monotonic()
+    try:
+        err = _code(lambda: srv.stub().PushUpdate(silent(), metadata=_md(c.token), timeout=15))
+        elapsed = time.monotonic() - t0
+    finally:
+        release.set()
+    assert err.code() is grpc.StatusCode.CANCELLED and 0.4 < elapsed < 5
+    assert c.status().round == 0  # still serving
 
 
 # ---------------------------------------------------------------------- deadlines

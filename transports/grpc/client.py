@@ -81,7 +81,8 @@ class GrpcClientTransport(ClientTransport):
     def __init__(self, address: str, settings: Settings) -> None:
         super().__init__(address, settings)
         self._channel = make_channel(address, settings)
-        self._stub = pb_grpc.FederationStub(self._channel)
+        # grpc_tools generates the stub without annotations: its methods are typed by what we map.
+        self._stub = pb_grpc.FederationStub(self._channel)  # type: ignore[no-untyped-call]
 
     def _need_id(self) -> str:
         if self.client_id is None:

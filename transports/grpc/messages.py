@@ -30,10 +30,11 @@ from fedcore.states import Action, ClientState
 
 from . import fedcore_pb2 as pb
 
-_STATE_TO_PB = {s: pb.ClientState.Value(f"CLIENT_STATE_{s.name}") for s in ClientState}
-_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
-_ACTION_TO_PB = {a: pb.Action.Value(f"ACTION_{a.name}") for a in Action}
-_ACTION_FROM_PB = {v: k for k, v in _ACTION_TO_PB.items()}
+# By name, so a state or action added to the core without a proto value fails at import.
+_STATE_TO_PB: dict[ClientState, pb.ClientState] = {s: getattr(pb, f"CLIENT_STATE_{s.name}") for s in ClientState}
+_STATE_FROM_PB: dict[int, ClientState] = {v: k for k, v in _STATE_TO_PB.items()}
+_ACTION_TO_PB: dict[Action, pb.Action] = {a: getattr(pb, f"ACTION_{a.name}") for a in Action}
+_ACTION_FROM_PB: dict[int, Action] = {v: k for k, v in _ACTION_TO_PB.items()}
 
 
 def _opt(msg: Message, name: str) -> Any:
@@ -64,14 +65,14 @@ def state_to_pb(state: ClientState | str) -> pb.ClientState:
 
 def state_from_pb(value: int) -> ClientState:
     try:
-        return _STATE_FROM_PB[value]  # type: ignore[index]
+        return _STATE_FROM_PB[value]
     except KeyError:
         raise PayloadError(f"unknown client state {value}") from None
 
 
 def action_from_pb(value: int) -> Action:
     try:
-        return _ACTION_FROM_PB[value]  # type: ignore[index]
+        return _ACTION_FROM_PB[value]
     except KeyError:
         raise PayloadError(f"unknown action {value}") from None
 

@@ -50,7 +50,7 @@ class GrpcServerTransport(ServerTransport):
             ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="fedcore-grpc"),
             options=SERVER_OPTIONS,
         )
-        pb_grpc.add_FederationServicer_to_server(FederationServicer(self.ops), server)
+        pb_grpc.add_FederationServicer_to_server(FederationServicer(self.ops), server)  # type: ignore[no-untyped-call]
         self._health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
 

@@ -121,6 +121,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     @abort_on_error
     def PushUpdate(self, request_iterator: Iterable[pb.UpdateChunk], context: grpc.ServicerContext) -> pb.UpdateReceipt:
         chunks = iter(request_iterator)
+        peer = context.peer()  # read now: a cancelled call no longer knows it
         with StreamCutoff(context) as cutoff:
             try:
                 cutoff.arm(FIRST_MESSAGE_TIMEOUT_S)
@@ -142,8 +143,8 @@ class FederationServicer(pb_grpc.FederationServicer):
                     cutoff.disarm()  # decoding may take a while: it is not the sender's time
             except grpc.RpcError:
                 if cutoff.fired.is_set():
-                    log.warning("update stream from %s cut off after %.1fs of silence", context.peer(), cutoff.limit_s)
-                    raise UploadTimeoutError(f"update stream stalled for {cutoff.limit_s:.1f}s; cut off") from None
+                    log.warning("update stream from %s cut off: not complete within %.1fs", peer, cutoff.limit_s)
+                    raise UploadTimeoutError(f"update stream not complete within {cutoff.limit_s:.1f}s; cut off") from None
                 raise
         return pb.UpdateReceipt(round=int(info.round), received_bytes=received)
 
