@@ -1,25 +1,16 @@
-"""Split payloads into CHUNK_BYTES pieces and put them back together under a size limit.
+"""Client side of the chunked global-model stream: put the pieces back together under a limit.
 
-The receiver checks the declared size before taking any byte and the running total while
-taking them, so an oversize or lying sender is refused before more than the limit is buffered.
-A declared size lets the receiver fill one pre-allocated buffer (one copy of the payload, not
-a list of chunks plus their join).
+The server's upload path needs none of this (the core's ``accept_update`` sink checks size and
+time); the client still bounds what it accepts from a server: it checks the declared size before
+taking any byte and the running total while taking them. A declared size lets it fill one
+pre-allocated buffer (one copy of the payload, not a list of chunks plus their join).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from fedcore.constants import CHUNK_BYTES
 from fedcore.errors import PayloadError, PayloadTooLargeError
+from fedcore.operations import iter_chunks
 
-
-def iter_chunks(payload: bytes | bytearray | memoryview, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The payload in pieces of at most ``chunk_bytes`` (none for an empty payload)."""
-    if chunk_bytes <= 0:
-        raise ValueError("chunk_bytes must be positive")
-    view = memoryview(payload)
-    for start in range(0, len(view), chunk_bytes):
-        yield bytes(view[start : start + chunk_bytes])
+__all__ = ["ChunkAssembler", "iter_chunks"]
 
 
 class ChunkAssembler:

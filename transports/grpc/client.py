@@ -1,25 +1,51 @@
-"""The gRPC client transport: typed fedcore errors out, deadlines on every call, chunked payloads."""
+"""The gRPC client transport: typed results, typed fedcore errors, a deadline on every call.
+
+Every :class:`~fedcore.transport.ClientTransport` method sends one message (or one chunked
+stream) and maps the reply back to the core's dataclass; a failed call becomes the fedcore error
+the server classified (:mod:`.status`), or a retryable TransportError when the server was not
+reached.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import grpc
 
 from fedcore.config import Settings
+from fedcore.constants import CHUNK_BYTES
 from fedcore.errors import AuthError, PayloadError
-from fedcore.federation import Instruction, Registration
+from fedcore.operations import (
+    ClientInfo,
+    ControlResult,
+    GlobalModel,
+    Health,
+    Instruction,
+    Registration,
+    RoundRecord,
+    Status,
+)
 from fedcore.states import ClientState
 from fedcore.transport import ClientTransport
 
 from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
 from .chunking import ChunkAssembler, iter_chunks
-from .messages import from_json, instruction_from_pb, state_to_pb
+from .messages import (
+    client_info_from_pb,
+    control_from_pb,
+    health_from_pb,
+    instruction_from_pb,
+    registration_from_pb,
+    round_record_from_pb,
+    state_to_pb,
+    status_from_pb,
+)
 from .options import CHANNEL_OPTIONS, LONG_POLL_MARGIN_S, RPC_TIMEOUT_S, STREAM_TIMEOUT_S
 from .status import error_from_rpc
 
 T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
 
 
 def _target(address: str) -> str:
@@ -35,6 +61,18 @@ def make_channel(address: str, settings: Settings) -> grpc.Channel:
     return grpc.insecure_channel(_target(address), options=CHANNEL_OPTIONS)
 
 
+def _bearer(token: str | None) -> Metadata:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _call(fn: Callable[[], T]) -> T:
+    """Run one call; a failed one raises the fedcore error it stands for."""
+    try:
+        return fn()
+    except grpc.RpcError as err:
+        raise error_from_rpc(err) from None
+
+
 class GrpcClientTransport(ClientTransport):
     """One client's gRPC channel. Thread-safe: a heartbeat may signal while an update streams."""
 
@@ -43,121 +81,112 @@ class GrpcClientTransport(ClientTransport):
     def __init__(self, address: str, settings: Settings) -> None:
         super().__init__(address, settings)
         self._channel = make_channel(address, settings)
-        self._stub = pb_grpc.FederationStub(self._channel)
-
-    # ------------------------------------------------------------------ plumbing
-    @staticmethod
-    def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {token}"),) if token else ()
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+        # grpc_tools generates the stub without annotations: its methods are typed by what we map.
+        self._stub = pb_grpc.FederationStub(self._channel)  # type: ignore[no-untyped-call]
 
     def _need_id(self) -> str:
         if self.client_id is None:
             raise AuthError("register first: this transport has no client id")
         return self.client_id
 
-    # ------------------------------------------------------------------ client operations
-    def register(
-        self, name: str, num_samples: int, *, client_id: str | None = None, token: str | None = None
-    ) -> Registration:
-        req = pb.RegisterRequest(name=name, num_samples=num_samples, client_id=client_id or "")
-        reply = self._call(lambda: self._stub.Register(req, timeout=RPC_TIMEOUT_S, metadata=self._metadata(token)))
-        self.set_credentials(reply.client_id, reply.token)
-        return Registration(reply.client_id, reply.token, int(reply.round))
+    def _admin_md(self, admin_token: str | None) -> Metadata:
+        return _bearer(self.admin(admin_token))
 
-    def fetch_global(self) -> tuple[int, bytes]:
+    # ------------------------------------------------------------------ client operations
+    def register(self, name: str, num_samples: int, *, client_id: str | None = None, token: str | None = None,
+                 tags: Sequence[str] = ()) -> Registration:
+        req = pb.RegisterRequest(name=name, num_samples=num_samples, client_id=client_id or "", tags=list(tags))
+        reply = _call(lambda: self._stub.Register(req, timeout=RPC_TIMEOUT_S, metadata=_bearer(token)))
+        reg = registration_from_pb(reply)
+        self.set_credentials(reg.client_id, reg.token)
+        self.client_name = name
+        return reg
+
+    def fetch_global(self) -> GlobalModel:
         req = pb.GetGlobalRequest(client_id=self._need_id())
 
-        def receive() -> tuple[int, bytes]:
-            stream = self._stub.GetGlobal(req, timeout=STREAM_TIMEOUT_S, metadata=self._metadata(self.token))
+        def receive() -> GlobalModel:
+            stream = self._stub.GetGlobal(req, timeout=STREAM_TIMEOUT_S, metadata=_bearer(self.token))
             try:
                 first = next(stream, None)
                 if first is None or first.WhichOneof("kind") != "info":
                     raise PayloadError("the global-model stream did not start with its GlobalInfo")
                 assembler = ChunkAssembler(self.settings.max_payload_bytes, int(first.info.total_bytes))
                 for msg in stream:
+                    if msg.WhichOneof("kind") != "data":
+                        raise PayloadError("GlobalInfo may only come first")
                     assembler.add(msg.data)
             except PayloadError:
                 stream.cancel()  # stop the server sending what we will not keep
                 raise
-            return int(first.info.round), bytes(assembler.result())
+            return GlobalModel(int(first.info.round), bytes(assembler.result()))
 
-        return self._call(receive)
+        return _call(receive)
 
     def signal(self, state: ClientState, *, wait_s: float = 0.0) -> Instruction:
         req = pb.SignalRequest(client_id=self._need_id(), state=state_to_pb(state), wait_s=wait_s)
         timeout = max(0.0, wait_s) + LONG_POLL_MARGIN_S
-        reply = self._call(lambda: self._stub.Signal(req, timeout=timeout, metadata=self._metadata(self.token)))
+        reply = _call(lambda: self._stub.Signal(req, timeout=timeout, metadata=_bearer(self.token)))
         return instruction_from_pb(reply)
 
     def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
         info = pb.UpdateInfo(
-            client_id=self._need_id(),
-            round=round_number,
-            num_samples=num_samples,
-            total_bytes=len(payload),
+            client_id=self._need_id(), round=round_number, num_samples=num_samples, total_bytes=len(payload),
             metrics={k: float(v) for k, v in metrics.items()},
         )
 
         def messages() -> Iterator[pb.UpdateChunk]:
             yield pb.UpdateChunk(info=info)
-            for chunk in iter_chunks(payload):
+            for chunk in iter_chunks(payload, CHUNK_BYTES):
                 yield pb.UpdateChunk(data=chunk)
 
-        self._call(
-            lambda: self._stub.PushUpdate(messages(), timeout=STREAM_TIMEOUT_S, metadata=self._metadata(self.token))
-        )
+        _call(lambda: self._stub.PushUpdate(messages(), timeout=STREAM_TIMEOUT_S, metadata=_bearer(self.token)))
 
     def disconnect(self) -> None:
         req = pb.DisconnectRequest(client_id=self._need_id())
-        self._call(lambda: self._stub.Disconnect(req, timeout=RPC_TIMEOUT_S, metadata=self._metadata(self.token)))
-
-    def kick(self, client_id: str, admin_token: str | None = None) -> None:
-        """Admin: remove another client from the federation."""
-        req = pb.DisconnectRequest(client_id=client_id)
-        md = self._metadata(admin_token or self.settings.admin_token)
-        self._call(lambda: self._stub.Disconnect(req, timeout=RPC_TIMEOUT_S, metadata=md))
+        _call(lambda: self._stub.Disconnect(req, timeout=RPC_TIMEOUT_S, metadata=_bearer(self.token)))
 
     # ------------------------------------------------------------------ views
-    def status(self) -> dict[str, Any]:
-        reply = self._call(lambda: self._stub.Status(pb.StatusRequest(), timeout=RPC_TIMEOUT_S))
-        return dict(from_json(reply.json))
+    def status(self) -> Status:
+        return status_from_pb(_call(lambda: self._stub.Status(pb.StatusRequest(), timeout=RPC_TIMEOUT_S)))
 
-    def history(self) -> list[dict[str, Any]]:
-        reply = self._call(lambda: self._stub.History(pb.HistoryRequest(), timeout=RPC_TIMEOUT_S))
-        return list(from_json(reply.json) or [])
+    def clients(self) -> list[ClientInfo]:
+        reply = _call(lambda: self._stub.Clients(pb.ClientsRequest(), timeout=RPC_TIMEOUT_S))
+        return [client_info_from_pb(c) for c in reply.clients]
+
+    def history(self) -> list[RoundRecord]:
+        reply = _call(lambda: self._stub.History(pb.HistoryRequest(), timeout=RPC_TIMEOUT_S))
+        return [round_record_from_pb(r) for r in reply.rounds]
+
+    def health(self) -> Health:
+        return health_from_pb(_call(lambda: self._stub.Health(pb.HealthRequest(), timeout=RPC_TIMEOUT_S)))
 
     # ------------------------------------------------------------------ round control (admin token)
-    def _admin_md(self, admin_token: str | None) -> tuple[tuple[str, str], ...]:
-        return self._metadata(admin_token or self.settings.admin_token)
-
-    def start_autorun(self, rounds: int, admin_token: str | None = None) -> dict[str, Any]:
+    def start_autorun(self, rounds: int, admin_token: str | None = None) -> ControlResult:
         req = pb.StartAutorunRequest(rounds=rounds)
-        reply = self._call(lambda: self._stub.StartAutorun(req, timeout=RPC_TIMEOUT_S, metadata=self._admin_md(admin_token)))
-        return dict(from_json(reply.json))
+        md = self._admin_md(admin_token)
+        return control_from_pb(_call(lambda: self._stub.StartAutorun(req, timeout=RPC_TIMEOUT_S, metadata=md)))
 
-    def stop_autorun(self, admin_token: str | None = None) -> dict[str, Any]:
+    def stop_autorun(self, admin_token: str | None = None) -> ControlResult:
         req = pb.StopAutorunRequest()
-        reply = self._call(lambda: self._stub.StopAutorun(req, timeout=RPC_TIMEOUT_S, metadata=self._admin_md(admin_token)))
-        return dict(from_json(reply.json))
+        md = self._admin_md(admin_token)
+        return control_from_pb(_call(lambda: self._stub.StopAutorun(req, timeout=RPC_TIMEOUT_S, metadata=md)))
 
-    def step(self, admin_token: str | None = None) -> dict[str, Any]:
-        req = pb.StepRequest()
-        reply = self._call(lambda: self._stub.Step(req, timeout=RPC_TIMEOUT_S, metadata=self._admin_md(admin_token)))
-        return dict(from_json(reply.json))
+    def step(self, admin_token: str | None = None) -> ControlResult:
+        md = self._admin_md(admin_token)
+        return control_from_pb(_call(lambda: self._stub.Step(pb.StepRequest(), timeout=RPC_TIMEOUT_S, metadata=md)))
 
-    def request_transport(self, client_id: str, transport: str, admin_token: str | None = None) -> dict[str, Any]:
+    def kick(self, client_id: str, admin_token: str | None = None) -> ControlResult:
+        """Admin: remove another client (Disconnect with the admin token)."""
+        req = pb.DisconnectRequest(client_id=client_id)
+        md = self._admin_md(admin_token)
+        return control_from_pb(_call(lambda: self._stub.Disconnect(req, timeout=RPC_TIMEOUT_S, metadata=md)))
+
+    def request_transport(self, client_id: str, transport: str, admin_token: str | None = None) -> ControlResult:
         """Admin: ask a running client to switch to ``transport`` before its next round."""
         req = pb.RequestTransportRequest(client_id=client_id, transport=transport)
-        reply = self._call(
-            lambda: self._stub.RequestTransport(req, timeout=RPC_TIMEOUT_S, metadata=self._admin_md(admin_token))
-        )
-        return dict(from_json(reply.json))
+        md = self._admin_md(admin_token)
+        return control_from_pb(_call(lambda: self._stub.RequestTransport(req, timeout=RPC_TIMEOUT_S, metadata=md)))
 
     def close(self) -> None:
         self._channel.close()

@@ -30,7 +30,7 @@ def _fix_imports(text: str) -> str:
 
 def generate(out_dir: Path = PACKAGE_DIR, proto_file: Path = PROTO_FILE) -> list[Path]:
     """Run protoc (bundled with grpcio-tools) on ``proto_file`` into ``out_dir``; return the files."""
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # type: ignore[import-untyped]
 
     well_known = str(resources.files("grpc_tools") / "_proto")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -23,6 +23,7 @@ class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_WAIT: _ClassVar[Action]
     ACTION_TRAIN: _ClassVar[Action]
     ACTION_STOP: _ClassVar[Action]
+    ACTION_RECONNECT: _ClassVar[Action]
 CLIENT_STATE_UNSPECIFIED: ClientState
 CLIENT_STATE_JOIN: ClientState
 CLIENT_STATE_READY: ClientState
@@ -34,26 +35,55 @@ ACTION_UNSPECIFIED: Action
 ACTION_WAIT: Action
 ACTION_TRAIN: Action
 ACTION_STOP: Action
+ACTION_RECONNECT: Action
+
+class WireOptions(_message.Message):
+    __slots__ = ("dtype", "codec", "level", "filter", "update")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    codec: str
+    level: int
+    filter: str
+    update: str
+    def __init__(self, dtype: _Optional[str] = ..., codec: _Optional[str] = ..., level: _Optional[int] = ..., filter: _Optional[str] = ..., update: _Optional[str] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("transport", "address")
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    transport: str
+    address: str
+    def __init__(self, transport: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("name", "num_samples", "client_id")
+    __slots__ = ("name", "num_samples", "client_id", "tags")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_samples: int
     client_id: str
-    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., num_samples: _Optional[int] = ..., client_id: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class RegisterReply(_message.Message):
-    __slots__ = ("client_id", "token", "round")
+class Registration(_message.Message):
+    __slots__ = ("client_id", "token", "round", "wire", "endpoints")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     token: str
     round: int
-    def __init__(self, client_id: _Optional[str] = ..., token: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+    wire: WireOptions
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, client_id: _Optional[str] = ..., token: _Optional[str] = ..., round: _Optional[int] = ..., wire: _Optional[_Union[WireOptions, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class GetGlobalRequest(_message.Message):
     __slots__ = ("client_id",)
@@ -106,11 +136,13 @@ class UpdateChunk(_message.Message):
     data: bytes
     def __init__(self, info: _Optional[_Union[UpdateInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
-class PushUpdateReply(_message.Message):
-    __slots__ = ("received_bytes",)
+class UpdateReceipt(_message.Message):
+    __slots__ = ("round", "received_bytes")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    round: int
     received_bytes: int
-    def __init__(self, received_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, round: _Optional[int] = ..., received_bytes: _Optional[int] = ...) -> None: ...
 
 class SignalRequest(_message.Message):
     __slots__ = ("client_id", "state", "wait_s")
@@ -123,24 +155,26 @@ class SignalRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., state: _Optional[_Union[ClientState, str]] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class Instruction(_message.Message):
-    __slots__ = ("action", "round", "config_json")
+    __slots__ = ("action", "round", "config_json", "wire", "switch_to", "reason")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_TO_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     action: Action
     round: int
     config_json: str
-    def __init__(self, action: _Optional[_Union[Action, str]] = ..., round: _Optional[int] = ..., config_json: _Optional[str] = ...) -> None: ...
+    wire: WireOptions
+    switch_to: Endpoint
+    reason: str
+    def __init__(self, action: _Optional[_Union[Action, str]] = ..., round: _Optional[int] = ..., config_json: _Optional[str] = ..., wire: _Optional[_Union[WireOptions, _Mapping]] = ..., switch_to: _Optional[_Union[Endpoint, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DisconnectRequest(_message.Message):
     __slots__ = ("client_id",)
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     def __init__(self, client_id: _Optional[str] = ...) -> None: ...
-
-class DisconnectReply(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
 
 class StartAutorunRequest(_message.Message):
     __slots__ = ("rounds",)
@@ -164,22 +198,196 @@ class RequestTransportRequest(_message.Message):
     transport: str
     def __init__(self, client_id: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
 
-class ControlReply(_message.Message):
-    __slots__ = ("json",)
-    JSON_FIELD_NUMBER: _ClassVar[int]
-    json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...
-
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("round", "current_round", "round_open", "autorun", "autorun_target", "rounds_left", "num_clients", "min_clients", "ready", "accuracy", "loss", "last_updated", "finished", "selected", "selected_clients", "clock", "submitted", "payload_bytes", "wire", "strategy", "stopping", "endpoints")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUND_OPEN_FIELD_NUMBER: _ClassVar[int]
+    AUTORUN_FIELD_NUMBER: _ClassVar[int]
+    AUTORUN_TARGET_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WIRE_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    STOPPING_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    current_round: int
+    round_open: bool
+    autorun: bool
+    autorun_target: int
+    rounds_left: int
+    num_clients: int
+    min_clients: int
+    ready: int
+    accuracy: float
+    loss: float
+    last_updated: float
+    finished: bool
+    selected: int
+    selected_clients: _containers.RepeatedScalarFieldContainer[str]
+    clock: float
+    submitted: int
+    payload_bytes: int
+    wire: WireOptions
+    strategy: str
+    stopping: bool
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, round: _Optional[int] = ..., current_round: _Optional[int] = ..., round_open: _Optional[bool] = ..., autorun: _Optional[bool] = ..., autorun_target: _Optional[int] = ..., rounds_left: _Optional[int] = ..., num_clients: _Optional[int] = ..., min_clients: _Optional[int] = ..., ready: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., last_updated: _Optional[float] = ..., finished: _Optional[bool] = ..., selected: _Optional[int] = ..., selected_clients: _Optional[_Iterable[str]] = ..., clock: _Optional[float] = ..., submitted: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., wire: _Optional[_Union[WireOptions, _Mapping]] = ..., strategy: _Optional[str] = ..., stopping: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+
+class ControlResult(_message.Message):
+    __slots__ = ("operation", "status", "round", "autorun_target", "client_id", "transport")
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    AUTORUN_TARGET_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    operation: str
+    status: Status
+    round: int
+    autorun_target: int
+    client_id: str
+    transport: str
+    def __init__(self, operation: _Optional[str] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., round: _Optional[int] = ..., autorun_target: _Optional[int] = ..., client_id: _Optional[str] = ..., transport: _Optional[str] = ...) -> None: ...
+
+class ClientsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClientInfo(_message.Message):
+    __slots__ = ("client_id", "name", "transport", "state", "num_samples", "joined_at", "last_seen", "rounds", "wanted_transport", "tags")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    JOINED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    WANTED_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    name: str
+    transport: str
+    state: ClientState
+    num_samples: int
+    joined_at: float
+    last_seen: float
+    rounds: _containers.RepeatedScalarFieldContainer[int]
+    wanted_transport: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, client_id: _Optional[str] = ..., name: _Optional[str] = ..., transport: _Optional[str] = ..., state: _Optional[_Union[ClientState, str]] = ..., num_samples: _Optional[int] = ..., joined_at: _Optional[float] = ..., last_seen: _Optional[float] = ..., rounds: _Optional[_Iterable[int]] = ..., wanted_transport: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ClientsReply(_message.Message):
+    __slots__ = ("clients",)
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    clients: _containers.RepeatedCompositeFieldContainer[ClientInfo]
+    def __init__(self, clients: _Optional[_Iterable[_Union[ClientInfo, _Mapping]]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("client", "reason")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    reason: str
+    def __init__(self, client: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Metrics(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.ScalarMap[str, float]
+    def __init__(self, values: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class RoundRecord(_message.Message):
+    __slots__ = ("round", "participants", "num_participants", "selected", "dropped", "stragglers", "accuracy", "loss", "client_metrics", "bytes_in", "bytes_out", "duration_s", "finished_at", "train_config_json", "refused", "clipped_samples")
+    class ClientMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Metrics
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    STRAGGLERS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_METRICS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    CLIPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    num_participants: int
+    selected: int
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    stragglers: _containers.RepeatedScalarFieldContainer[str]
+    accuracy: float
+    loss: float
+    client_metrics: _containers.MessageMap[str, Metrics]
+    bytes_in: int
+    bytes_out: int
+    duration_s: float
+    finished_at: float
+    train_config_json: str
+    refused: _containers.RepeatedCompositeFieldContainer[Refusal]
+    clipped_samples: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., num_participants: _Optional[int] = ..., selected: _Optional[int] = ..., dropped: _Optional[_Iterable[str]] = ..., stragglers: _Optional[_Iterable[str]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., client_metrics: _Optional[_Mapping[str, Metrics]] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., duration_s: _Optional[float] = ..., finished_at: _Optional[float] = ..., train_config_json: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ..., clipped_samples: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class JsonReply(_message.Message):
-    __slots__ = ("json",)
-    JSON_FIELD_NUMBER: _ClassVar[int]
-    json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...
+class HistoryReply(_message.Message):
+    __slots__ = ("rounds",)
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    rounds: _containers.RepeatedCompositeFieldContainer[RoundRecord]
+    def __init__(self, rounds: _Optional[_Iterable[_Union[RoundRecord, _Mapping]]] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Health(_message.Message):
+    __slots__ = ("ready", "round", "version", "serving", "expected")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    round: int
+    version: str
+    serving: _containers.RepeatedScalarFieldContainer[str]
+    expected: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ready: _Optional[bool] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., serving: _Optional[_Iterable[str]] = ..., expected: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -37,7 +37,7 @@ class FederationStub:
         self.Register = channel.unary_unary(
                 '/fedcore.v1.Federation/Register',
                 request_serializer=fedcore__pb2.RegisterRequest.SerializeToString,
-                response_deserializer=fedcore__pb2.RegisterReply.FromString,
+                response_deserializer=fedcore__pb2.Registration.FromString,
                 _registered_method=True)
         self.GetGlobal = channel.unary_stream(
                 '/fedcore.v1.Federation/GetGlobal',
@@ -47,7 +47,7 @@ class FederationStub:
         self.PushUpdate = channel.stream_unary(
                 '/fedcore.v1.Federation/PushUpdate',
                 request_serializer=fedcore__pb2.UpdateChunk.SerializeToString,
-                response_deserializer=fedcore__pb2.PushUpdateReply.FromString,
+                response_deserializer=fedcore__pb2.UpdateReceipt.FromString,
                 _registered_method=True)
         self.Signal = channel.unary_unary(
                 '/fedcore.v1.Federation/Signal',
@@ -57,37 +57,47 @@ class FederationStub:
         self.Disconnect = channel.unary_unary(
                 '/fedcore.v1.Federation/Disconnect',
                 request_serializer=fedcore__pb2.DisconnectRequest.SerializeToString,
-                response_deserializer=fedcore__pb2.DisconnectReply.FromString,
+                response_deserializer=fedcore__pb2.ControlResult.FromString,
                 _registered_method=True)
         self.StartAutorun = channel.unary_unary(
                 '/fedcore.v1.Federation/StartAutorun',
                 request_serializer=fedcore__pb2.StartAutorunRequest.SerializeToString,
-                response_deserializer=fedcore__pb2.ControlReply.FromString,
+                response_deserializer=fedcore__pb2.ControlResult.FromString,
                 _registered_method=True)
         self.StopAutorun = channel.unary_unary(
                 '/fedcore.v1.Federation/StopAutorun',
                 request_serializer=fedcore__pb2.StopAutorunRequest.SerializeToString,
-                response_deserializer=fedcore__pb2.ControlReply.FromString,
+                response_deserializer=fedcore__pb2.ControlResult.FromString,
                 _registered_method=True)
         self.Step = channel.unary_unary(
                 '/fedcore.v1.Federation/Step',
                 request_serializer=fedcore__pb2.StepRequest.SerializeToString,
-                response_deserializer=fedcore__pb2.ControlReply.FromString,
+                response_deserializer=fedcore__pb2.ControlResult.FromString,
                 _registered_method=True)
         self.RequestTransport = channel.unary_unary(
                 '/fedcore.v1.Federation/RequestTransport',
                 request_serializer=fedcore__pb2.RequestTransportRequest.SerializeToString,
-                response_deserializer=fedcore__pb2.ControlReply.FromString,
+                response_deserializer=fedcore__pb2.ControlResult.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/fedcore.v1.Federation/Status',
                 request_serializer=fedcore__pb2.StatusRequest.SerializeToString,
-                response_deserializer=fedcore__pb2.JsonReply.FromString,
+                response_deserializer=fedcore__pb2.Status.FromString,
+                _registered_method=True)
+        self.Clients = channel.unary_unary(
+                '/fedcore.v1.Federation/Clients',
+                request_serializer=fedcore__pb2.ClientsRequest.SerializeToString,
+                response_deserializer=fedcore__pb2.ClientsReply.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
                 '/fedcore.v1.Federation/History',
                 request_serializer=fedcore__pb2.HistoryRequest.SerializeToString,
-                response_deserializer=fedcore__pb2.JsonReply.FromString,
+                response_deserializer=fedcore__pb2.HistoryReply.FromString,
+                _registered_method=True)
+        self.Health = channel.unary_unary(
+                '/fedcore.v1.Federation/Health',
+                request_serializer=fedcore__pb2.HealthRequest.SerializeToString,
+                response_deserializer=fedcore__pb2.Health.FromString,
                 _registered_method=True)
 
 
@@ -123,7 +133,7 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Disconnect(self, request, context):
-        """DELETE /client/{client_id}: leave (client token) or kick (admin token).
+        """DELETE /client/{client_id}: leave (the client's token) or kick (the admin token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +170,14 @@ class FederationServicer:
 
     def Status(self, request, context):
         """Global model status (dashboard view).
+        qualified: the rpc shares the name
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Clients(self, request, context):
+        """The clients table (dashboard view).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,13 +190,21 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Health(self, request, context):
+        """Ready only when every transport the federation is configured with accepts connections.
+        qualified: the rpc shares the name
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
                     request_deserializer=fedcore__pb2.RegisterRequest.FromString,
-                    response_serializer=fedcore__pb2.RegisterReply.SerializeToString,
+                    response_serializer=fedcore__pb2.Registration.SerializeToString,
             ),
             'GetGlobal': grpc.unary_stream_rpc_method_handler(
                     servicer.GetGlobal,
@@ -188,7 +214,7 @@ def add_FederationServicer_to_server(servicer, server):
             'PushUpdate': grpc.stream_unary_rpc_method_handler(
                     servicer.PushUpdate,
                     request_deserializer=fedcore__pb2.UpdateChunk.FromString,
-                    response_serializer=fedcore__pb2.PushUpdateReply.SerializeToString,
+                    response_serializer=fedcore__pb2.UpdateReceipt.SerializeToString,
             ),
             'Signal': grpc.unary_unary_rpc_method_handler(
                     servicer.Signal,
@@ -198,37 +224,47 @@ def add_FederationServicer_to_server(servicer, server):
             'Disconnect': grpc.unary_unary_rpc_method_handler(
                     servicer.Disconnect,
                     request_deserializer=fedcore__pb2.DisconnectRequest.FromString,
-                    response_serializer=fedcore__pb2.DisconnectReply.SerializeToString,
+                    response_serializer=fedcore__pb2.ControlResult.SerializeToString,
             ),
             'StartAutorun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartAutorun,
                     request_deserializer=fedcore__pb2.StartAutorunRequest.FromString,
-                    response_serializer=fedcore__pb2.ControlReply.SerializeToString,
+                    response_serializer=fedcore__pb2.ControlResult.SerializeToString,
             ),
             'StopAutorun': grpc.unary_unary_rpc_method_handler(
                     servicer.StopAutorun,
                     request_deserializer=fedcore__pb2.StopAutorunRequest.FromString,
-                    response_serializer=fedcore__pb2.ControlReply.SerializeToString,
+                    response_serializer=fedcore__pb2.ControlResult.SerializeToString,
             ),
             'Step': grpc.unary_unary_rpc_method_handler(
                     servicer.Step,
                     request_deserializer=fedcore__pb2.StepRequest.FromString,
-                    response_serializer=fedcore__pb2.ControlReply.SerializeToString,
+                    response_serializer=fedcore__pb2.ControlResult.SerializeToString,
             ),
             'RequestTransport': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestTransport,
                     request_deserializer=fedcore__pb2.RequestTransportRequest.FromString,
-                    response_serializer=fedcore__pb2.ControlReply.SerializeToString,
+                    response_serializer=fedcore__pb2.ControlResult.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
                     request_deserializer=fedcore__pb2.StatusRequest.FromString,
-                    response_serializer=fedcore__pb2.JsonReply.SerializeToString,
+                    response_serializer=fedcore__pb2.Status.SerializeToString,
+            ),
+            'Clients': grpc.unary_unary_rpc_method_handler(
+                    servicer.Clients,
+                    request_deserializer=fedcore__pb2.ClientsRequest.FromString,
+                    response_serializer=fedcore__pb2.ClientsReply.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
                     request_deserializer=fedcore__pb2.HistoryRequest.FromString,
-                    response_serializer=fedcore__pb2.JsonReply.SerializeToString,
+                    response_serializer=fedcore__pb2.HistoryReply.SerializeToString,
+            ),
+            'Health': grpc.unary_unary_rpc_method_handler(
+                    servicer.Health,
+                    request_deserializer=fedcore__pb2.HealthRequest.FromString,
+                    response_serializer=fedcore__pb2.Health.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -257,7 +293,7 @@ class Federation:
             target,
             '/fedcore.v1.Federation/Register',
             fedcore__pb2.RegisterRequest.SerializeToString,
-            fedcore__pb2.RegisterReply.FromString,
+            fedcore__pb2.Registration.FromString,
             options,
             channel_credentials,
             insecure,
@@ -311,7 +347,7 @@ class Federation:
             target,
             '/fedcore.v1.Federation/PushUpdate',
             fedcore__pb2.UpdateChunk.SerializeToString,
-            fedcore__pb2.PushUpdateReply.FromString,
+            fedcore__pb2.UpdateReceipt.FromString,
             options,
             channel_credentials,
             insecure,
@@ -365,7 +401,7 @@ class Federation:
             target,
             '/fedcore.v1.Federation/Disconnect',
             fedcore__pb2.DisconnectRequest.SerializeToString,
-            fedcore__pb2.DisconnectReply.FromString,
+            fedcore__pb2.ControlResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -392,7 +428,7 @@ class Federation:
             target,
             '/fedcore.v1.Federation/StartAutorun',
             fedcore__pb2.StartAutorunRequest.SerializeToString,
-            fedcore__pb2.ControlReply.FromString,
+            fedcore__pb2.ControlResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -419,7 +455,7 @@ class Federation:
             target,
             '/fedcore.v1.Federation/StopAutorun',
             fedcore__pb2.StopAutorunRequest.SerializeToString,
-            fedcore__pb2.ControlReply.FromString,
+            fedcore__pb2.ControlResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -446,7 +482,7 @@ class Federation:
             target,
             '/fedcore.v1.Federation/Step',
             fedcore__pb2.StepRequest.SerializeToString,
-            fedcore__pb2.ControlReply.FromString,
+            fedcore__pb2.ControlResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -473,7 +509,7 @@ class Federation:
             target,
             '/fedcore.v1.Federation/RequestTransport',
             fedcore__pb2.RequestTransportRequest.SerializeToString,
-            fedcore__pb2.ControlReply.FromString,
+            fedcore__pb2.ControlResult.FromString,
             options,
             channel_credentials,
             insecure,
@@ -500,7 +536,34 @@ class Federation:
             target,
             '/fedcore.v1.Federation/Status',
             fedcore__pb2.StatusRequest.SerializeToString,
-            fedcore__pb2.JsonReply.FromString,
+            fedcore__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Clients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcore.v1.Federation/Clients',
+            fedcore__pb2.ClientsRequest.SerializeToString,
+            fedcore__pb2.ClientsReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -527,7 +590,34 @@ class Federation:
             target,
             '/fedcore.v1.Federation/History',
             fedcore__pb2.HistoryRequest.SerializeToString,
-            fedcore__pb2.JsonReply.FromString,
+            fedcore__pb2.HistoryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Health(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcore.v1.Federation/Health',
+            fedcore__pb2.HealthRequest.SerializeToString,
+            fedcore__pb2.Health.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 Keepalive lets both ends notice a dead peer during long-polls and long transfers; the server
 accepts pings at least as often as clients send them, so it never answers with GOAWAY
 ("too_many_pings"). Messages stay small because payloads are chunked; the receive limit only
-has to cover one chunk plus the largest JSON view.
+has to cover one chunk plus the largest view (a long history).
 """
 from __future__ import annotations
 
@@ -15,15 +15,13 @@ SERVICE_NAME = "fedcore.v1.Federation"
 RPC_TIMEOUT_S = 30.0  # unary calls
 LONG_POLL_MARGIN_S = 10.0  # signal: wait_s + this
 STREAM_TIMEOUT_S = 900.0  # payload streams (a 1 GiB model over a slow link still fits)
-LONG_POLL_SLICE_S = 0.5  # the servicer re-checks cancellation this often while long-polling
+# Server side: an update stream's first message (UpdateInfo) must arrive within this; after it the
+# core's body time-out (FederationConfig.body_timeout_s) bounds the rest of the stream.
+FIRST_MESSAGE_TIMEOUT_S = 30.0
 
-# Thread pool: each long-polling client holds one worker while it waits.
+# Thread pool: each long-polling client holds one worker while it waits. (How many updates are
+# received at once is the core's limit, FederationConfig.max_concurrent_updates, for all transports.)
 DEFAULT_MAX_WORKERS = 64
-
-# Updates received and decoded at once. Each in flight holds its payload plus its decoded tensors,
-# so bounding them bounds server memory whatever the number of clients; later senders wait
-# (HTTP/2 flow control holds their bytes on their side) and decoding is CPU-bound anyway.
-DEFAULT_MAX_CONCURRENT_UPDATES = 2
 
 MAX_MESSAGE_BYTES = max(4 * CHUNK_BYTES, 16 * 1024 * 1024)
 

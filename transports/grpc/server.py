@@ -8,12 +8,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedcore.config import Settings
 from fedcore.errors import ConfigError, TransportError
-from fedcore.federation import Federation
 from fedcore.logger import get_logger
+from fedcore.operations import FederationOperations
 from fedcore.transport import ServerTransport
 
 from . import fedcore_pb2_grpc as pb_grpc
-from .options import DEFAULT_MAX_CONCURRENT_UPDATES, DEFAULT_MAX_WORKERS, SERVER_OPTIONS, SERVICE_NAME
+from .options import DEFAULT_MAX_WORKERS, SERVER_OPTIONS, SERVICE_NAME
 from .servicer import FederationServicer
 
 log = get_logger(__name__)
@@ -30,21 +30,15 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 class GrpcServerTransport(ServerTransport):
-    """Serves a Federation over gRPC on ``settings.host:settings.grpc_port`` (0 = ephemeral)."""
+    """Serves a :class:`FederationOperations` over gRPC on ``settings.host:settings.grpc_port``
+    (0 = ephemeral). The standard health service says SERVING while it runs, NOT_SERVING once
+    it stops."""
 
     name = "grpc"
 
-    def __init__(
-        self,
-        federation: Federation,
-        settings: Settings,
-        *,
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        max_concurrent_updates: int = DEFAULT_MAX_CONCURRENT_UPDATES,
-    ) -> None:
-        super().__init__(federation, settings)
+    def __init__(self, ops: FederationOperations, settings: Settings, *, max_workers: int = DEFAULT_MAX_WORKERS) -> None:
+        super().__init__(ops, settings)
         self.max_workers = max_workers
-        self.max_concurrent_updates = max_concurrent_updates
         self._server: grpc.Server | None = None
         self._health: health.HealthServicer | None = None
         self._port: int | None = None
@@ -56,8 +50,7 @@ class GrpcServerTransport(ServerTransport):
             ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="fedcore-grpc"),
             options=SERVER_OPTIONS,
         )
-        servicer = FederationServicer(self.federation, max_concurrent_updates=self.max_concurrent_updates)
-        pb_grpc.add_FederationServicer_to_server(servicer, server)
+        pb_grpc.add_FederationServicer_to_server(FederationServicer(self.ops), server)  # type: ignore[no-untyped-call]
         self._health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
 
@@ -81,7 +74,7 @@ class GrpcServerTransport(ServerTransport):
         if server is None:
             return
         if self._health is not None:
-            self._health.enter_graceful_shutdown()
+            self._health.enter_graceful_shutdown()  # every service → NOT_SERVING, for good
         server.stop(grace_s).wait(timeout=grace_s + 5)
         log.info("gRPC server on port %s stopped", self._port)
 
@@ -90,6 +83,13 @@ class GrpcServerTransport(ServerTransport):
         if self._port is None:
             raise RuntimeError("the gRPC server is not started")
         return self._port
+
+    def health_status(self, service: str = "") -> int:
+        """What the standard health service answers for ``service`` now (NOT_SERVING once stopped)."""
+        if self._health is None:
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        reply = self._health.Check(health_pb2.HealthCheckRequest(service=service), None)  # type: ignore[arg-type]
+        return reply.status
 
     @property
     def running(self) -> bool:

@@ -1,29 +1,44 @@
-"""The gRPC servicer: each RPC is a thin call into the transport-agnostic Federation.
+"""The gRPC servicer: a protocol mapper and nothing more.
 
-Handlers raise fedcore errors and :func:`abort_on_error` turns them into status codes. Credentials
-come from the ``authorization: Bearer`` metadata, never from messages.
+Each RPC reads its message, builds the :class:`~fedcore.operations.Caller` (bearer token from
+metadata, client id from the message, peer address), calls one operation and maps the typed
+result to its message. Auth, admin checks, limits, round policy and long-poll waits all live
+behind :class:`~fedcore.operations.FederationOperations`; errors become status codes in
+:mod:`.status`. The one thing this layer adds is a clock on the update stream, because only the
+transport can stop a read that blocks on a silent peer.
 """
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable, Iterator
+from types import TracebackType
 
 import grpc
 
-from fedcore.errors import AuthError, PayloadError, PayloadTooLargeError, TransportError
-from fedcore.federation import Federation
-from fedcore.states import Action
-from fedcore.transport import available_transports
+from fedcore.constants import CHUNK_BYTES
+from fedcore.errors import PayloadError, UploadTimeoutError
+from fedcore.logger import get_logger
+from fedcore.operations import Caller, FederationOperations
 
 from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
-from .chunking import ChunkAssembler, iter_chunks
-from .messages import instruction_to_pb, state_from_pb, to_json
-from .options import DEFAULT_MAX_CONCURRENT_UPDATES, LONG_POLL_SLICE_S
-from .status import PermissionDeniedError, abort_on_error
+from .chunking import iter_chunks
+from .messages import (
+    client_info_to_pb,
+    control_to_pb,
+    health_to_pb,
+    instruction_to_pb,
+    registration_to_pb,
+    round_record_to_pb,
+    state_from_pb,
+    status_to_pb,
+)
+from .options import FIRST_MESSAGE_TIMEOUT_S
+from .status import abort_on_error
 
 TRANSPORT_NAME = "grpc"
+
+log = get_logger(__name__)
 
 
 def bearer_token(context: grpc.ServicerContext) -> str | None:
@@ -36,149 +51,145 @@ def bearer_token(context: grpc.ServicerContext) -> str | None:
     return None
 
 
+def caller_of(context: grpc.ServicerContext, client_id: str | None = None) -> Caller:
+    return Caller(token=bearer_token(context), client_id=client_id or None, peer=context.peer() or "unknown")
+
+
+class StreamCutoff:
+    """Cancels a call when a read does not arrive in time.
+
+    gRPC's Python server blocks a handler inside the request iterator with no time-out, so a
+    sender that stops sending would hold a worker (and an upload slot) until its own deadline.
+    A timer cancels the call instead; the blocked read then raises and the upload is discarded.
+    The client sees CANCELLED: a status cannot be sent while the handler is blocked.
+    """
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+        self._timer: threading.Timer | None = None
+        self.fired = threading.Event()
+        self.limit_s = 0.0
+
+    def arm(self, seconds: float) -> None:
+        self.disarm()
+        self.limit_s = seconds
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired.set()
+        self._context.cancel()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def __enter__(self) -> StreamCutoff:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.disarm()
+
+
 class FederationServicer(pb_grpc.FederationServicer):
-    """Serves one Federation; several servicers (and REST apps) may share it."""
+    """Serves one :class:`FederationOperations`; several transports may share it."""
 
-    def __init__(self, federation: Federation, *, max_concurrent_updates: int = DEFAULT_MAX_CONCURRENT_UPDATES) -> None:
-        self.federation = federation
-        self._update_slots = threading.BoundedSemaphore(max_concurrent_updates)
-
-    # ------------------------------------------------------------------ helpers
-    def _check_admin(self, context: grpc.ServicerContext) -> None:
-        """No token → UNAUTHENTICATED; a token that is not the admin's → PERMISSION_DENIED."""
-        token = bearer_token(context)
-        try:
-            self.federation.check_admin(token)
-        except AuthError as exc:
-            if token:
-                raise PermissionDeniedError(str(exc)) from exc
-            raise
-
-    def _is_admin(self, token: str | None) -> bool:
-        if self.federation.admin_token is None or not token:
-            return False
-        try:
-            self.federation.check_admin(token)
-        except AuthError:
-            return False
-        return True
-
-    def _control_reply(self, **result: object) -> pb.ControlReply:
-        """The same shape as the REST control endpoints: the result plus the status after it."""
-        return pb.ControlReply(json=to_json({**result, "status": self.federation.status()}))
+    def __init__(self, ops: FederationOperations) -> None:
+        self.ops = ops
 
     # ------------------------------------------------------------------ client operations
     @abort_on_error
-    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterReply:
-        reg = self.federation.register(
-            request.name,
-            num_samples=int(request.num_samples),
-            transport=TRANSPORT_NAME,
-            client_id=request.client_id or None,
-            token=bearer_token(context),
-        )
-        return pb.RegisterReply(client_id=reg.client_id, token=reg.token, round=reg.round)
+    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.Registration:
+        caller = caller_of(context, request.client_id)
+        reg = self.ops.register(caller, request.name, int(request.num_samples), TRANSPORT_NAME, tuple(request.tags))
+        return registration_to_pb(reg)
 
     @abort_on_error
     def GetGlobal(self, request: pb.GetGlobalRequest, context: grpc.ServicerContext) -> Iterator[pb.GlobalChunk]:
-        # Fetched here, not inside the generator, so auth errors abort before the stream starts.
-        version, payload = self.federation.global_payload(request.client_id, bearer_token(context))
-        return self._stream_global(version, payload)
+        # Fetched here, not inside the generator, so errors abort before the stream starts.
+        model = self.ops.fetch_global(caller_of(context, request.client_id))
+        return self._stream_global(model.round, model.payload)
 
     @staticmethod
     def _stream_global(version: int, payload: bytes) -> Iterator[pb.GlobalChunk]:
         yield pb.GlobalChunk(info=pb.GlobalInfo(round=version, total_bytes=len(payload)))
-        for chunk in iter_chunks(payload):
+        for chunk in iter_chunks(payload, CHUNK_BYTES):
             yield pb.GlobalChunk(data=chunk)
 
     @abort_on_error
-    def PushUpdate(self, request_iterator: Iterable[pb.UpdateChunk], context: grpc.ServicerContext) -> pb.PushUpdateReply:
+    def PushUpdate(self, request_iterator: Iterable[pb.UpdateChunk], context: grpc.ServicerContext) -> pb.UpdateReceipt:
         chunks = iter(request_iterator)
-        first = next(chunks, None)
-        if first is None or first.WhichOneof("kind") != "info":
-            raise PayloadError("an update stream must start with its UpdateInfo")
-        info = first.info
-        # Refuse before buffering: credentials and round state, then the declared size.
-        self.federation.precheck_update(info.client_id, bearer_token(context), int(info.round))
-        limit = self.federation.max_payload_bytes
-        if info.total_bytes > limit:
-            raise PayloadTooLargeError(f"update of {info.total_bytes} bytes is over the {limit}-byte limit")
-        # Server memory stays bounded whatever the number of clients: at most a few updates are
-        # buffered and decoded at once; the others wait here, their bytes still on their side.
-        timeout = context.time_remaining()
-        if not self._update_slots.acquire(timeout=timeout if timeout is not None else None):
-            raise TransportError("server busy receiving other updates; retry")
-        try:
-            assembler = ChunkAssembler(limit, int(info.total_bytes))
-            for msg in chunks:
-                if msg.WhichOneof("kind") != "data":
-                    raise PayloadError("UpdateInfo may only come first")
-                assembler.add(msg.data)
-            payload = assembler.result()
-            self.federation.submit_update(
-                info.client_id,
-                bearer_token(context),
-                int(info.round),
-                payload,  # type: ignore[arg-type]  # a bytearray: avoids copying the whole payload once more
-                int(info.num_samples),
-                dict(info.metrics),
-            )
-        finally:
-            self._update_slots.release()
-        return pb.PushUpdateReply(received_bytes=len(payload))
+        peer = context.peer()  # read now: a cancelled call no longer knows it
+        with StreamCutoff(context) as cutoff:
+            try:
+                cutoff.arm(FIRST_MESSAGE_TIMEOUT_S)
+                first = next(chunks, None)
+                if first is None or first.WhichOneof("kind") != "info":
+                    raise PayloadError("an update stream must start with its UpdateInfo")
+                info = first.info
+                received = 0
+                with self.ops.accept_update(
+                    caller_of(context, info.client_id), int(info.round), int(info.total_bytes),
+                    int(info.num_samples), dict(info.metrics),
+                ) as sink:
+                    cutoff.arm(sink.remaining_s())  # the core's body time-out bounds the blocking reads too
+                    for msg in chunks:
+                        if msg.WhichOneof("kind") != "data":
+                            raise PayloadError("UpdateInfo may only come first")
+                        sink.write(msg.data)
+                        received += len(msg.data)
+                    cutoff.disarm()  # decoding may take a while: it is not the sender's time
+            except grpc.RpcError:
+                if cutoff.fired.is_set():
+                    log.warning("update stream from %s cut off: not complete within %.1fs", peer, cutoff.limit_s)
+                    raise UploadTimeoutError(f"update stream not complete within {cutoff.limit_s:.1f}s; cut off") from None
+                raise
+        return pb.UpdateReceipt(round=int(info.round), received_bytes=received)
 
     @abort_on_error
     def Signal(self, request: pb.SignalRequest, context: grpc.ServicerContext) -> pb.Instruction:
-        """Long-poll in short slices so a cancelled call or a stopping server frees the thread."""
-        state = state_from_pb(request.state)
-        token = bearer_token(context)
-        end = time.monotonic() + max(0.0, request.wait_s)
-        while True:
-            left = end - time.monotonic()
-            instr = self.federation.signal(
-                request.client_id, token, state, wait_s=max(0.0, min(left, LONG_POLL_SLICE_S))
-            )
-            if instr.action is not Action.WAIT or left <= LONG_POLL_SLICE_S or not context.is_active():
-                return instruction_to_pb(instr)
+        caller = caller_of(context, request.client_id)
+        instr = self.ops.signal(caller, state_from_pb(request.state), float(request.wait_s), context.is_active)
+        return instruction_to_pb(instr)
 
     @abort_on_error
-    def Disconnect(self, request: pb.DisconnectRequest, context: grpc.ServicerContext) -> pb.DisconnectReply:
-        token = bearer_token(context)
-        self.federation.disconnect(request.client_id, token, admin=self._is_admin(token))
-        return pb.DisconnectReply()
+    def Disconnect(self, request: pb.DisconnectRequest, context: grpc.ServicerContext) -> pb.ControlResult:
+        # The client's own token leaves, the admin token kicks: the core tells them apart.
+        return control_to_pb(self.ops.disconnect(request.client_id, caller=caller_of(context)))
 
-    # ------------------------------------------------------------------ round control (admin)
+    # ------------------------------------------------------------------ round control
     @abort_on_error
-    def StartAutorun(self, request: pb.StartAutorunRequest, context: grpc.ServicerContext) -> pb.ControlReply:
-        self._check_admin(context)
-        target = self.federation.start_autorun(int(request.rounds))
-        return self._control_reply(autorun_target=target)
+    def StartAutorun(self, request: pb.StartAutorunRequest, context: grpc.ServicerContext) -> pb.ControlResult:
+        return control_to_pb(self.ops.start_autorun(int(request.rounds), caller=caller_of(context)))
 
     @abort_on_error
-    def StopAutorun(self, request: pb.StopAutorunRequest, context: grpc.ServicerContext) -> pb.ControlReply:
-        self._check_admin(context)
-        self.federation.stop_autorun()
-        return self._control_reply()
+    def StopAutorun(self, request: pb.StopAutorunRequest, context: grpc.ServicerContext) -> pb.ControlResult:
+        return control_to_pb(self.ops.stop_autorun(caller=caller_of(context)))
 
     @abort_on_error
-    def Step(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.ControlReply:
-        self._check_admin(context)
-        number = self.federation.step()
-        return self._control_reply(round=number)
+    def Step(self, request: pb.StepRequest, context: grpc.ServicerContext) -> pb.ControlResult:
+        return control_to_pb(self.ops.step(caller=caller_of(context)))
 
     @abort_on_error
-    def RequestTransport(self, request: pb.RequestTransportRequest, context: grpc.ServicerContext) -> pb.ControlReply:
-        self._check_admin(context)
-        if request.transport not in available_transports():
-            raise ValueError(f"unknown transport {request.transport!r}; available: {', '.join(available_transports())}")
-        self.federation.request_transport(request.client_id, request.transport)
-        return self._control_reply(client_id=request.client_id, transport=request.transport)
+    def RequestTransport(self, request: pb.RequestTransportRequest, context: grpc.ServicerContext) -> pb.ControlResult:
+        result = self.ops.request_transport(request.client_id, request.transport, caller=caller_of(context))
+        return control_to_pb(result)
 
     # ------------------------------------------------------------------ views
     @abort_on_error
-    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.JsonReply:
-        return pb.JsonReply(json=to_json(self.federation.status()))
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.Status:
+        return status_to_pb(self.ops.status())
 
     @abort_on_error
-    def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.JsonReply:
-        return pb.JsonReply(json=to_json(self.federation.get_history()))
+    def Clients(self, request: pb.ClientsRequest, context: grpc.ServicerContext) -> pb.ClientsReply:
+        return pb.ClientsReply(clients=[client_info_to_pb(c) for c in self.ops.clients()])
+
+    @abort_on_error
+    def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryReply:
+        return pb.HistoryReply(rounds=[round_record_to_pb(r) for r in self.ops.history()])
+
+    @abort_on_error
+    def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.Health:
+        return health_to_pb(self.ops.health())
