@@ -126,26 +126,30 @@ def _perturbed(state: dict[str, Any], seed: int) -> dict[str, Any]:
 def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds: int, conn: Any) -> None:
     """Server process: serve one Federation, report port, then round times, bytes and peak RSS."""
     from fedcore.config import Settings
-    from fedcore.federation import Federation
+    from fedcore.federation import Federation, FederationConfig
+    from fedcore.operations import Endpoint, WireOptions
     from fedcore.transport import get_transport
 
-    fed = Federation(
-        _model_state(model), min_clients=clients, stop_when_done=True, round_deadline_s=TIMEOUT_S,
-        client_timeout_s=TIMEOUT_S, max_payload_bytes=4 * 1024**3, **CODECS[codec],
-    ).start()
+    config = FederationConfig(
+        min_clients=clients, stop_when_done=True, round_deadline_s=TIMEOUT_S, client_timeout_s=TIMEOUT_S,
+        max_payload_bytes=4 * 1024**3, wire=WireOptions(**CODECS[codec]), max_update_norm=None,
+        body_timeout_s=TIMEOUT_S,
+    )
+    fed = Federation(_model_state(model), config).start()
     server = get_transport(transport).server(fed, Settings(host="127.0.0.1", rest_port=0, grpc_port=0))
     server.start()
+    fed.mark_serving(Endpoint(transport, server.address))
     conn.send(server.port)
     fed.start_autorun(rounds)
     ok = fed.wait_for_round(rounds, TIMEOUT_S)
-    started = {e["data"]["round"]: e["time"] for e in fed.events_since(0, 0) if e["type"] == "round_started"}
-    history = fed.get_history()
+    started = {e.data.round: e.time for e in fed.events_since(0, 0) if e.type == "round_started"}
+    history = fed.history()
     conn.send({
         "ok": ok,
-        "round_s": [h["finished_at"] - started[h["round"]] for h in history],
-        "bytes_per_round": [h["bytes_in"] + h["bytes_out"] for h in history],
-        "participants": [h["num_participants"] for h in history],
-        "payload_bytes": fed.status()["payload_bytes"],
+        "round_s": [h.finished_at - started[h.round] for h in history],
+        "bytes_per_round": [h.bytes_in + h.bytes_out for h in history],
+        "participants": [h.num_participants for h in history],
+        "payload_bytes": fed.status().payload_bytes,
         "peak_rss_mb": peak_rss_mb(),
     })
     conn.recv()  # "stop": the parent has what it needs
@@ -179,7 +183,7 @@ def fedcore_client(transport: str, port: int, name: str, codec: str, seed: int) 
             if instr.action is Action.STOP:
                 return
             if instr.action is Action.TRAIN and instr.round > last:
-                _, payload = client.fetch_global()
+                payload = client.fetch_global().payload
                 state = _perturbed(wire.decode_state(payload), seed * 1000 + instr.round)
                 client.push_update(instr.round, wire.encode_state(state, **CODECS[codec]), NUM_SAMPLES, {})
                 last = instr.round

@@ -121,7 +121,9 @@ class ClientRegistry:
         raise ForbiddenError("this token does not grant round control")
 
     def auth(self, client_id: str | None, token: str | None) -> ClientRecord:
-        rec = self.records.get(client_id or "")
+        if not client_id:
+            raise AuthError("missing client id (REST: X-Fedcore-Client header)")
+        rec = self.records.get(client_id)
         if rec is None:
             raise UnknownClientError(f"unknown client {client_id!r}")
         if not token or not hmac.compare_digest(rec.token_hash, hash_token(token)):

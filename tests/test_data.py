@@ -68,8 +68,11 @@ def test_rest_service_extras(harness: Harness) -> None:
     for path in ("/client", "/client/{client_id}", "/client/autorun/{rounds}", "/client/autorun", "/client/signal",
                  "/transmitter", "/transmitter/{name}", "/status", "/history", "/health"):
         assert path in schema["paths"], path
-    assert httpx.get(f"{url}/docs").status_code == 200
-    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    docs = httpx.get(f"{url}/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # offline: assets from this server
+    assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert httpx.get(f"{url}/redoc").status_code == 200
+    assert httpx.get(f"{url}/health").json()["ready"] is True
     assert httpx.get(f"{url}/history").json() == []
     assert httpx.get(f"{url}/status").json()["num_clients"] == 0
     missing = httpx.get(f"{url}/transmitter")

@@ -19,10 +19,10 @@ def test_rest_round_over_tls(harness: Harness, tmp_path: Path) -> None:
     assert srv.client_settings().rest_url.startswith("https://")
     harness.client(srv, "a", 0, transport="rest")
     harness.client(srv, "b", 1, transport="rest")
-    wait_until(lambda: srv.federation.status()["ready"] == 2, what="2 clients over TLS")
+    wait_until(lambda: srv.federation.status().ready == 2, what="2 clients over TLS")
     srv.federation.start_autorun(1)
     assert srv.federation.wait_for_round(1, 60)
-    assert sorted(srv.federation.get_history()[0]["participants"]) == ["a", "b"]
+    assert sorted(srv.federation.history()[0].participants) == ["a", "b"]
 
 
 def test_rest_client_refuses_untrusted_server(harness: Harness, tmp_path: Path) -> None:

@@ -9,18 +9,20 @@ import torch
 from fedcore import wire
 from fedcore.config import Settings
 from fedcore.errors import TransportError
-from fedcore.federation import Federation
+from fedcore.federation import Federation, FederationConfig
+from fedcore.operations import WireOptions
 from fedcore.states import Action, ClientState
 from tls_util import make_ca, make_ca_and_server_cert
 from transports.grpc import GrpcClientTransport, GrpcServerTransport
 
 WIRE = {"dtype": "fp32", "codec": "none"}
+CONFIG = FederationConfig(min_clients=1, wire=WireOptions("fp32", "none", None, "none"))
 
 
 @pytest.fixture
 def tls_grpc(tmp_path: Path):
     ca, cert, key = make_ca_and_server_cert(tmp_path)
-    fed = Federation({"w": torch.arange(8.0)}, min_clients=1, **WIRE).start()
+    fed = Federation({"w": torch.arange(8.0)}, CONFIG).start()
     server = GrpcServerTransport(fed, Settings(grpc_port=0, tls_cert=cert, tls_key=key))
     server.start()
     yield fed, server, ca
@@ -34,9 +36,9 @@ def test_grpc_round_over_tls(tls_grpc, host: str) -> None:
     settings = Settings(host=host, grpc_port=server.port, tls_ca=ca)
     with GrpcClientTransport(settings.grpc_address, settings) as c:
         c.register("alice", 4)
-        version, payload = c.fetch_global()
+        payload = c.fetch_global().payload
         c.signal(ClientState.READY)
-        number = fed.step()
+        number = fed.step().round
         instr = c.signal(ClientState.READY, wait_s=2)
         assert instr.action is Action.TRAIN
         update = {"w": wire.decode_state(payload)["w"] * 2}

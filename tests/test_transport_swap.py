@@ -19,7 +19,8 @@ from fedcore.client import FLClient
 from fedcore.config import Settings
 from fedcore.app.data import load_federated
 from fedcore.errors import AuthError, PayloadError
-from fedcore.federation import Federation
+from fedcore.federation import Federation, FederationConfig
+from fedcore.operations import Endpoint, WireOptions
 from fedcore.app.models import build_model
 from fedcore.transport import get_transport
 
@@ -28,6 +29,7 @@ NAMES = ("swapper", "rester", "grpcer")
 START = {"swapper": "grpc", "rester": "rest", "grpcer": "grpc"}
 # fp32 on the wire: no bf16 rounding cliff that a last-bit difference in summation order could tip.
 WIRE = {"dtype": "fp32", "codec": "zstd"}
+WIRE_OPTIONS = WireOptions("fp32", "zstd", None, "auto")
 
 
 def _swap_plan(client: FLClient, round_number: int) -> None:
@@ -46,15 +48,17 @@ def _run(swap: bool) -> tuple[Federation, dict[str, FLClient]]:
 def _run_federation(swap: bool) -> tuple[Federation, dict[str, FLClient]]:
     data = load_federated("digits", len(NAMES), seed=0)
     fed = Federation(
-        build_model("digits_mlp", seed=0).state_dict(), min_clients=len(NAMES), stop_when_done=True,
-        round_deadline_s=120, **WIRE,
+        build_model("digits_mlp", seed=0).state_dict(),
+        FederationConfig(min_clients=len(NAMES), stop_when_done=True, round_deadline_s=120, wire=WIRE_OPTIONS,
+                         train_config={"epochs": 1, "batch_size": 32, "lr": 0.05}),
     ).start()
     servers = {
         name: get_transport(name).server(fed, Settings(host="127.0.0.1", rest_port=0, grpc_port=0))
         for name in ("rest", "grpc")
     }
-    for s in servers.values():
+    for name, s in servers.items():
         s.start()
+        fed.mark_serving(Endpoint(name, s.address))
     settings = Settings(
         host="127.0.0.1", rest_port=servers["rest"].port, grpc_port=servers["grpc"].port,
         seed=0, local_epochs=1, batch_size=32, lr=0.05, **WIRE,
@@ -102,10 +106,10 @@ def _transports_seen(fed: Federation, client_id: str) -> list[str]:
     """The transports a client registered over, in order (consecutive repeats folded)."""
     seen: list[str] = []
     for event in fed.events_since(0, 0):
-        data: Any = event["data"]
-        if event["type"] == "client" and data.get("client_id") == client_id:
-            if not seen or seen[-1] != data["transport"]:
-                seen.append(data["transport"])
+        data: Any = event.data
+        if event.type == "client" and data.client_id == client_id:
+            if not seen or seen[-1] != data.transport:
+                seen.append(data.transport)
     return seen
 
 
@@ -125,10 +129,10 @@ def test_server_sees_the_same_client_over_both_transports(runs) -> None:
 
 def test_history_has_everyone_in_every_round(runs) -> None:
     fed, _ = runs["swap"]
-    history = fed.get_history()
-    assert [h["round"] for h in history] == [1, 2, 3]
+    history = fed.history()
+    assert [h.round for h in history] == [1, 2, 3]
     for h in history:
-        assert h["participants"] == sorted(NAMES), h
+        assert list(h.participants) == sorted(NAMES), h
 
 
 def test_swapping_does_not_change_the_model(runs) -> None:
@@ -149,10 +153,12 @@ def test_admin_asks_a_client_to_switch_over_grpc() -> None:
     """The server side of a swap: an admin RPC makes a REST client do its next round over gRPC."""
     admin = "admin-token"
     data = load_federated("digits", 2, seed=0)
-    fed = Federation(build_model("digits_mlp", seed=0).state_dict(), min_clients=2, admin_token=admin, **WIRE).start()
+    fed = Federation(build_model("digits_mlp", seed=0).state_dict(),
+                     FederationConfig(min_clients=2, admin_token=admin, wire=WIRE_OPTIONS)).start()
     servers = [get_transport(n).server(fed, Settings(rest_port=0, grpc_port=0)) for n in ("rest", "grpc")]
     for s in servers:
         s.start()
+        fed.mark_serving(Endpoint(s.name, s.address))
     settings = Settings(rest_port=servers[0].port, grpc_port=servers[1].port, **WIRE)
     clients = {
         name: FLClient(build_model("digits_mlp", seed=0), data.clients[k].train, name=name, settings=settings,
@@ -165,7 +171,7 @@ def test_admin_asks_a_client_to_switch_over_grpc() -> None:
     try:
         for t in threads:
             t.start()
-        _wait(lambda: fed.status()["ready"] == 2)
+        _wait(lambda: fed.status().ready == 2)
         control.step(admin_token=admin)
         assert fed.wait_for_round(1, 60)
         mover = clients["mover"]
@@ -174,15 +180,15 @@ def test_admin_asks_a_client_to_switch_over_grpc() -> None:
         with pytest.raises(PayloadError):  # INVALID_ARGUMENT
             control.request_transport(mover.client_id, "carrier-pigeon", admin_token=admin)
         out = control.request_transport(mover.client_id, "grpc", admin_token=admin)
-        assert out["transport"] == "grpc"
-        _wait(lambda: fed.status()["ready"] == 2 and fed.status()["current_round"] is None)
+        assert out.transport == "grpc"
+        _wait(lambda: fed.status().ready == 2 and fed.status().current_round is None)
         control.step(admin_token=admin)
         assert fed.wait_for_round(2, 60)
         for t in threads:
             t.join(timeout=30)
         assert mover.summary.transports == ["rest", "grpc"]
         assert clients["stayer"].summary.transports == ["grpc", "grpc"]
-        assert all(h["participants"] == ["mover", "stayer"] for h in fed.get_history())
+        assert all(h.participants == ("mover", "stayer") for h in fed.history())
     finally:
         control.close()
         for c in clients.values():
