@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     filter: str = C.DEFAULT_FILTER
     quantize_update: bool = Field(False, description="clients send int8-quantised updates instead of weights")
 
+    # split training (the WASM paper's device/edge system): see docs/split-training.md
+    mode: Literal["fedavg", "split"] = Field("fedavg", description="fedavg | split (devices train the front, the edge the rest)")
+    split_at: str | None = Field(None, description="split: cut the model after this named layer (e.g. blocks.1)")
+    split_head_at: str | None = Field(None, description="split: U-shaped, the head from this layer stays on the device")
+    micro_batches: int = Field(4, ge=1, description="split: micro-batches per mini-batch (GPipe)")
+    split_window: int = Field(4, ge=1, description="split: micro-batches in flight per device (1 = no overlap)")
+    split_dtype: Literal["fp32", "bf16"] = Field("fp32", description="split: activations/gradients on the wire")
+    edge_per_device: bool = Field(False, description="split: one edge model per device instead of one shared")
+    device_softmax_ext: bool = Field(False, description="split: device attention softmax via cuda_ext")
+    edge_matmul_ext: bool = Field(False, description="split: edge projections/MLP via cuda_ext")
+    unified_memory: bool = Field(False, description="split: edge activation buffers in CUDA unified memory (GPU)")
+
     # learning
     strategy: str = Field("fedavg", description="fedavg | fedprox | fedadam | any registered strategy")
     proximal_mu: float = Field(0.01, ge=0, description="FedProx mu")
