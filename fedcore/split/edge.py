@@ -153,7 +153,8 @@ class EdgeTrainer:
     def edge_state(self, client_id: str | None = None) -> dict[str, torch.Tensor]:
         """A CPU copy of the edge model's weights (the shared one, or ``client_id``'s)."""
         def read() -> dict[str, torch.Tensor]:
-            model = self._replica(client_id).model if self.config.per_device and client_id else self._template
+            rep = self._replicas.get(client_id) if self.config.per_device and client_id else None
+            model = rep.model if rep is not None else self._template  # unseen client: where it would start
             if self._staging.device.type == "cuda":
                 torch.cuda.synchronize(self._staging.device)
             return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
