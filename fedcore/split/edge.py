@@ -43,7 +43,8 @@ class EdgeConfig:
     """Shapes are per sample (no batch dimension). ``u_shaped``: devices keep the head, so
     messages carry no labels and the edge answers a forward with its output; ``edge_out_shape``
     is then the shape of that output. ``per_device``: one edge model per device instead of
-    one shared. ``depth``: micro-batches launched ahead on the executor."""
+    one shared. ``depth``: micro-batches launched ahead on the executor. ``device``: "cpu"
+    (a worker thread) or "cuda[:n]" (CUDA streams, pinned buffers, events)."""
 
     cut_shape: tuple[int, ...]
     max_micro_batch: int
@@ -103,9 +104,9 @@ class EdgeTrainer:
     in order on one executor."""
 
     def __init__(self, edge: nn.Module, config: EdgeConfig, *, optimizer: OptimizerFactory | None = None,
-                 loss_fn: nn.Module | None = None) -> None:
+                 loss_fn: nn.Module | None = None, staging: Staging | None = None) -> None:
         self.config = config
-        self._staging = make_staging(config.device)
+        self._staging = staging or make_staging(config.device)
         self._template = edge.to(self._staging.device)
         self._make_opt = optimizer or sgd()
         self._loss = loss_fn or nn.CrossEntropyLoss()

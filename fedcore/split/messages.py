@@ -124,6 +124,19 @@ def _meta(raw: Any, expect: Expect) -> tuple[Kind, MicroMeta, float | None, int 
     return kind, meta, None if loss is None else float(loss), correct
 
 
+def _check_tensors(header: dict[str, Any], spec: Mapping[str, wire.TensorSpec]) -> None:
+    """Names, shapes and dtypes from the header against what the receiver expects, before
+    the payload's declared sizes are looked at."""
+    got = {t["name"]: (list(t["shape"]), t["dtype"]) for t in header["tensors"]}
+    missing, extra = sorted(set(spec) - set(got)), sorted(set(got) - set(spec))
+    if missing or extra:
+        raise PayloadError(f"message tensors: missing {missing}, unexpected {extra}")
+    for name, want in spec.items():
+        shape, dtype = got[name]
+        if shape != list(want.shape) or dtype != want.dtype:
+            raise PayloadError(f"{name} is {dtype}{shape}; the receiver expects {want.dtype}{list(want.shape)}")
+
+
 def decode_message(data: bytes | memoryview, expect: Expect) -> SplitMessage:
     """Decode and check one message; raises :class:`PayloadError` (or
     :class:`PayloadTooLargeError`) for anything the receiver did not ask for."""
@@ -140,6 +153,7 @@ def decode_message(data: bytes | memoryview, expect: Expect) -> SplitMessage:
     wires = {t["name"]: t.get("wire") for t in header["tensors"]}
     if wires.get(name, "float32") not in wire.CAST_DTYPES:
         raise PayloadError(f"tensor {name!r} travels as {wires.get(name)!r}, not a float wire dtype")
+    _check_tensors(header, spec)
     limit = sum(4 * math.prod(s.shape) if s.dtype == "float32" else 8 * math.prod(s.shape) for s in spec.values())
     state = wire.decode_state(data, max_size=limit, expected=spec)
     tensor = state[name]
