@@ -270,3 +270,43 @@ def test_edge_refuses_too_many_open_mini_batches() -> None:
         with pytest.raises(RoundStateError, match="unfinished"):
             edge.handle("c", _messages(split, x, y, step=2)[0])
         assert edge.open_micro_batches("c") == 2
+
+
+def test_splitfed_round_averages_the_device_part_with_the_existing_strategy() -> None:
+    """Two devices, one shared edge: each trains its copy of the global device part, FedAvg
+    (unchanged) averages the uploads; the edge part stays on the server."""
+    import copy
+
+    from fedcore.split import split_round_config
+    from fedcore.strategy import FedAvg
+
+    server_model = _mlp()
+    server = cut(server_model, "1")
+    data = [_data(32, seed=10), _data(48, seed=11)]
+    rc = split_round_config(server, data[0].tensors[0][:2], batch_size=16, micro_batches=2, window=2, num_classes=10)
+    assert set(rc.device_params).isdisjoint(rc.edge_params)
+    assert set(rc.device_params) | set(rc.edge_params) == {n for n, _ in server_model.named_parameters()}
+    t = rc.traffic(samples=48, epochs=2)
+    assert t.activations_up == t.gradients_down == 4 * 128 * 96 and t.labels_up == 8 * 96
+    assert t.params_up == 4 * (64 * 128 + 128) and t.fedavg_params == 4 * sum(p.numel() for p in server_model.parameters())
+
+    strategy = FedAvg()
+    global_state = {k: v.clone() for k, v in rc.global_model.state_dict().items()}
+    edge_before = {k: v.clone() for k, v in server.edge.state_dict().items()}
+    with EdgeTrainer(server.edge, rc.edge, optimizer=sgd(LR)) as edge:
+        strategy.begin_round(global_state)
+        uploads = []
+        for k, d in enumerate(data):
+            local = cut(copy.deepcopy(server_model), "1")
+            local.device_side.load_state_dict(global_state)
+            dev = DeviceTrainer(local, LocalChannel(edge, client_id=f"dev-{k}"), rc.device, optimizer=sgd(LR))
+            dev.train(d, epochs=1, batch_size=16, seed=k)
+            uploads.append((local.device_side.state_dict(), len(d)))
+            strategy.accumulate(*uploads[-1])
+        new = strategy.finish(global_state)
+        rc.global_model.load_state_dict(new)
+        assert edge.optimizer_steps == 2 + 3
+    want = {k: (uploads[0][0][k] * 32 + uploads[1][0][k] * 48) / 80 for k in new}
+    assert all(torch.allclose(new[k], want[k], atol=1e-6) for k in new)
+    assert all(torch.equal(server_model.state_dict()[k], new[k]) for k in new)  # global model = device part
+    assert any(not torch.equal(server.edge.state_dict()[k], edge_before[k]) for k in edge_before)
