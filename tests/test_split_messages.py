@@ -29,7 +29,7 @@ def test_round_trip_is_exact_in_fp32() -> None:
     got = decode_message(encode_message(msg), EXPECT)
     assert got.kind == "forward" and got.meta == META
     assert torch.equal(got.tensor, msg.tensor) and got.tensor.dtype == torch.float32
-    assert got.labels is not None and torch.equal(got.labels, msg.labels)
+    assert got.labels is not None and msg.labels is not None and torch.equal(got.labels, msg.labels)
 
 
 def test_bf16_with_codec_is_smaller_and_close() -> None:
@@ -38,7 +38,8 @@ def test_bf16_with_codec_is_smaller_and_close() -> None:
     assert len(small) < 0.6 * len(exact)
     got = decode_message(small, EXPECT)
     assert got.tensor.dtype == torch.float32 and torch.allclose(got.tensor, msg.tensor, rtol=1e-2, atol=1e-2)
-    assert got.labels is not None and torch.equal(got.labels, msg.labels)  # labels always exact
+    assert got.labels is not None and msg.labels is not None
+    assert torch.equal(got.labels, msg.labels)  # labels always exact
 
 
 def test_reply_must_answer_the_right_micro_batch() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -112,7 +113,7 @@ class DeviceTrainer:
         self.round = round
         self._bytes = [0, 0]
 
-    def train(self, data: Dataset, *, epochs: int = 1, batch_size: int = 32, seed: int = 0) -> TrainResult:
+    def train(self, data: Dataset[Any], *, epochs: int = 1, batch_size: int = 32, seed: int = 0) -> TrainResult:
         """``epochs`` passes over ``data``, batches drawn as ``fedcore.loops.train`` draws them."""
         gen = torch.Generator().manual_seed(seed)
         out = []

@@ -239,7 +239,7 @@ class EdgeTrainer:
         loss = self._loss(out, y)
         grads = torch.autograd.grad(loss * (meta.size / meta.mini_size), [a, *rep.params], allow_unused=True)
         stats = torch.stack([loss.detach().float(), (out.detach().argmax(1) == y).sum().float()])
-        a_grad = staging.download(grads[0])  # type: ignore[arg-type]
+        a_grad = staging.download(grads[0])
         self._accumulate(client_id, key, rec, rep, meta.micro, grads[1:])
         return _Pending("grad", meta, a_grad, staging.download(stats), staging.fence())
 
@@ -255,7 +255,7 @@ class EdgeTrainer:
         del rec.graphs[meta.micro]
         rep = self._replica(client_id)
         grads = torch.autograd.grad(out, [a, *rep.params], staging.upload(msg.tensor), allow_unused=True)
-        a_grad = staging.download(grads[0])  # type: ignore[arg-type]
+        a_grad = staging.download(grads[0])
         self._accumulate(client_id, key, rec, rep, meta.micro, grads[1:])
         return _Pending("grad", meta, a_grad, None, staging.fence())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from collections.abc import Mapping
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 
@@ -99,7 +99,7 @@ def _meta(raw: Any, expect: Expect) -> tuple[Kind, MicroMeta, float | None, int 
     if not isinstance(raw, dict):
         raise PayloadError("message has no meta")
     kind = raw.get("split")
-    if kind not in expect.shapes:
+    if not isinstance(kind, str) or kind not in expect.shapes:
         raise PayloadError(f"message kind {kind!r} is not one of {sorted(expect.shapes)} expected here")
     big = 2**62
     num_micro = _int(raw, "num_micro", 1, MAX_MICRO_BATCHES)
@@ -121,7 +121,7 @@ def _meta(raw: Any, expect: Expect) -> tuple[Kind, MicroMeta, float | None, int 
     correct = raw.get("correct")
     if correct is not None:
         correct = _int(raw, "correct", 0, size)
-    return kind, meta, None if loss is None else float(loss), correct
+    return cast(Kind, kind), meta, None if loss is None else float(loss), correct
 
 
 def _check_tensors(header: dict[str, Any], spec: Mapping[str, wire.TensorSpec]) -> None:
