@@ -50,15 +50,11 @@ def render(kustomization_dir: Path, kubectl: str | None = None) -> str:
     proc = subprocess.run([exe, "kustomize", str(kustomization_dir)], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise ManifestError(f"kubectl kustomize {kustomization_dir}: {proc.stderr.strip()}")
-    return proc.stdout
+    return str(proc.stdout)
 
 
 def load_docs(text: str) -> list[Doc]:
     return [d for d in yaml.safe_load_all(text) if d]
-
-
-def dump_docs(docs: Iterable[Doc]) -> str:
-    return yaml.safe_dump_all(list(docs), sort_keys=False)
 
 
 def find(docs: Sequence[Doc], kind: str, name: str | None = None) -> Doc:

@@ -92,6 +92,10 @@ class Namespace:
     def popen(self, cmd: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.argv(cmd), **kw)
 
+    def pids(self) -> set[int]:
+        """Processes running inside this namespace now."""
+        return {int(p) for p in _ip("netns", "pids", self.name, check=False).stdout.split()}
+
 
 @lru_cache(maxsize=1)
 def skip_reason() -> str | None:

@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 from conftest import ROOT
-from deploy.manifests import (
+
+if str(ROOT) not in sys.path:  # deploy/ is imported from the checkout, like the tests
+    sys.path.insert(0, str(ROOT))
+from deploy.manifests import (  # noqa: E402
     K8S,
     OVERLAYS,
     Doc,
@@ -130,9 +133,9 @@ def rest_get_paths() -> frozenset[str]:
     from fedcore.server import build_federation
     from transports.rest.server import create_app
 
-    settings = Settings(rest_port=0, grpc_port=0)
+    settings = Settings.load(None, rest_port=0, grpc_port=0)
     app = create_app(build_federation(settings), settings)
-    return frozenset(r.path for r in app.routes if "GET" in (getattr(r, "methods", None) or ()))
+    return frozenset(str(getattr(r, "path", "")) for r in app.routes if "GET" in (getattr(r, "methods", None) or ()))
 
 
 def grpc_health_services() -> list[str]:
