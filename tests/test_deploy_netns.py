@@ -10,12 +10,14 @@ one switched to the other with FEDCORE_TRANSPORT, as `kubectl set env` would) ru
 rounds; the server is then killed with SIGKILL and started again on the same checkpoint folder,
 and the federation continues at the next round number.
 
+The prod overlay runs too, with the Secrets its docs say to create (TLS probes and one round).
 Also: tests of the tests/netns.py helper itself (connectivity, name resolution, shaping, cleanup).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,7 +50,12 @@ from deploy.manifests import (  # noqa: E402
     selected_workloads,
 )
 
-HTTP_GET = "import sys, urllib.request as r; print(r.urlopen(sys.argv[1], timeout=5).read().decode())"
+# GET argv[1]; https is verified with the CA file argv[2] when given, else (as a kubelet does) not at all.
+HTTP_GET = (
+    "import sys, ssl, urllib.request as r; "
+    "c = ssl.create_default_context(cafile=sys.argv[2]) if sys.argv[2:] else ssl._create_unverified_context(); "
+    "print(r.urlopen(sys.argv[1], timeout=5, context=c).read().decode())"
+)
 GRPC_HEALTH = (
     "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
     "r = g.HealthStub(grpc.insecure_channel(sys.argv[1])).Check(h.HealthCheckRequest(service=sys.argv[2]), timeout=5); "
@@ -179,6 +186,12 @@ class Pod:
                 return str(self.paths[mount]) + value[len(mount.rstrip("/")):]
         return value
 
+    def host_text(self, text: str) -> str:
+        """``text`` (e.g. an exec probe's inline script) with every mounted path moved to the host."""
+        prefixes = {m.rstrip("/") + "/": str(h) + "/" for m, h in self.paths.items()}
+        pattern = "|".join(re.escape(m) for m in sorted(prefixes, key=len, reverse=True))
+        return re.sub(pattern, lambda m: prefixes[m.group(0)], text) if prefixes else text
+
     def start(self) -> Pod:
         with self.log.open("ab") as out:
             self.popen = self.ns.popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
@@ -200,23 +213,113 @@ class Pod:
                 self.popen.wait(10)
 
 
-def _probe_argv(probe: Doc, container: Doc, address: str) -> list[str]:
-    """The kubelet's probe as a command: httpGet -> GET, grpc -> grpc.health.v1 Check."""
-    ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
-    if "httpGet" in probe:
-        get = probe["httpGet"]
-        port = ports[get["port"]] if isinstance(get["port"], str) else get["port"]
-        return [sys.executable, "-c", HTTP_GET, f"{get.get('scheme', 'HTTP').lower()}://{address}:{port}{get['path']}"]
-    if "grpc" in probe:
-        return [sys.executable, "-c", GRPC_HEALTH, f"{address}:{probe['grpc']['port']}", probe["grpc"].get("service", "")]
-    raise AssertionError(f"probe kind {sorted(probe)} is not run by this test")
+class OverlayRun:
+    """A rendered overlay's server and client pods, started in the namespaces of ``net``."""
+
+    def __init__(self, docs: list[Doc], net: netns.Star, root: Path, pods: list[Pod]) -> None:
+        self.docs, self.net, self.root, self.pods = docs, net, root, pods
+        self.server_wl, self.client_wl = find(docs, "Deployment"), find(docs, "StatefulSet")
+        self.server_c = pod_spec(self.server_wl)["containers"][0]
+        client_c = pod_spec(self.client_wl)["containers"][0]
+        assert dockerfile_entrypoint(ROOT / "deploy" / "Dockerfile") == ["fedcore"]
+        self.launcher = [sys.executable, "-m", "fedcore"]  # what the console script `fedcore` runs
+        cfg_path = option(client_c["args"], "--config")
+        assert cfg_path is not None, "clients read no --config"
+        cfg = mounted_file(docs, self.client_wl, client_c, cfg_path)
+        assert cfg.content is not None
+        self.settings: dict[str, Any] = tomllib.loads(cfg.content.decode())
+        self.service = service_names(docs, self.server_wl)[0]
+        self.ports = {p.get("name"): p["containerPort"] for p in self.server_c["ports"]}
+        self.volumes: dict[str, Path] = {}
+        self.active: dict[str, Pod] = {}  # the pods that must be running now, by pod name
+        self.server: Pod | None = None
+
+    def _start(self, pod: Pod) -> Pod:
+        self.pods.append(pod)
+        self.active[pod.proc.name] = pod
+        return pod.start()
+
+    def start_server(self) -> Pod:
+        self.server = self._start(Pod(pod_process(self.docs, self.server_wl), self.net.server, self.root,
+                                      self.volumes, self.launcher))
+        return self.server
+
+    def start_client(self, ordinal: int, extra_env: Mapping[str, str] | None = None) -> Pod:
+        proc = pod_process(self.docs, self.client_wl, ordinal=ordinal)
+        assert option(proc.args, "--index") == str(ordinal), "the partition index comes from the pod ordinal"
+        return self._start(Pod(proc, self.net.clients[ordinal], self.root, self.volumes, self.launcher, extra_env))
+
+    def kill_server(self) -> None:
+        assert self.server is not None and self.server.popen is not None
+        self.server.stop(signal.SIGKILL)
+        assert self.server.popen.returncode == -signal.SIGKILL
+        del self.active[self.server.proc.name]
+
+    def probe_argv(self, kind: str) -> list[str]:
+        """The manifest's probe as a command run in the server's namespace (a kubelet's view)."""
+        probe, address = self.server_c[kind], self.net.server.address
+        if "httpGet" in probe:
+            get = probe["httpGet"]
+            port = self.ports[get["port"]] if isinstance(get["port"], str) else get["port"]
+            return [sys.executable, "-c", HTTP_GET, f"{get.get('scheme', 'HTTP').lower()}://{address}:{port}{get['path']}"]
+        if "grpc" in probe:
+            g = probe["grpc"]
+            return [sys.executable, "-c", GRPC_HEALTH, f"{address}:{g['port']}", g.get("service", "")]
+        if "exec" in probe:  # runs in the container: its paths are the mounts', its `python` is ours
+            assert self.server is not None
+            cmd = [self.server.host_text(a) for a in probe["exec"]["command"]]
+            return [sys.executable, *cmd[1:]] if cmd[0] in ("python", "python3") else cmd
+        raise AssertionError(f"probe kind {sorted(probe)} is not run by this test")
+
+    def probes_pass(self) -> bool:
+        assert self.server is not None and self.server.alive(), f"server exited:\n{self.server.tail() if self.server else ''}"
+        return all(self.net.server.run(self.probe_argv(k), timeout_s=20).returncode == 0
+                   for k in ("readinessProbe", "livenessProbe"))
+
+    def get(self, path: str, ca: Path | None = None) -> Any:
+        """GET a REST path from the first client's namespace through the Service name."""
+        scheme = "https" if ca else "http"
+        argv = [sys.executable, "-c", HTTP_GET, f"{scheme}://{self.service}:{self.ports['rest']}{path}"]
+        out = self.net.clients[0].run(argv + ([str(ca)] if ca else []), timeout_s=20)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def rounds_done(self, n: int, ca: Path | None = None) -> Callable[[], bool]:
+        def cond() -> bool:
+            for p in self.active.values():
+                assert p.alive(), f"{p.proc.name} exited:\n{p.tail()}"
+            return len(self.get("/history", ca)) >= n
+        return cond
 
 
-@pytest.fixture
-def dev_docs() -> list[Doc]:
+def service_names(docs: list[Doc], server_wl: Doc) -> list[str]:
+    """Names of the Services selecting the server; their ports must equal the container's, since
+    this run resolves Service names straight to the pod's address."""
+    ns_name = server_wl["metadata"]["namespace"]
+    services = [s for s in docs if s["kind"] == "Service" and server_wl in
+                selected_workloads(docs, s["spec"].get("selector"), ns_name)]
+    assert services, "no Service selects the server"
+    cports = {p.get("name"): p["containerPort"] for c in pod_spec(server_wl)["containers"] for p in c["ports"]}
+    for svc in services:
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert port["port"] == (cports[target] if isinstance(target, str) else target), \
+                "this run maps Service names straight to the pod: Service port must equal the containerPort"
+    return [s["metadata"]["name"] for s in services]
+
+
+def dns_aliases(docs: list[Doc]) -> dict[str, str | None]:
+    """Every cluster DNS form of the server's Service names, resolved to the server (None)."""
+    server_wl = find(docs, "Deployment")
+    ns = server_wl["metadata"]["namespace"]
+    return {alias: None for name in service_names(docs, server_wl)
+            for alias in (name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local")}
+
+
+def _overlay(name: str) -> list[Doc]:
     if find_tool("kubectl") is None:
         pytest.skip("kubectl is not installed (see docs/deploying.md, 'Offline checks')")
-    return load_docs(render(K8S / "overlays" / "dev"))
+    return load_docs(render(K8S / "overlays" / name))
 
 
 @pytest.fixture
@@ -228,102 +331,104 @@ def pods() -> Iterator[list[Pod]]:
 
 
 @pytest.mark.slow
-def test_dev_overlay_runs_across_namespaces_and_resumes(dev_docs: list[Doc], pods: list[Pod], tmp_path: Path) -> None:
+def test_dev_overlay_runs_across_namespaces_and_resumes(pods: list[Pod], tmp_path: Path) -> None:
+    docs = _overlay("dev")
     deadline = time.monotonic() + RUN_DEADLINE_S
 
     def left() -> float:
         return max(5.0, deadline - time.monotonic())
 
-    server_wl, client_wl = find(dev_docs, "Deployment"), find(dev_docs, "StatefulSet")
-    server_c, client_c = pod_spec(server_wl)["containers"][0], pod_spec(client_wl)["containers"][0]
-    entrypoint = dockerfile_entrypoint(ROOT / "deploy" / "Dockerfile")
-    assert entrypoint == ["fedcore"], "the console script `fedcore` is what python -m fedcore runs"
-    launcher = [sys.executable, "-m", "fedcore"]
+    with netns.star(2, hub="server", subnet="10.79.0.0/24", hosts=dns_aliases(docs)) as net:
+        run = OverlayRun(docs, net, tmp_path, pods)
+        rounds, first_transport = int(run.settings["rounds"]), run.settings["transport"]
+        other_transport = {"rest": "grpc", "grpc": "rest"}[first_transport]
+        run.start_server()
+        _wait(run.probes_pass, min(90.0, left()), "the server's readiness and liveness probes")
+        # client 1 switched to the other transport, as `kubectl set env ... FEDCORE_TRANSPORT=` would
+        clients = [run.start_client(0), run.start_client(1, {"FEDCORE_TRANSPORT": other_transport})]
+        _wait(run.rounds_done(rounds), min(150.0, left()), f"{rounds} rounds")
 
-    # The settings file both roles read, from the ConfigMap the manifests mount.
-    cfg_path = option(client_c["args"], "--config")
-    assert cfg_path is not None
-    cfg_file = mounted_file(dev_docs, client_wl, client_c, cfg_path)
-    assert cfg_file.content is not None
-    settings = tomllib.loads(cfg_file.content.decode())
-    rounds, first_transport = int(settings["rounds"]), settings["transport"]
-    other_transport = {"rest": "grpc", "grpc": "rest"}[first_transport]
-
-    # Service names of the server (and the ports they promise) resolve to the server namespace.
-    ns_name = server_wl["metadata"]["namespace"]
-    services = [s for s in dev_docs if s["kind"] == "Service" and server_wl in
-                selected_workloads(dev_docs, s["spec"].get("selector"), ns_name)]
-    assert services, "no Service selects the server"
-    cports = {p.get("name"): p["containerPort"] for p in server_c["ports"]}
-    hostnames: dict[str, str | None] = {}
-    for svc in services:
-        for port in svc["spec"]["ports"]:
-            target = port.get("targetPort", port["port"])
-            assert port["port"] == (cports[target] if isinstance(target, str) else target), \
-                "this run maps Service names straight to the pod: Service port must equal the containerPort"
-        name = svc["metadata"]["name"]
-        for alias in (name, f"{name}.{ns_name}", f"{name}.{ns_name}.svc", f"{name}.{ns_name}.svc.cluster.local"):
-            hostnames[alias] = None
-
-    volumes: dict[str, Path] = {}
-    active: dict[str, Pod] = {}  # the pods that must be running now, by pod name
-    with netns.star(2, hub="server", subnet="10.79.0.0/24", hosts=hostnames) as net:
-        def server_pod() -> Pod:
-            pod = Pod(pod_process(dev_docs, server_wl), net.server, tmp_path, volumes, launcher)
-            pods.append(pod)
-            active[pod.proc.name] = pod
-            return pod.start()
-
-        def probes_pass(pod: Pod) -> bool:
-            assert pod.alive(), f"server exited:\n{pod.tail()}"
-            return all(net.server.run(_probe_argv(server_c[k], server_c, net.server.address), timeout_s=20)
-                       .returncode == 0 for k in ("readinessProbe", "livenessProbe"))
-
-        def status(path: str) -> Any:
-            out = net.clients[0].run([sys.executable, "-c", HTTP_GET,
-                                      f"http://{services[0]['metadata']['name']}:{cports['rest']}{path}"],
-                                     timeout_s=20)
-            assert out.returncode == 0, out.stderr
-            return json.loads(out.stdout)
-
-        def rounds_done(n: int) -> Callable[[], bool]:
-            def cond() -> bool:
-                for p in active.values():
-                    assert p.alive(), f"{p.proc.name} exited:\n{p.tail()}"
-                return len(status("/history")) >= n
-            return cond
-
-        server = server_pod()
-        _wait(lambda: probes_pass(server), min(90.0, left()), "the server's readiness and liveness probes")
-
-        clients = []
-        for ordinal, ns in enumerate(net.clients):
-            proc = pod_process(dev_docs, client_wl, ordinal=ordinal)
-            assert option(proc.args, "--index") == str(ordinal), "the partition index comes from the pod ordinal"
-            extra = {"FEDCORE_TRANSPORT": other_transport} if ordinal == 1 else {}
-            clients.append(Pod(proc, ns, tmp_path, volumes, launcher, extra))
-            pods.append(clients[-1].start())
-            active[proc.name] = clients[-1]
-        _wait(rounds_done(rounds), min(150.0, left()), f"{rounds} rounds")
-
-        history = status("/history")
+        history = run.get("/history")
         names = sorted(c.proc.name for c in clients)
         assert [h["round"] for h in history] == list(range(1, rounds + 1))
         assert all(h["participants"] == names for h in history), history
-        transports = {c["name"]: c["transport"] for c in status("/clients")}
+        transports = {c["name"]: c["transport"] for c in run.get("/clients")}
         assert transports == {names[0]: first_transport, names[1]: other_transport}
 
         # A pod restart: SIGKILL, then the same command on the same claim.
-        server.stop(signal.SIGKILL)
-        assert server.popen is not None and server.popen.returncode == -signal.SIGKILL
-        claim = next(v for k, v in volumes.items() if k.startswith("pvc:"))
-        state = json.loads(next(claim.rglob("state.json")).read_text())
-        assert state["round"] == rounds
-
-        server = server_pod()
-        _wait(lambda: probes_pass(server), min(90.0, left()), "the restarted server's probes")
-        _wait(rounds_done(rounds + 1), min(150.0, left()), f"round {rounds + 1} after the restart")
-        resumed = status("/history")
+        run.kill_server()
+        claim = next(v for k, v in run.volumes.items() if k.startswith("pvc:"))
+        assert json.loads(next(claim.rglob("state.json")).read_text())["round"] == rounds
+        run.start_server()
+        _wait(run.probes_pass, min(90.0, left()), "the restarted server's probes")
+        _wait(run.rounds_done(rounds + 1), min(150.0, left()), f"round {rounds + 1} after the restart")
+        resumed = run.get("/history")
         assert [h["round"] for h in resumed[:rounds + 1]] == list(range(1, rounds + 2))
         assert [h["finished_at"] for h in resumed[:rounds]] == [h["finished_at"] for h in history]
         assert resumed[rounds]["participants"] == names
+
+
+def _tls_secret(folder: Path, names: list[str], secret_name: str, namespace: str) -> tuple[Doc, Path]:
+    """What `kubectl create secret generic fedcore-tls --type=kubernetes.io/tls ...` makes: a CA and
+    a server certificate for ``names`` (EC P-256, one day). Returns (Secret, CA file)."""
+    import base64
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedcore deploy test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    data = {
+        "tls.crt": cert.public_bytes(pem),
+        "tls.key": key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        "ca.crt": ca.public_bytes(pem),
+    }
+    (folder / "ca.crt").write_bytes(data["ca.crt"])
+    secret: Doc = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                   "metadata": {"name": secret_name, "namespace": namespace},
+                   "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+    return secret, folder / "ca.crt"
+
+
+@pytest.mark.slow
+def test_prod_overlay_tls_probes_and_a_round(pods: list[Pod], tmp_path: Path) -> None:
+    """The prod overlay with the two Secrets its docs say to create: HTTPS readiness, the exec
+    liveness probe (gRPC health over TLS) and a TLS round over the TOML's transport."""
+    docs = _overlay("prod")
+    server_wl = find(docs, "Deployment")
+    ns = server_wl["metadata"]["namespace"]
+    secret_refs = {v["secret"]["secretName"] for w in (server_wl, find(docs, "StatefulSet"))
+                   for v in pod_spec(w).get("volumes", []) if "secret" in v}
+    assert len(secret_refs) == 1 and not [d for d in docs if d["kind"] == "Secret"], "prod Secrets come from outside"
+    hosts = dns_aliases(docs)
+    tls, ca = _tls_secret(tmp_path, list(hosts), secret_refs.pop(), ns)
+    admin: Doc = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "fedcore-admin", "namespace": ns},
+                  "stringData": {"token": "prod-test-token"}}
+    docs = [*docs, tls, admin]
+    deadline = time.monotonic() + RUN_DEADLINE_S
+    with netns.star(2, hub="server", subnet="10.80.0.0/24", hosts=hosts) as net:
+        run = OverlayRun(docs, net, tmp_path, pods)
+        assert "exec" in run.server_c["livenessProbe"] and run.server_c["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+        run.start_server()
+        _wait(run.probes_pass, 90.0, "the TLS server's readiness (HTTPS) and exec liveness probes")
+        for ordinal in range(2):
+            run.start_client(ordinal)
+        _wait(run.rounds_done(1, ca), max(10.0, deadline - time.monotonic()), "a round over TLS")
+        assert run.get("/history", ca)[0]["num_participants"] == 2
+        plain = net.clients[0].run([sys.executable, "-c", HTTP_GET, f"http://{run.service}:{run.ports['rest']}/health"],
+                                   timeout_s=20)
+        assert plain.returncode != 0, "prod must not answer plain HTTP"
