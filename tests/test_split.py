@@ -120,6 +120,12 @@ def test_u_shaped_equals_centralised_and_never_sends_labels() -> None:
         assert LABELS not in names and len(names) == 1
         assert all(t["dtype"] == "float32" for t in header["tensors"])
         assert "correct" not in header["meta"] and "loss" not in header["meta"]
+    from fedcore.split import split_round_config
+
+    u = split_round_config(cut(_mlp(), "1", head_at="3"), data.tensors[0][:2], batch_size=16, num_classes=10)
+    t = u.traffic(samples=10)
+    assert t.labels_up == 0 and t.outputs_down == t.output_grads_up == 4 * 64 * 10 and u.edge.num_classes is None
+    assert set(u.device_params) == {"0.weight", "0.bias", "4.weight", "4.bias"}
     # and the non-U split does send them: the check above can fail
     log2: list[bytes] = []
     _split_train(_mlp(), "1", data, window=2, micro=2, epochs=1, record=log2)
