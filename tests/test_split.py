@@ -316,3 +316,48 @@ def test_splitfed_round_averages_the_device_part_with_the_existing_strategy() ->
     assert all(torch.allclose(new[k], want[k], atol=1e-6) for k in new)
     assert all(torch.equal(server_model.state_dict()[k], new[k]) for k in new)  # global model = device part
     assert any(not torch.equal(server.edge.state_dict()[k], edge_before[k]) for k in edge_before)
+
+
+def test_devices_in_parallel_threads_on_per_device_edges_match_solo_runs() -> None:
+    """Thread safety: three devices train at once against one EdgeTrainer (one edge replica
+    each); every replica ends exactly as if its device had trained alone."""
+    import copy
+    import threading
+
+    base = _mlp()
+    datas = [_data(48, seed=20 + k) for k in range(3)]
+
+    def run(k: int, edge: EdgeTrainer) -> nn.Module:
+        local = cut(copy.deepcopy(base), "1")
+        dev = DeviceTrainer(local, LocalChannel(edge, client_id=f"d{k}"), DeviceConfig(micro_batches=3, window=2),
+                            optimizer=sgd(LR))
+        dev.train(datas[k], epochs=1, batch_size=16, seed=k)
+        return local.device
+
+    solo = []
+    for k in range(3):
+        with _edge(cut(copy.deepcopy(base), "1"), datas[0].tensors[0][:2], per_device=True) as edge:
+            dev_part = run(k, edge)
+            solo.append((dev_part.state_dict(), edge.edge_state(f"d{k}")))
+
+    errors: list[BaseException] = []
+    with _edge(cut(copy.deepcopy(base), "1"), datas[0].tensors[0][:2], per_device=True) as edge:
+        parts: dict[int, nn.Module] = {}
+
+        def worker(k: int) -> None:
+            try:
+                parts[k] = run(k, edge)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and len(parts) == 3
+        assert edge.optimizer_steps == 3 * 3
+        for k in range(3):
+            dev_state, edge_state = solo[k]
+            assert all(torch.equal(dev_state[n], v) for n, v in parts[k].state_dict().items())
+            assert all(torch.equal(edge_state[n], v) for n, v in edge.edge_state(f"d{k}").items())
