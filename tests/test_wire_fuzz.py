@@ -53,6 +53,21 @@ def test_hostile_corpus_is_deterministic_and_hostile() -> None:
     assert refused >= 180  # a mutation may leave a payload valid (e.g. an unknown meta value), rarely
 
 
+def test_hostile_corpus_for_another_model() -> None:
+    """What the lead sends through the live transports: payloads of the server's own model."""
+    from fedcore.models import build_model
+
+    state = build_model("digits_mlp").state_dict()
+    spec = wire.spec_of(state)
+    corpus = hostile_corpus(100, seed=1, state=state)
+    assert len(corpus) == 100 and all(isinstance(p, bytes) for p in corpus)
+    for p in corpus:
+        try:
+            wire.decode_state(p, expected=spec, reference=state, as_sent=True)
+        except PayloadError:
+            pass
+
+
 _BOMB_PROBE = textwrap.dedent(
     """
     import json, resource, sys, time

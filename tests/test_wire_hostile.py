@@ -103,10 +103,17 @@ def test_deep_json_header_is_refused_before_parsing(text: bytes) -> None:
 
 
 def test_json_oddities_are_refused() -> None:
-    for text in (b"\xff{}", b'{"version": NaN}', b"[2]", b"{", b'{"version": 2, "version": 2}'):
+    for text in (b"\xff{}", b'{"version": NaN}', b"[2]", b"{", b'{"version": 2, "version": 2}',
+                 b'\xef\xbb\xbf{"version": 2}'):
         p = _parts()
         p.header_bytes = text
         _refused(p, "malformed header")
+
+
+def test_non_finite_meta_number_is_refused() -> None:
+    p = _parts(meta={"x": 1.5})
+    p.header_bytes = json.dumps(p.header).replace('"x": 1.5', '"x": 1e999').encode()
+    _refused(p, "out of range")
 
 
 def test_json_depth_ignores_brackets_in_strings() -> None:
