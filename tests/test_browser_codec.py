@@ -59,30 +59,6 @@ def segment_raws(header: dict[str, Any], body: bytes) -> list[bytes]:
     return out
 
 
-def as_v2(data: bytes) -> bytes:
-    """A payload as version 2. Only while this checkout's fedcore.wire still writes version 1 (until
-    the `wire` branch lands) do we add raw_crc32 here; with version 2 the bytes pass unchanged."""
-    version, h, body = split_payload(data)
-    if version == 2:
-        return data
-    for s, raw in zip(h["segments"], segment_raws(h, body)):
-        s["raw_crc32"] = zlib.crc32(raw)
-    h["version"] = 2
-    return join_payload(2, h, body)
-
-
-def for_python(data: bytes) -> bytes:
-    """What this checkout's decoder reads: the page writes version 2; a version-1 fedcore.wire
-    (before the `wire` branch lands) gets the same payload with raw_crc32 checked here and dropped."""
-    if wire.WIRE_VERSION == 2:
-        return data
-    _v, h, body = split_payload(data)
-    for s, raw in zip(h["segments"], segment_raws(h, body)):
-        assert zlib.crc32(raw) == s.pop("raw_crc32"), "raw_crc32 written by the page is wrong"
-    h["version"] = 1
-    return join_payload(1, h, body)
-
-
 # ------------------------------------------------------------------ fixtures
 EDGE_BITS = [
     0x00000000, 0x80000000, 0x00000001, 0x807FFFFF, 0x00800000, 0x3F800000, 0xBF800000,
@@ -194,13 +170,13 @@ def write_fixtures(fix: Path) -> dict[str, dict[str, torch.Tensor]]:
         for filt in FILTERS:
             for codec in CODECS:
                 name = f"py_{dtype}_{filt}_{codec}.fcw"
-                payload = as_v2(wire.encode_state(state, dtype=dtype, filter=filt, codec=codec, meta={"case": name}))
+                payload = wire.encode_state(state, dtype=dtype, filter=filt, codec=codec, meta={"case": name})
                 (fix / name).write_bytes(payload)
                 wd = wire.canonical_dtype(dtype)
                 cases.append({"file": name, "tensors": {k: {"shape": list(v.shape), "hex": expected_hex(v, wd, k)}
                                                         for k, v in state.items()}})
     (fix / "cases.json").write_text(json.dumps(cases))
-    base = as_v2(wire.encode_state(state, dtype="bf16", codec="zstd", filter="auto"))
+    base = wire.encode_state(state, dtype="bf16", codec="zstd", filter="auto")
     entries = []
     for name, data, match, max_size in hostile(base):
         (fix / f"hostile_{name}.fcw").write_bytes(data)
@@ -229,9 +205,8 @@ def test_js_codec_against_python(tmp_path: Path) -> None:
     assert len(files) == 24
     for f in files:
         dtype = wire.canonical_dtype(f.name.split("_")[0])
-        got = wire.decode_state(for_python(f.read_bytes()), expected=wire.spec_of(inputs))
-        header = wire.payload_info(for_python(f.read_bytes()))
-        assert dict(header["meta"] if isinstance(header, dict) else header.meta) == {"client": "node"}
+        got = wire.decode_state(f.read_bytes(), expected=wire.spec_of(inputs))
+        assert dict(wire.payload_info(f.read_bytes()).meta) == {"client": "node"}
         for name, t in inputs.items():
             g = got[name]
             assert g.dtype == t.dtype and tuple(g.shape) == tuple(t.shape), (f.name, name)
