@@ -191,17 +191,47 @@ def write_fixtures(fix: Path) -> dict[str, dict[str, torch.Tensor]]:
     return states
 
 
+STEP_LR, STEP_BATCH, STEPS = 0.05, 16, 2
+
+
+def write_step_fixtures(fix: Path) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[float]]]:
+    """Weights, batch and torch's result of ``STEPS`` SGD steps (fedcore.loops.train's optimizer)."""
+    from fedcore.app.data import load_digits_arrays
+    from fedcore.app.models import build_model
+
+    x, y = load_digits_arrays()
+    xb, yb = torch.from_numpy(x[:STEP_BATCH]), torch.from_numpy(y[:STEP_BATCH])
+    out = {}
+    for kind in ("digits_mlp", "digits_cnn"):
+        model = build_model(kind, seed=3)
+        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        (fix / f"step_{kind}.fcw").write_bytes(wire.encode_state(init, dtype="fp32", codec="none"))
+        (fix / f"step_{kind}.json").write_text(json.dumps(
+            {"x": xb.numpy().tobytes().hex(), "y": yb.tolist(), "lr": STEP_LR, "steps": STEPS}))
+        opt = torch.optim.SGD(model.parameters(), lr=STEP_LR, momentum=0.9, weight_decay=5e-4)
+        losses = []
+        for _ in range(STEPS):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        out[kind] = (init, {k: v.detach().clone() for k, v in model.state_dict().items()}, losses)
+    return out
+
+
 # ------------------------------------------------------------------ the test
 def test_js_codec_against_python(tmp_path: Path) -> None:
     fix, out = tmp_path / "fixtures", tmp_path / "js_out"
     fix.mkdir()
     inputs = write_fixtures(fix)["input"]
+    steps = write_step_fixtures(fix)
     env = {"PATH": str(Path(NODE).parent), "FEDCORE_FIXTURES": str(fix), "FEDCORE_JS_OUT": str(out)}  # type: ignore[arg-type]
     proc = subprocess.run([NODE, "--test", "--test-reporter=tap", "test/"], cwd=BROWSER, env=env,  # type: ignore[list-item]
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "# skipped 0" in proc.stdout, "some node tests were skipped:\n" + proc.stdout[-3000:]
-    files = sorted(out.glob("*.fcw"))
+    files = sorted(f for f in out.glob("*.fcw") if not f.name.startswith("step_"))
     assert len(files) == 24
     for f in files:
         dtype = wire.canonical_dtype(f.name.split("_")[0])
@@ -217,3 +247,13 @@ def test_js_codec_against_python(tmp_path: Path) -> None:
             else:
                 assert torch.equal(g.view(torch.uint8) if g.dtype == torch.bool else g,
                                    t.view(torch.uint8) if t.dtype == torch.bool else t), (f.name, name)
+
+    for kind, (init, want, torch_losses) in steps.items():
+        payload = (out / f"step_{kind}.fcw").read_bytes()
+        got = wire.decode_state(payload, expected=wire.spec_of(init))
+        js_losses = json.loads(dict(wire.payload_info(payload).meta)["losses"])
+        assert np.allclose(js_losses, torch_losses, rtol=1e-5, atol=1e-6), (kind, js_losses, torch_losses)
+        for name in init:
+            moved = (want[name] - init[name]).norm()
+            err = (got[name] - want[name]).norm()
+            assert moved > 0 and err <= 1e-4 * moved + 1e-6, (kind, name, float(err), float(moved))
