@@ -35,6 +35,7 @@ from fedcore.logger import get_logger
 from fedcore.states import Action, ClientState
 from fedcore.transport import ServerTransport
 from transports.rest.errors import status_for
+from transports.rest.routes_device import device_router, partition_shards
 
 log = get_logger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
@@ -250,6 +251,8 @@ def create_app(federation: Federation, settings: Settings | None = None) -> Fast
                     yield f"id: {seq}\nevent: {e['type']}\ndata: {json.dumps(e['data'])}\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    app.include_router(device_router(partition_shards(settings)))
 
     index = STATIC_DIR / "index.html"
     if index.exists():
