@@ -241,19 +241,19 @@ def test_js_codec_against_python(tmp_path: Path) -> None:
             g = got[name]
             assert g.dtype == t.dtype and tuple(g.shape) == tuple(t.shape), (f.name, name)
             if t.is_floating_point() and not wire.is_untrained(name):
-                want = t.to(wire.TORCH_DTYPES[dtype]).float()
+                cast = t.to(wire.TORCH_DTYPES[dtype]).float()
                 ok = ~torch.isnan(t)
-                assert torch.equal(g[ok].view(torch.int32), want[ok].view(torch.int32)), (f.name, name)
+                assert torch.equal(g[ok].view(torch.int32), cast[ok].view(torch.int32)), (f.name, name)
             else:
                 assert torch.equal(g.view(torch.uint8) if g.dtype == torch.bool else g,
                                    t.view(torch.uint8) if t.dtype == torch.bool else t), (f.name, name)
 
-    for kind, (init, want, torch_losses) in steps.items():
+    for kind, (init, after, torch_losses) in steps.items():
         payload = (out / f"step_{kind}.fcw").read_bytes()
-        got = wire.decode_state(payload, expected=wire.spec_of(init))
-        js_losses = json.loads(dict(wire.payload_info(payload).meta)["losses"])
+        stepped = wire.decode_state(payload, expected=wire.spec_of(init))
+        js_losses = json.loads(str(dict(wire.payload_info(payload).meta)["losses"]))
         assert np.allclose(js_losses, torch_losses, rtol=1e-5, atol=1e-6), (kind, js_losses, torch_losses)
         for name in init:
-            moved = (want[name] - init[name]).norm()
-            err = (got[name] - want[name]).norm()
+            moved = (after[name] - init[name]).norm()
+            err = (stepped[name] - after[name]).norm()
             assert moved > 0 and err <= 1e-4 * moved + 1e-6, (kind, name, float(err), float(moved))

@@ -24,6 +24,10 @@ pytestmark = [pytest.mark.browser,
 ROUNDS_S = 240.0
 
 
+def _url(srv: Any) -> str:
+    return str(srv.transports["rest"].url)
+
+
 def _autorun(url: str, rounds: int) -> None:
     httpx.post(f"{url}/client/autorun/{rounds}", timeout=10).raise_for_status()
 
@@ -36,7 +40,7 @@ def test_two_browsers_and_a_python_client_reach_90_percent(browser: Any, harness
                                                             shot: Callable[[Any, str], Any]) -> None:
     srv = harness.server(make_settings("rest", min_clients=3, num_partitions=3, client_timeout_s=10.0,
                                        heartbeat_s=0.5, round_deadline_s=60.0, local_epochs=1))
-    url, fed = srv.transports["rest"].url, srv.federation
+    url, fed = _url(srv), srv.federation
     devices = [DevicePage(browser, url, f"web_{i + 1}", i) for i in range(2)]
     py = harness.client(srv, "py_3", 2, transport="rest")
     try:
@@ -79,10 +83,10 @@ def test_two_browsers_and_a_python_client_reach_90_percent(browser: Any, harness
 def test_closed_tab_is_dropped_and_a_late_tab_joins_the_next_round(browser: Any, harness: Harness) -> None:
     srv = harness.server(make_settings("rest", min_clients=2, num_partitions=3, client_timeout_s=3.0,
                                        heartbeat_s=0.5, round_deadline_s=90.0, local_epochs=1))
-    url, fed = srv.transports["rest"].url, srv.federation
+    url, fed = _url(srv), srv.federation
     steady = DevicePage(browser, url, "web_steady", 0)
     doomed = DevicePage(browser, url, "web_doomed", 1, epochs=500)  # still training when its tab closes
-    late = None
+    late: DevicePage | None = None
     try:
         steady.wait_for("s.state === 'ready'")
         doomed.wait_for("s.state === 'ready'")
@@ -103,14 +107,14 @@ def test_closed_tab_is_dropped_and_a_late_tab_joins_the_next_round(browser: Any,
         for d in (steady, late):
             d.watch.assert_clean()
     finally:
-        for d in (steady, doomed, late):
-            if d is not None:
-                d.close()
+        for page in (steady, doomed, late):
+            if page is not None:
+                page.close()
 
 
 def test_a_corrupt_global_is_refused_and_nothing_is_sent(browser: Any, harness: Harness) -> None:
     srv = harness.server(make_settings("rest", min_clients=1, num_partitions=3))
-    url, fed = srv.transports["rest"].url, srv.federation
+    url, fed = _url(srv), srv.federation
     page, watch = new_page(browser)
 
     def corrupt(route: Any) -> None:
@@ -121,7 +125,12 @@ def test_a_corrupt_global_is_refused_and_nothing_is_sent(browser: Any, harness: 
 
     page.route("**/transmitter", corrupt)
     posts: list[str] = []
-    page.on("request", lambda r: r.method == "POST" and "/transmitter/" in r.url and posts.append(r.url))
+
+    def note_post(req: Any) -> None:
+        if req.method == "POST" and "/transmitter/" in req.url:
+            posts.append(req.url)
+
+    page.on("request", note_post)
     page.goto(f"{url}/device?name=web_x&shard=0&autostart=1")
     expect(page.get_by_test_id("error")).to_contain_text("checksum mismatch", timeout=90_000)
     expect(page.get_by_test_id("state")).to_have_text("error")

@@ -15,7 +15,7 @@ from transports.rest.routes_device import device_router, encode_shard, partition
 
 def _client(dist: Path, shards: bool = True) -> TestClient:
     app = FastAPI()
-    app.include_router(device_router(partition_shards(Settings(num_partitions=3)) if shards else None, dist=dist))
+    app.include_router(device_router(partition_shards(Settings.model_validate({"num_partitions": 3})) if shards else None, dist=dist))
     return TestClient(app)
 
 
