@@ -7,6 +7,8 @@ import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 
 import { parseDigitsCsv, shardFromPayload } from './data.js';
 import { Device } from './device.js';
+import { Model } from './model.js';
+import { decodePayload, encodePayload } from './wire.js';
 import { noneCodec } from './zstd.js';
 import { loadZstd } from './zstd_web.js';
 
@@ -84,6 +86,30 @@ async function join() {
   show(view.device.status);
   view.device.run().then(() => log('the server ended the federation'), (e) => log(`stopped: ${e.message}`));
 }
+
+/**
+ * Measurements for browser/bench_device.py (not used by the page itself): ms per local epoch of
+ * `kind` on the loaded data (after one warm-up epoch), and encode/decode ms of its parameters.
+ */
+view.bench = async (kind, { epochs = 2, batchSize = 16, reps = 20 } = {}) => {
+  const m = new Model(kind);
+  m.load((await m.state()).map((t) => ({ ...t, values: Float32Array.from(t.values, (_, i) => Math.sin(i) * 0.05) })));
+  await m.train(view.data.x, view.data.y, { epochs: 1, batchSize, lr: 0.05 });
+  let t0 = performance.now();
+  await m.train(view.data.x, view.data.y, { epochs, batchSize, lr: 0.05 });
+  const epochMs = (performance.now() - t0) / epochs;
+  const state = await m.state();
+  const opts = { codecs: view.codecs, dtype: 'bf16', codec: 'zstd' };
+  let payload = encodePayload(state, opts);
+  t0 = performance.now();
+  for (let i = 0; i < reps; i++) payload = encodePayload(state, opts);
+  const encodeMs = (performance.now() - t0) / reps;
+  t0 = performance.now();
+  for (let i = 0; i < reps; i++) decodePayload(payload, { codecs: view.codecs, expected: m.expected() });
+  const decodeMs = (performance.now() - t0) / reps;
+  m.dispose();
+  return { kind, samples: view.data.y.length, epoch_ms: epochMs, encode_ms: encodeMs, decode_ms: decodeMs, payload_bytes: payload.length };
+};
 
 async function main() {
   $('name').value = params.get('name') || `browser_${Math.random().toString(36).slice(2, 6)}`;

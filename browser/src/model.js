@@ -21,7 +21,19 @@ export const SPECS = {
   ],
 };
 
-const linear = (x, w, b) => tf.add(tf.matMul(x, w, false, true), b);
+/**
+ * a · bᵀ with its gradient written out with explicit transposes: tfjs-wasm's matMul is ~25x
+ * slower with a transpose flag (which the built-in gradient uses) than on plain operands.
+ */
+const matMulBT = tf.customGrad((a, bT, save) => {
+  save([a, bT]);
+  return {
+    value: tf.matMul(a, tf.transpose(bT)),
+    gradFunc: (dy, [sa, sbT]) => [tf.matMul(dy, sbT), tf.matMul(tf.transpose(dy), sa)],
+  };
+});
+
+const linear = (x, w, b) => tf.add(matMulBT(x, w), b);
 
 /** 3x3 convolution, stride 1, padding 1, as im2col + matMul. x: NHWC, w: (out, in, 3, 3). */
 function conv3x3(x, w, b) {
@@ -30,9 +42,11 @@ function conv3x3(x, w, b) {
   const padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]);
   const taps = [];
   for (let ky = 0; ky < 3; ky++) for (let kx = 0; kx < 3; kx++) taps.push(tf.slice(padded, [0, ky, kx, 0], [n, h, wd, c]));
-  // (N, H, W, C, 9) -> rows of C*9 with index c*9 + ky*3 + kx: the order of w.reshape(out, in*9)
-  const cols = tf.reshape(tf.stack(taps, 4), [n * h * wd, c * 9]);
-  const y = tf.matMul(cols, tf.reshape(w, [out, c * 9]), false, true);
+  // Taps side by side: column (ky*3 + kx)*C + c, the order of w as (out, ky, kx, in). A concat,
+  // not a stack: the gradient of a concat is slices, the wasm backend's Unpack is slow.
+  const cols = tf.reshape(tf.concat(taps, 3), [n * h * wd, 9 * c]);
+  const wk = tf.reshape(tf.transpose(w, [0, 2, 3, 1]), [out, 9 * c]);
+  const y = matMulBT(cols, wk);
   return tf.add(tf.reshape(y, [n, h, wd, out]), b);
 }
 
