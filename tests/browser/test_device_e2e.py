@@ -138,3 +138,19 @@ def test_a_corrupt_global_is_refused_and_nothing_is_sent(browser: Any, harness: 
     assert all(not c["rounds"] for c in fed.clients())
     page.context.close()
     watch.assert_clean()
+
+
+def test_page_trains_the_cnn_when_the_server_serves_it(browser: Any, harness: Harness) -> None:
+    srv = harness.server(make_settings("rest", min_clients=1, num_partitions=3, model="digits_cnn"))
+    url, fed = _url(srv), srv.federation
+    device = DevicePage(browser, url, "web_cnn", 0)
+    try:
+        device.wait_for("s.state === 'ready'")
+        _autorun(url, 1)
+        wait_until(lambda: fed.round >= 1, 120, "one CNN round")
+        assert fed.get_history()[0]["participants"] == ["web_cnn"]
+        s = device.status()
+        assert s is not None and s["model"] == "digits_cnn" and s["error"] is None, s
+        device.watch.assert_clean()
+    finally:
+        device.close()
