@@ -21,6 +21,7 @@ import torch
 
 import compression
 from fedcore import wire
+from fedcore.errors import PayloadError, PayloadTooLargeError
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER = ROOT / "browser"
@@ -220,17 +221,68 @@ def write_step_fixtures(fix: Path) -> dict[str, tuple[dict[str, torch.Tensor], d
     return out
 
 
+CORPUS_SIZE = 400
+
+
+def _hex(t: torch.Tensor) -> str:
+    """A decoded tensor's bytes as the page holds them: floats as float32, bool as bytes."""
+    if t.is_floating_point():
+        return t.float().numpy().tobytes().hex()
+    return (t.to(torch.uint8) if t.dtype == torch.bool else t).numpy().tobytes().hex()
+
+
+def write_corpus(fix: Path) -> dict[str, dict[str, str] | str]:
+    """The wire branch's fuzz corpus (mutated payloads of a small model) and Python's verdicts:
+    the decoded tensors where fedcore.wire accepts a payload, else its error."""
+    from hostile_payloads import hostile_corpus, small_state
+
+    state = small_state()
+    verdicts: dict[str, dict[str, str] | str] = {}
+    for i, payload in enumerate(hostile_corpus(CORPUS_SIZE, seed=13, state=state)):
+        name = f"corpus_{i:04d}.fcw"
+        (fix / name).write_bytes(payload)
+        try:
+            got = wire.decode_state(payload, expected=wire.spec_of(state), reference=state, max_size=1 << 24)
+            verdicts[name] = {k: _hex(v) for k, v in got.items()}
+        except (PayloadError, PayloadTooLargeError) as exc:
+            verdicts[name] = str(exc)
+    spec = [[k, list(v.shape), wire.DTYPE_NAMES[v.dtype]] for k, v in state.items()]
+    (fix / "corpus.json").write_text(json.dumps({"files": sorted(verdicts), "spec": spec}))
+    return verdicts
+
+
+def check_corpus(py: dict[str, dict[str, str] | str], js_file: Path) -> tuple[int, int]:
+    """Every payload Python refuses, the page refuses; what the page accepts, Python accepts with
+    the same values. Returns (accepted by both, refused by both)."""
+    js = json.loads(js_file.read_text())
+    both_ok = both_refused = 0
+    for name, py_verdict in py.items():
+        verdict = js[name]
+        if isinstance(py_verdict, str):
+            assert not verdict["ok"], f"{name}: fedcore.wire refuses it ({py_verdict}), the page accepted it"
+            both_refused += 1
+        elif verdict["ok"]:
+            assert verdict["tensors"] == py_verdict, name
+            both_ok += 1
+    return both_ok, both_refused
+
+
 # ------------------------------------------------------------------ the test
 def test_js_codec_against_python(tmp_path: Path) -> None:
     fix, out = tmp_path / "fixtures", tmp_path / "js_out"
     fix.mkdir()
     inputs = write_fixtures(fix)["input"]
     steps = write_step_fixtures(fix)
+    corpus_verdicts = write_corpus(fix)
     env = {"PATH": str(Path(NODE).parent), "FEDCORE_FIXTURES": str(fix), "FEDCORE_JS_OUT": str(out)}  # type: ignore[arg-type]
     proc = subprocess.run([NODE, "--test", "--test-reporter=tap", "test/"], cwd=BROWSER, env=env,  # type: ignore[list-item]
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "# skipped 0" in proc.stdout, "some node tests were skipped:\n" + proc.stdout[-3000:]
+    both_ok, both_refused = check_corpus(corpus_verdicts, out / "corpus_verdicts.json")
+    print(f"fuzz corpus: {both_ok} accepted and {both_refused} refused by both decoders, of {CORPUS_SIZE}")
+    assert both_refused > CORPUS_SIZE // 2 and both_ok > 0, (both_ok, both_refused)
+
     files = sorted(f for f in out.glob("*.fcw") if not f.name.startswith("step_"))
     assert len(files) == 24
     for f in files:

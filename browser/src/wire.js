@@ -40,7 +40,7 @@ if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
 
 const bad = (msg) => new WireError(`malformed header: ${msg}`);
 
-/** Deepest nesting of [ and { outside strings (a linear scan, before JSON.parse sees the text). */
+/** Deepest nesting of [ and { outside strings (a linear scan, no parse). */
 export function jsonDepth(text) {
   let depth = 0;
   let max = 0;
@@ -57,6 +57,54 @@ export function jsonDepth(text) {
   return max;
 }
 
+const FLOAT_TAG = '\u0000f:';
+const NUMBER = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$/;
+
+/**
+ * JSON.parse as strict as Python's header parser: duplicate keys are refused, and a number
+ * written as a float (1.0, 1e3) stays distinguishable from an integer: it comes back as the
+ * string FLOAT_TAG + its text, which no integer field accepts (meta turns it back into a number).
+ */
+export function parseStrictJson(text) {
+  const pieces = [];
+  const stack = [];
+  let last = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      const start = i;
+      for (i += 1; i < text.length && text.charCodeAt(i) !== 0x22; i++) if (text.charCodeAt(i) === 0x5c) i += 1;
+      let j = i + 1;
+      while (j < text.length && ' \t\n\r'.includes(text[j])) j++;
+      const keys = stack[stack.length - 1];
+      if (text[j] === ':' && keys) {
+        const key = JSON.parse(text.slice(start, i + 1));
+        if (keys.has(key)) throw bad(`duplicate key ${JSON.stringify(key)}`);
+        keys.add(key);
+      }
+    } else if (c === 0x7b || c === 0x5b) {
+      stack.push(c === 0x7b ? new Set() : null);
+      if (stack.length > LIMITS.depth) throw bad(`nested deeper than ${LIMITS.depth}`);
+    } else if (c === 0x7d || c === 0x5d) {
+      stack.pop();
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      let j = i;
+      while (j < text.length && '0123456789eE+-.'.includes(text[j])) j++;
+      const tok = text.slice(i, j);
+      if (/[.eE]/.test(tok)) {
+        if (!NUMBER.test(tok)) throw bad(`not JSON (bad number ${tok})`);
+        pieces.push(text.slice(last, i), JSON.stringify(FLOAT_TAG + tok));
+        last = j;
+      }
+      i = j - 1;
+    }
+  }
+  pieces.push(text.slice(last));
+  return JSON.parse(pieces.join(''));
+}
+
+const isFloatTag = (v) => typeof v === 'string' && v.startsWith(FLOAT_TAG);
+
 function isObject(v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
@@ -68,6 +116,7 @@ function exactKeys(obj, keys, what) {
 }
 
 function int(v, what, lo = 0, hi = Number.MAX_SAFE_INTEGER) {
+  if (isFloatTag(v)) throw bad(`${what} must be an integer, got the float ${v.slice(FLOAT_TAG.length)}`);
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi) {
     throw bad(`${what} must be an integer in [${lo}, ${hi}], got ${JSON.stringify(v)}`);
   }
@@ -75,7 +124,7 @@ function int(v, what, lo = 0, hi = Number.MAX_SAFE_INTEGER) {
 }
 
 function str(v, what, max, min = 0) {
-  if (typeof v !== 'string' || v.length < min || v.length > max) throw bad(`${what} must be a string of ${min}..${max} characters`);
+  if (isFloatTag(v) || typeof v !== 'string' || v.length < min || v.length > max) throw bad(`${what} must be a string of ${min}..${max} characters`);
   return v;
 }
 
@@ -103,8 +152,10 @@ export function checkHeader(h, { codecs, allowV1 = false } = {}) {
   if (!Array.isArray(h.segments) || h.segments.length > LIMITS.segments) throw bad(`segments must be a list of at most ${LIMITS.segments}`);
   if (!Array.isArray(h.tensors) || h.tensors.length > LIMITS.tensors) throw bad(`tensors must be a list of at most ${LIMITS.tensors}`);
   if (!isObject(h.meta) || Object.keys(h.meta).length > LIMITS.metaItems) throw bad(`meta must be an object of at most ${LIMITS.metaItems} items`);
-  for (const [k, val] of Object.entries(h.meta)) {
+  for (const [k, raw] of Object.entries(h.meta)) {
     str(k, 'meta key', LIMITS.metaChars);
+    const val = isFloatTag(raw) ? Number(raw.slice(FLOAT_TAG.length)) : raw;
+    h.meta[k] = val;
     const t = typeof val;
     if (!(val === null || t === 'boolean' || t === 'number' || (t === 'string' && val.length <= LIMITS.metaChars))) {
       throw bad(`meta.${k} must be a scalar`);
@@ -202,9 +253,9 @@ export function readHeader(bytes, opts) {
   if (jsonDepth(text) > LIMITS.depth) throw bad(`nested deeper than ${LIMITS.depth}`);
   let header;
   try {
-    header = JSON.parse(text);
+    header = parseStrictJson(text);
   } catch (e) {
-    throw bad(`not JSON (${e.message})`);
+    throw e instanceof WireError ? e : bad(`not JSON (${e.message})`);
   }
   if (isObject(header) && header.version !== version) throw bad(`header version ${header.version} != prefix version ${version}`);
   return { header: checkHeader(header, opts), offset: end };
