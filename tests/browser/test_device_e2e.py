@@ -22,14 +22,16 @@ from transports.rest.routes_device import is_built  # noqa: E402
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not is_built(), reason="the device page is not built (make browser)")]
 ROUNDS_S = 240.0
+ADMIN = "device-admin-token"
 
 
 def _url(srv: Any) -> str:
     return str(srv.transports["rest"].url)
 
 
-def _autorun(url: str, rounds: int) -> None:
-    httpx.post(f"{url}/client/autorun/{rounds}", timeout=10).raise_for_status()
+def _autorun(url: str, rounds: int, admin: str | None = None) -> None:
+    headers = {"Authorization": f"Bearer {admin}"} if admin else {}
+    httpx.post(f"{url}/client/autorun/{rounds}", headers=headers, timeout=10).raise_for_status()
 
 
 def _names(history: list[dict[str, Any]], rnd: int) -> list[str]:
@@ -80,9 +82,10 @@ def test_two_browsers_and_a_python_client_reach_90_percent(browser: Any, harness
             d.close()
 
 
-def test_closed_tab_is_dropped_and_a_late_tab_joins_the_next_round(browser: Any, harness: Harness) -> None:
+def test_closed_tab_is_dropped_a_late_tab_joins_the_next_round_and_the_admin_can_remove_one(
+        browser: Any, harness: Harness) -> None:
     srv = harness.server(make_settings("rest", min_clients=2, num_partitions=3, client_timeout_s=3.0,
-                                       heartbeat_s=0.5, round_deadline_s=90.0, local_epochs=1))
+                                       heartbeat_s=0.5, round_deadline_s=90.0, local_epochs=1, admin_token=ADMIN))
     url, fed = _url(srv), srv.federation
     steady = DevicePage(browser, url, "web_steady", 0)
     doomed = DevicePage(browser, url, "web_doomed", 1, epochs=500)  # still training when its tab closes
@@ -90,7 +93,7 @@ def test_closed_tab_is_dropped_and_a_late_tab_joins_the_next_round(browser: Any,
     try:
         steady.wait_for("s.state === 'ready'")
         doomed.wait_for("s.state === 'ready'")
-        _autorun(url, 3)
+        _autorun(url, 3, ADMIN)
         doomed.wait_for("s.state === 'training'", 60_000)
         doomed.close()  # mid-round: no update, no heartbeats
         wait_until(lambda: fed.round >= 1, 60, "round 1 to finish without the closed tab")
@@ -106,6 +109,13 @@ def test_closed_tab_is_dropped_and_a_late_tab_joins_the_next_round(browser: Any,
         assert late.status()["rounds"] == [2, 3]  # type: ignore[index]
         for d in (steady, late):
             d.watch.assert_clean()
+
+        # the dashboard's "disconnect" (DELETE /client/{id} with the admin token) stops a page
+        late_id = late.status()["clientId"]  # type: ignore[index]
+        httpx.delete(f"{url}/client/{late_id}", headers={"Authorization": f"Bearer {ADMIN}"},
+                     timeout=10).raise_for_status()
+        late.wait_for("s.state === 'finish'", 30_000)
+        assert {c["name"]: c["state"] for c in fed.clients()}["web_late"] == "left"
     finally:
         for page in (steady, doomed, late):
             if page is not None:
