@@ -48,7 +48,7 @@ def test_two_browsers_and_a_python_client_reach_90_percent(browser: Any, harness
     try:
         for d in devices:
             d.wait_for("s.state === 'ready'")
-        wait_until(lambda: len(fed._ready_ids()) == 3, 120, "three ready clients")
+        wait_until(lambda: sum(c["state"] == "ready" for c in fed.clients()) == 3, 120, "three ready clients")
         _autorun(url, 5)
         wait_until(lambda: fed.round >= 5, ROUNDS_S, "five rounds")
         history = fed.get_history()
