@@ -1,7 +1,7 @@
 // A browser device: the run loop of fedcore/client.py (FLClient.run) around the page's model,
 // data and wire codec. It reports what it does through `onChange` for the page to show.
 
-import { RestClient, forgotten, retriable } from './client.js';
+import { HttpError, RestClient, forgotten, retriable } from './client.js';
 import { WireError } from './errors.js';
 import { Model, SPECS } from './model.js';
 import { decodePayload, encodePayload } from './wire.js';
@@ -119,7 +119,7 @@ export class Device {
     this.set({ state: 'update' });
     await this.retry(() => this.http.pushUpdate(round, payload, this.data.y.length, metrics));
     this.lastRound = round;
-    this.set({ rounds: [...this.status.rounds, round], bytesSent: this.status.bytesSent + payload.length });
+    this.set({ rounds: [...this.status.rounds, round], bytesSent: this.status.bytesSent + payload.length, error: null });
     this.log(`round ${round}: sent ${payload.length} B (loss ${metrics.train_loss.toFixed(3)}, accuracy ${metrics.train_accuracy.toFixed(3)})`);
   }
 
@@ -147,9 +147,13 @@ export class Device {
           try {
             await this.trainRound(instr.round, instr.config || {});
           } catch (e) {
-            if (!(e instanceof WireError)) throw e;
-            this.set({ error: `round ${instr.round}: ${e.message} (nothing sent)` });
-            this.log(`refused: ${e.message}`);
+            // A payload this page refuses, or an update the server refuses (the round closed
+            // without it: 409; too large or malformed: 413/400): show it, wait for the next round.
+            const refused = e instanceof HttpError && [400, 409, 413].includes(e.status);
+            if (!(e instanceof WireError) && !refused) throw e;
+            this.lastRound = Math.max(this.lastRound, instr.round);
+            this.set({ error: `round ${instr.round}: ${e.message}${refused ? '' : ' (nothing sent)'}` });
+            this.log(`round ${instr.round} skipped: ${e.message}`);
           }
         }
         state = 'ready';
