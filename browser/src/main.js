@@ -72,6 +72,20 @@ function setData(data, where) {
   $('join').disabled = false;
 }
 
+/** The federation's global model, from the public /status, every few seconds while joined. */
+function watchGlobal() {
+  const tick = async () => {
+    try {
+      const st = await (await fetch('/status', { cache: 'no-store' })).json();
+      const acc = typeof st.accuracy === 'number' ? `${(100 * st.accuracy).toFixed(1)} %` : '–';
+      $('global').textContent = `round ${st.round} · accuracy ${acc}`;
+    } catch { /* the server is away: the device loop reports it */ }
+    const s = view.device && view.device.status.state;
+    if (s !== 'finish' && s !== 'error') setTimeout(tick, 3000);
+  };
+  tick();
+}
+
 async function join() {
   const name = $('name').value.trim();
   if (!name) return fail('give this device a name');
@@ -84,6 +98,7 @@ async function join() {
     epochs: num('epochs', 2), batchSize: num('batch_size', 16), lr: num('lr', 0.05), onChange: show, onLog: log,
   });
   show(view.device.status);
+  watchGlobal();
   view.device.run().then(() => log('the server ended the federation'), (e) => log(`stopped: ${e.message}`));
 }
 

@@ -66,6 +66,7 @@ def test_two_browsers_and_a_python_client_reach_90_percent(browser: Any, harness
             if "tags" in rows[name]:  # the server keeps tags once registration accepts them
                 assert "browser" in rows[name]["tags"]
         assert py.error is None
+        expect(devices[0].page.get_by_test_id("global")).to_contain_text("round 5 · accuracy")
         shot(devices[0].page, "device-after-5-rounds")
 
         page, watch = new_page(browser)  # the dashboard lists the browser devices beside the Python client
