@@ -18,6 +18,7 @@ compressed body and the reconstructed raw bytes are checksummed. Nothing here ev
 from __future__ import annotations
 
 import json
+import math
 import struct
 import warnings
 import zlib
@@ -204,13 +205,13 @@ class _SegmentBuilder:
 
     def views(self) -> list[memoryview]:
         """Each tensor's bytes without copying (bool and bfloat16 have no numpy twin: uint8 view)."""
-        return [memoryview(p.view(torch.uint8).numpy()).cast("B") for p in self.parts]
+        return [p.view(torch.uint8).numpy().data for p in self.parts]
 
     def to_bytes(self) -> memoryview:
         if not self.parts:
             return memoryview(b"")
         joined = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
-        return memoryview(joined.view(torch.uint8).numpy()).cast("B")
+        return joined.view(torch.uint8).numpy().data
 
 
 def encode_state(
@@ -352,6 +353,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def _first_error(exc: pydantic.ValidationError) -> str:
     errs = exc.errors(include_url=False, include_input=False)
     e = errs[0]
@@ -388,7 +396,8 @@ def read_header(data: bytes | bytearray | memoryview) -> tuple[WireHeader, int]:
     if depth > WIRE_MAX_HEADER_DEPTH:
         raise PayloadError(f"malformed header: JSON nested {depth} deep, over the limit of {WIRE_MAX_HEADER_DEPTH}")
     try:
-        obj = json.loads(hbytes.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        obj = json.loads(hbytes.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                         parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise PayloadError(f"malformed header: not UTF-8 JSON ({exc})") from None
     if not isinstance(obj, dict):
