@@ -86,13 +86,18 @@ def sample_state(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         "u8": torch.from_numpy(rng.integers(0, 256, 9).astype(np.uint8)),
         "flag": torch.tensor([True, False, True]),
         "empty": torch.zeros(0, 3),
+        # fp16 near its max travels as bf16 as 65536, which comes back to fp16 as inf (a rounding)
+        "half": torch.from_numpy(np.concatenate([rng.standard_normal(6) * 100, [65504, -65504, 65000, 2**-24]])
+                                 .astype(np.float16)),
+        "brain": torch.from_numpy(np.concatenate([rng.standard_normal(6) * 1e3, rng.uniform(1e-9, 6e-5, 24)])
+                                  .astype(np.float32)).to(torch.bfloat16),
     }
 
 
 def expected_hex(t: torch.Tensor, wire_dtype: str, name: str) -> str:
     """Bytes the page should hold after decoding: floats as float32 (after the wire's cast)."""
     if t.is_floating_point():
-        target = t if wire.is_untrained(name) else t.to(wire.TORCH_DTYPES[wire_dtype])
+        target = t if wire.is_untrained(name) else t.to(wire.TORCH_DTYPES[wire_dtype]).to(t.dtype)
         return target.float().numpy().tobytes().hex()
     return t.view(torch.uint8).numpy().tobytes().hex() if t.dtype == torch.bool else t.numpy().tobytes().hex()
 

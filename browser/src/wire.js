@@ -155,6 +155,7 @@ export function checkHeader(h, { codecs, allowV1 = false } = {}) {
   for (const [k, raw] of Object.entries(h.meta)) {
     str(k, 'meta key', LIMITS.metaChars);
     const val = isFloatTag(raw) ? Number(raw.slice(FLOAT_TAG.length)) : raw;
+    if (typeof val === 'number' && !Number.isFinite(val)) throw bad(`meta.${k} is not a finite number`);
     h.meta[k] = val;
     const t = typeof val;
     if (!(val === null || t === 'boolean' || t === 'number' || (t === 'string' && val.length <= LIMITS.metaChars))) {
@@ -276,12 +277,26 @@ function checkExpected(header, expected) {
   }
 }
 
+function floatsOf(buf, wire) {
+  switch (wire) {
+    case 'float32': return new Float32Array(buf);
+    case 'bfloat16': return fromBf16(new Uint16Array(buf));
+    case 'float16': return fromF16(new Uint16Array(buf));
+    default: return null;
+  }
+}
+
 function valuesOf(bytes, wire, dtype) {
   const buf = bytes.slice().buffer; // aligned copy
+  const f = floatsOf(buf, wire);
+  if (f) {
+    // Widening is exact; a half tensor that travelled wider is rounded to its own dtype (RNE).
+    if (dtype === 'float64') return Float64Array.from(f);
+    if (dtype === 'bfloat16' && wire !== 'bfloat16') return fromBf16(toBf16(f));
+    if (dtype === 'float16' && wire !== 'float16') return fromF16(toF16(f));
+    return f;
+  }
   switch (wire) {
-    case 'float32': return dtype === 'float64' ? Float64Array.from(new Float32Array(buf)) : new Float32Array(buf);
-    case 'bfloat16': return dtype === 'float64' ? Float64Array.from(fromBf16(new Uint16Array(buf))) : fromBf16(new Uint16Array(buf));
-    case 'float16': return dtype === 'float64' ? Float64Array.from(fromF16(new Uint16Array(buf))) : fromF16(new Uint16Array(buf));
     case 'float64': return dtype === 'float64' ? new Float64Array(buf) : Float32Array.from(new Float64Array(buf));
     case 'int64': return new BigInt64Array(buf);
     case 'int32': return new Int32Array(buf);
