@@ -526,8 +526,10 @@ def test_stalled_update_stream_is_cut_off_and_the_server_keeps_serving() -> None
 
 
 def test_silent_stream_without_update_info_is_cut_off(monkeypatch: pytest.MonkeyPatch, srv: _Served) -> None:
-    """Before the first message there is no body time-out yet: the transport's own bound applies."""
-    monkeypatch.setattr("transports.grpc.servicer.FIRST_MESSAGE_TIMEOUT_S", 0.5)
+    """The core's body time-out also bounds the wait for the first message (one limit, not two)."""
+    import dataclasses
+
+    monkeypatch.setattr(srv.fed, "config", dataclasses.replace(srv.fed.config, body_timeout_s=0.5))
     c = srv.client()
     release = threading.Event()
 
