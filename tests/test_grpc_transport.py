@@ -598,8 +598,11 @@ class _BytesOnly(FederationOperations):
 
     register = signal = disconnect = start_autorun = stop_autorun = step = request_transport = _unused
     status = clients = history = events_since = health = mark_serving = mark_stopped = _unused
+    snapshot = split_submit = _unused
     stopping = False
     max_payload_bytes = 0
+    max_split_message_bytes = 0
+    body_timeout_s = 600.0
 
 
 @pytest.mark.slow
