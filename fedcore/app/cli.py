@@ -23,6 +23,7 @@ from fedcore.app.errors_cli import (
     describe_config_error,
     env_typos,
     explain,
+    set_debug,
     warn,
 )
 from fedcore.config import Settings
@@ -49,15 +50,14 @@ TRANSPORT_LOGGERS = ("fedcore.transports.rest.server", "fedcore.transports.grpc.
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False) -> None:
     """fedcore: federated learning over gRPC or REST, with model lightweighting on the wire."""
-    if debug:  # through the environment, so child processes (demo clients) follow
-        os.environ["FEDCORE_LOG_LEVEL"] = "debug"
-    if debug_wanted():
+    set_debug(debug)
+    if debug:
         logging.getLogger("fedcore").setLevel(logging.DEBUG)
 
 
 def _quiet(*loggers: str) -> None:
     """Lower these loggers to warnings unless the user asked for a log level (or --debug)."""
-    if "FEDCORE_LOG_LEVEL" in os.environ:
+    if "FEDCORE_LOG_LEVEL" in os.environ or debug_wanted():
         return
     for name in loggers:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -87,7 +87,7 @@ def _settings(config: Path | None, sets: list[str] | None, **flags: Any) -> Sett
     for line in env_typos(os.environ, Settings.model_fields):
         warn(line)
     try:
-        return Settings.load(config, **(extra | flags))
+        return Settings.load(config, **(extra | {k: v for k, v in flags.items() if v is not None}))
     except ConfigError as exc:
         raise CliFailure.of(describe_config_error(exc, Settings.model_fields, config, list(extra))) from exc
 
@@ -139,13 +139,13 @@ def server(
     --autorun --rounds N, continues toward N rounds in all (it does not start N more)."""
     import secrets
 
-    from fedcore.server import FederationServer
-
     s = _settings(config, set, transport=transport, host=host, rest_port=rest_port, grpc_port=grpc_port,
                   rounds=rounds, min_clients=min_clients, checkpoint_dir=checkpoint_dir, admin_token=admin_token,
                   dataset=dataset, data_dir=data_dir, dtype=dtype, codec=codec)
+    check_ports_free(s.host, _ports(s))  # before torch, the model and the data: fail in a blink
     _check_names(s)
-    check_ports_free(s.host, _ports(s))  # before the (slow) model and data: fail in a blink
+
+    from fedcore.server import FederationServer
     generated = False
     if s.admin_token is None and not no_auth:
         s = s.model_copy(update={"admin_token": secrets.token_urlsafe(18)})

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -53,8 +52,17 @@ class CliFailure(Exception):
         return cls(failure.message, failure.hint)
 
 
+_debug_flag = False
+
+
+def set_debug(on: bool) -> None:
+    """The global --debug option of this invocation."""
+    global _debug_flag
+    _debug_flag = on
+
+
 def debug_wanted(flag: bool = False) -> bool:
-    return flag or os.environ.get("FEDCORE_LOG_LEVEL", "").strip().lower() == "debug"
+    return flag or _debug_flag or os.environ.get("FEDCORE_LOG_LEVEL", "").strip().lower() == "debug"
 
 
 def explain(exc: BaseException) -> Failure | None:
@@ -89,12 +97,10 @@ def warn(text: str) -> None:
 class BoundaryGroup(TyperGroup):
     """The ``fedcore`` group: runs the command and catches what :func:`explain` knows."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # a click Context (typer vendors click: its class is private)
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except Exception as exc:
+        except Exception as exc:  # typer's own Exit/usage errors are no FedcoreError: they pass through
             failure = explain(exc)
             if failure is None or debug_wanted(bool(ctx.params.get("debug"))):
                 raise

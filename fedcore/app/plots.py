@@ -19,6 +19,7 @@ def plot_accuracy(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for label, hist in series.items():
@@ -27,6 +28,7 @@ def plot_accuracy(
             ax.plot(*zip(*pts), marker="o", label=label)
     if baseline is not None:
         ax.axhline(baseline, linestyle="--", color="black", label=baseline_label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers: no "1.5"
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.set_title(title)
