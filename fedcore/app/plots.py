@@ -6,15 +6,14 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_accuracy(
+def accuracy_figure(
     series: Mapping[str, Sequence[Mapping[str, Any]]],
-    path: str | Path,
     *,
     title: str = "Global model accuracy per round",
     baseline: float | None = None,
     baseline_label: str = "centralised",
-) -> Path:
-    """One line per history (label → list of round entries with 'round' and 'accuracy')."""
+) -> Any:
+    """The figure: one line per history (label → list of round entries with 'round' and 'accuracy')."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,6 +34,21 @@ def plot_accuracy(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy(
+    series: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    *,
+    title: str = "Global model accuracy per round",
+    baseline: float | None = None,
+    baseline_label: str = "centralised",
+) -> Path:
+    """Save :func:`accuracy_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(series, title=title, baseline=baseline, baseline_label=baseline_label)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
