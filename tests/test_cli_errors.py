@@ -162,3 +162,8 @@ def test_debug_shows_the_traceback(busy_port: int) -> None:
         result = CliRunner().invoke(app, args, env=env)
         assert isinstance(result.exception, CliFailure), result.output
         assert "in use" in str(result.exception)
+
+
+def test_app_that_cannot_be_imported() -> None:
+    line = one_error_line(in_process("client", "--name", "c", "--app", "no_such_project.client_app:make_app"))
+    assert "no_such_project" in line and "PYTHONPATH" in line

@@ -93,7 +93,10 @@ def test_new_project_runs_two_rounds(tmp_path: Path) -> None:
                 p.kill()
                 p.wait(timeout=10)
     text = out.text()
-    assert "autorun finished 2/2" in text
+    # Each address once (the transports' own log lines are lowered by the CLI), the dashboard once.
+    assert text.count("listening on") == 1 and text.count(f"rest listening on http://127.0.0.1:{port}") == 1, text
+    assert text.count("dashboard: ") == 1
+    assert text.count("autorun finished 2/2") == 1
     assert re.search(r"server stopped at round 2, accuracy 0\.\d+", text), text
     for i, lines in enumerate(client_out):
         ctext = lines.text()

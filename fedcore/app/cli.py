@@ -30,8 +30,10 @@ from fedcore.config import Settings
 from fedcore.errors import ConfigError
 
 if TYPE_CHECKING:
+    from fedcore.app.apps import AppFactory
     from fedcore.client import FLClient
     from fedcore.federation import Federation
+    from fedcore.server import FederationServer
 
 app = typer.Typer(
     cls=BoundaryGroup,
@@ -155,7 +157,7 @@ def server(
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     started = time.monotonic()
-    with FederationServer(fed, s) as srv:
+    with _start(FederationServer(fed, s)) as srv:
         for name, address in srv.endpoints.items():
             console.print(f"[green]{name}[/green] listening on {address}")
         if "rest" in srv.endpoints:
@@ -182,6 +184,25 @@ def server(
     console.print(_server_summary(fed, time.monotonic() - started))
 
 
+def _start(srv: FederationServer) -> FederationServer:
+    """Start the transports; losing a port to another process since the check is one line too."""
+    from fedcore.errors import TransportError
+
+    try:
+        return srv.start()
+    except TransportError as exc:
+        raise CliFailure(str(exc), "pick other ports with --rest-port / --grpc-port (0 = any free port)") from exc
+
+
+def _load_app(ref: str | None) -> AppFactory:
+    from fedcore.app.apps import load_app
+
+    try:
+        return load_app(ref)
+    except ConfigError as exc:
+        raise CliFailure(str(exc), "run from your project's folder or add it to PYTHONPATH") from exc
+
+
 def _build_server(s: Settings, app_ref: str | None, exit_when_done: bool) -> Federation:
     """The Federation for the zoo model on the configured data set, or for a ClientApp's model
     (``--app``), scored on that app's val_data with its evaluate function."""
@@ -196,10 +217,9 @@ def _build_server(s: Settings, app_ref: str | None, exit_when_done: bool) -> Fed
             raise
     import copy
 
-    from fedcore.app.apps import load_app
     from fedcore.loops import evaluate
 
-    made = load_app(app_ref)(s, 0)  # the server uses partition 0's val_data as its test set
+    made = _load_app(app_ref)(s, 0)  # the server uses partition 0's val_data as its test set
     scorer, val, score = copy.deepcopy(made.model), made.val_data, made.evaluate_fn or evaluate
 
     def evaluate_fn(state: Any) -> dict[str, float]:
@@ -247,14 +267,12 @@ def client(
     set: SetOpt = None,
 ) -> None:
     """Join a federation with one partition of the configured data set (or your own --app) and train until told to stop."""
-    from fedcore.app.apps import load_app
-
     s = _settings(config, set, transport=transport, host=host, rest_port=rest_port, grpc_port=grpc_port,
                   dataset=dataset, data_dir=data_dir, dtype=dtype, codec=codec)
     if app_ref is None:
         _check_names(s)
     try:
-        made = load_app(app_ref)(s, index)
+        made = _load_app(app_ref)(s, index)
     except FileNotFoundError as exc:
         if app_ref is None and s.dataset == "cifar10":
             raise cifar_missing(s.data_dir) from exc

@@ -74,9 +74,7 @@ def explain(exc: BaseException) -> Failure | None:
                        "pass the admin token the server printed at start: --token or FEDCORE_ADMIN_TOKEN")
     if isinstance(exc, TransportError):
         return Failure(_first_line(exc), "is the server running, and are --host, the port and --transport right?")
-    if isinstance(exc, ConfigError):
-        return Failure(f"invalid settings: {_first_line(exc)}")
-    if isinstance(exc, FedcoreError):
+    if isinstance(exc, FedcoreError):  # ConfigError included: its message says what is wrong
         return Failure(_first_line(exc))
     return None
 
