@@ -157,7 +157,8 @@ def server(
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     started = time.monotonic()
-    with _start(FederationServer(fed, s)) as srv:
+    srv = _start(FederationServer(fed, s))
+    try:
         for name, address in srv.endpoints.items():
             console.print(f"[green]{name}[/green] listening on {address}")
         if "rest" in srv.endpoints:
@@ -181,6 +182,8 @@ def server(
                     break
         except KeyboardInterrupt:
             pass
+    finally:
+        srv.stop()
     console.print(_server_summary(fed, time.monotonic() - started))
 
 
@@ -188,10 +191,16 @@ def _start(srv: FederationServer) -> FederationServer:
     """Start the transports; losing a port to another process since the check is one line too."""
     from fedcore.errors import TransportError
 
+    uvicorn_log = logging.getLogger("uvicorn.error")  # says "[Errno 98] ..." itself: we say it once
+    level = uvicorn_log.level
+    if not debug_wanted():
+        uvicorn_log.setLevel(logging.CRITICAL)
     try:
         return srv.start()
     except TransportError as exc:
         raise CliFailure(str(exc), "pick other ports with --rest-port / --grpc-port (0 = any free port)") from exc
+    finally:
+        uvicorn_log.setLevel(level)
 
 
 def _load_app(ref: str | None) -> AppFactory:
