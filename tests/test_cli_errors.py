@@ -6,6 +6,7 @@ single line; settings mistakes, which fail before any of that, run in-process (C
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -158,10 +159,15 @@ def test_debug_shows_the_traceback(busy_port: int) -> None:
         (["--debug", "server", "--rest-port", str(busy_port)], {}),
         (["server", "--rest-port", str(busy_port)], {"FEDCORE_LOG_LEVEL": "debug"}),
     ]
-    for args, env in cases:
-        result = CliRunner().invoke(app, args, env=env)
-        assert isinstance(result.exception, CliFailure), result.output
-        assert "in use" in str(result.exception)
+    root = logging.getLogger("fedcore")
+    level = root.level
+    try:
+        for args, env in cases:
+            result = CliRunner().invoke(app, args, env=env)
+            assert isinstance(result.exception, CliFailure), result.output
+            assert "in use" in str(result.exception)
+    finally:
+        root.setLevel(level)  # --debug lowered it for this process
 
 
 def test_app_that_cannot_be_imported() -> None:
