@@ -498,8 +498,10 @@ def new(
     name: Annotated[str, typer.Argument(help="Project and package name (a Python identifier).")],
     directory: Annotated[Path, typer.Option("--dir", help="Where to create the project folder.")] = Path("."),
 ) -> None:
-    """Write a small runnable project: NAME/client_app.py (model, train, evaluate, make_app),
-    server.toml, pyproject.toml and a README with the commands that run it."""
+    """Write a small runnable project: client app, server.toml, pyproject.toml, README.
+
+    NAME/client_app.py holds the model, data, train and evaluate functions and make_app;
+    the README has the commands that run it (server --app and two clients)."""
     from fedcore.app.template import write_project
 
     root = write_project(name, directory / name)
