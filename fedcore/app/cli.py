@@ -30,7 +30,7 @@ from fedcore.config import Settings
 from fedcore.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fedcore.app.apps import AppFactory
+    from fedcore.app.apps import AppFactory, ClientApp
     from fedcore.client import FLClient
     from fedcore.federation import Federation
     from fedcore.server import FederationServer
@@ -299,7 +299,7 @@ def client(
     console.print(f"{name}: took part in rounds {summary.rounds}, sent {summary.bytes_sent:,} B{why}")
 
 
-def _console_client(made: Any, name: str, s: Settings, tags: tuple[str, ...]) -> FLClient:
+def _console_client(made: ClientApp, name: str, s: Settings, tags: tuple[str, ...]) -> FLClient:
     """An FLClient that tells the user when it connects and what each round gave locally."""
     from fedcore.client import FLClient
 
