@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -54,17 +55,33 @@ def test_core_never_imports_a_transport() -> None:
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("cmd", [[], ["server"], ["client"], ["demo"], ["status"], ["bench"], ["bench", "compression"]])
+@pytest.mark.parametrize("cmd", [[], ["server"], ["client"], ["demo"], ["status"], ["bench"], ["new"],
+                                 ["admin"], ["admin", "switch"]])
 def test_help_on_every_command(cmd: list[str]) -> None:
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
 
 
-def test_bad_flag_gives_clear_error() -> None:
-    result = runner.invoke(app, ["client", "--name", "x", "--set", "nonsense"])
-    assert result.exit_code != 0
-    assert "KEY=VALUE" in result.output
+def test_bench_compression_help_is_the_benchmarks_own() -> None:
+    """--help goes to the benchmark's parser: its options, not typer's empty list."""
+    result = runner.invoke(app, ["bench", "compression", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "usage:" in result.output and "--codecs" in result.output and "--out" in result.output
+
+
+def test_bench_compression_writes_under_runs_by_default(tmp_path: Path) -> None:
+    """Without --out, results go to a new runs/compression-* folder (never experiments/results)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedcore", "bench", "compression", "--models", "tiny", "--quick", "--no-plot",
+         "--no-json", "--codecs", "zstd", "--states", "init"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [out] = list((tmp_path / "runs").glob("compression-*"))
+    assert (out / "compression.csv").stat().st_size > 0
+    assert not (tmp_path / "experiments").exists()
 
 
 @pytest.mark.timeout(300)

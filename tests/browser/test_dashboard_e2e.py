@@ -135,12 +135,13 @@ def test_autorun_three_rounds_from_the_page(run: Run, shot: Any) -> None:
     expect(dash.history_rows).to_have_count(3)
     expect(dash.page.locator('[data-testid="bytes-chart"] [data-testid="bytes-in"]')).to_have_count(3)
     expect(dash.tid("status-autorun")).to_have_text("off")
+    expect(dash.tid("status-rounds-left")).to_have_text("finished 3/3")
     expect(dash.tid("status-accuracy")).to_contain_text("%")
     for name in ("client_1", "client_2", "client_3"):
         dash.expect_state(name, "ready", "finish")
         expect(dash.row(name).get_by_test_id("client-rounds")).to_have_attribute("data-count", "3")
     acc = [float(a) for a in dash.acc_points.evaluate_all("els => els.map(e => e.dataset.value)")]
-    assert acc == pytest.approx([h["accuracy"] for h in run.fed.get_history()])
+    assert acc == pytest.approx([h.accuracy for h in run.fed.history()])
     assert all(0.0 < a <= 1.0 for a in acc)
     shot(run.page, "three-rounds-done")
     run.watch.assert_clean()
@@ -178,7 +179,7 @@ def test_late_joiner_appears_and_takes_part_in_the_next_round(run: Run, shot: An
     expect(dash.history_row(4)).to_contain_text("client_4")
     expect(dash.row("client_4").get_by_test_id("client-rounds")).to_have_attribute("data-count", "1")
     expect(dash.acc_points).to_have_count(4)
-    assert "client_4" in run.fed.get_history()[-1]["participants"]
+    assert "client_4" in run.fed.history()[-1].participants
     shot(run.page, "late-joiner-took-part")
     run.watch.assert_clean()
     run.done.add("late-join")
@@ -197,8 +198,8 @@ def test_control_without_admin_token_is_refused(run: Run, shot: Any) -> None:
     client_token = reg["json"]["token"]
     assert run.fetch("POST", "round/step", client_token)["status"] == 403
     assert run.fetch("POST", "client/autorun/5", client_token)["status"] == 403
-    victim = next(c for c in run.fed.clients() if c["name"] == "client_1")
-    assert run.fetch("DELETE", f"client/{victim['client_id']}", client_token)["status"] in (401, 403)
+    victim = next(c for c in run.fed.clients() if c.name == "client_1")
+    assert run.fetch("DELETE", f"client/{victim.client_id}", client_token)["status"] in (401, 403)
     # From the page: the control is refused, the page says so and asks for a token again next time.
     dash.forget_token()
     dash.start_autorun(5, token=client_token)
@@ -211,7 +212,7 @@ def test_control_without_admin_token_is_refused(run: Run, shot: Any) -> None:
     expect(dash.tid("control-message")).to_contain_text("cancelled")
     time.sleep(0.5)  # would a round start? (it must not)
     after = run.fed.status()
-    assert after["autorun"] is False and after["round"] == before["round"] and not after["round_open"]
-    assert next(c for c in run.fed.clients() if c["name"] == "client_1")["state"] != "left"
+    assert after.autorun is False and after.round == before.round and not after.round_open
+    assert next(c for c in run.fed.clients() if c.name == "client_1").state != "left"
     shot(run.page, "control-refused")
     run.watch.assert_clean()

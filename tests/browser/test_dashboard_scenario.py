@@ -27,7 +27,8 @@ from browser.dashboard_page import Dashboard  # noqa: E402
 from conftest import make_settings  # noqa: E402
 from fedcore import wire  # noqa: E402
 from fedcore.app.data import DataSplits, load_federated  # noqa: E402
-from fedcore.federation import Federation  # noqa: E402
+from fedcore.federation import Federation, FederationConfig  # noqa: E402
+from fedcore.operations import Caller  # noqa: E402
 from fedcore.app.models import build_model  # noqa: E402
 from fedcore.server import FederationServer  # noqa: E402
 from fedcore.states import Action, ClientState  # noqa: E402
@@ -43,42 +44,48 @@ class ScriptedClient:
     name: str
     transport: str
     share: DataSplits
+    tags: tuple[str, ...] = ()
     client_id: str = ""
     token: str = ""
     model: Any = field(default=None, repr=False)
 
+    @property
+    def me(self) -> Caller:
+        return Caller(self.token, self.client_id)
+
     def join(self) -> ScriptedClient:
-        reg = self.fed.register(self.name, num_samples=len(self.share.train), transport=self.transport)
+        reg = self.fed.register(Caller(peer="scenario"), self.name, len(self.share.train), self.transport, self.tags)
         self.client_id, self.token = reg.client_id, reg.token
-        self.fed.global_payload(self.client_id, self.token)
-        self.fed.signal(self.client_id, self.token, ClientState.READY)
+        self.fed.fetch_global(self.me)
+        self.fed.signal(self.me, ClientState.READY, wait_s=0)
         return self
 
     def poll(self) -> Any:
         """Report ready; a client selected for the open round is told to train (state → training)."""
-        return self.fed.signal(self.client_id, self.token, ClientState.READY)
+        return self.fed.signal(self.me, ClientState.READY, wait_s=0)
 
     def train_and_submit(self, rnd: int) -> None:
-        _, payload = self.fed.global_payload(self.client_id, self.token)
+        payload = self.fed.fetch_global(self.me).payload
         if self.model is None:
             self.model = build_model("digits_mlp", seed=0)
         self.model.load_state_dict(wire.decode_state(payload))
         metrics = train(self.model, self.share.train, epochs=5, seed=rnd)
-        update = wire.encode_state(self.model.state_dict(), **self.fed.wire_options)
-        self.fed.submit_update(self.client_id, self.token, rnd, update, len(self.share.train), metrics)
+        w = self.fed.config.wire
+        update = wire.encode_state(self.model.state_dict(), dtype=w.dtype, codec=w.codec, level=w.level,
+                                   filter=w.filter)
+        self.fed.submit_update(self.me, rnd, update, len(self.share.train), metrics)
 
     def leave(self) -> None:
-        self.fed.disconnect(self.client_id, self.token)
+        self.fed.disconnect(self.client_id, self.me)
 
 
 @pytest.fixture
 def scenario() -> Iterator[tuple[FederationServer, list[DataSplits]]]:
     data = load_federated("digits", 6, seed=0)
-    settings = make_settings("rest", min_clients=2, client_timeout_s=300.0, round_deadline_s=300.0,
+    settings = make_settings("rest,grpc", min_clients=2, client_timeout_s=300.0, round_deadline_s=300.0,
                              admin_token=ADMIN)
     fed = Federation(
-        build_model("digits_mlp", seed=0).state_dict(), min_clients=2, client_timeout_s=300.0,
-        round_deadline_s=300.0, admin_token=ADMIN,
+        build_model("digits_mlp", seed=0).state_dict(), FederationConfig.from_settings(settings),
         evaluate_fn=make_evaluate_fn(build_model("digits_mlp", seed=0), data.server_test),
     )
     srv = FederationServer(fed, settings).start()
@@ -110,7 +117,8 @@ def test_paper_figures_4_to_6(page_watch: Any, scenario: Any, shot: Any) -> None
     expect(dash.tid("clients-empty")).to_be_visible()
 
     # Fig. 4: five clients join and are ready; the page shows each one as it arrives.
-    clients = [ScriptedClient(fed, f"client_{i + 1}", "rest" if i % 2 == 0 else "grpc", shares[i]) for i in range(5)]
+    clients = [ScriptedClient(fed, f"client_{i + 1}", "rest" if i % 2 == 0 else "grpc", shares[i],
+                              tags=("browser",) if i == 3 else ()) for i in range(5)]
     for c in clients:
         c.join()
         dash.expect_state(c.name, "ready")
@@ -119,6 +127,8 @@ def test_paper_figures_4_to_6(page_watch: Any, scenario: Any, shot: Any) -> None
     expect(dash.tid("status-autorun")).to_have_text("off")
     expect(dash.row("client_2").get_by_test_id("client-transport")).to_have_text("grpc")
     expect(dash.row("client_1").get_by_test_id("client-id")).to_have_text(clients[0].client_id[:8])
+    expect(dash.row("client_4").get_by_test_id("client-tag")).to_have_text("browser")  # ClientInfo.tags
+    expect(dash.row("client_1").get_by_test_id("client-tag")).to_have_count(0)
 
     # Manual control: "Run one round" asks for the admin token once, then round 1 runs.
     dash.step(token=ADMIN)
@@ -130,6 +140,12 @@ def test_paper_figures_4_to_6(page_watch: Any, scenario: Any, shot: Any) -> None
         c.train_and_submit(1)
     dash.expect_rounds_done(1)
     expect(dash.acc_points).to_have_count(1)
+    # Each client's local metrics of the round: on its row and, per client, in the round's row.
+    local = fed.history()[0].client_metrics["client_1"]
+    first_key = sorted(local)[0]
+    expect(dash.row("client_1").get_by_test_id("client-metrics")).to_contain_text(first_key)
+    for c in clients:
+        expect(dash.history_row(1).get_by_test_id("history-client-metrics")).to_contain_text(c.name)
     for c in clients:
         dash.expect_state(c.name, "finish", "ready")
         expect(dash.row(c.name).get_by_test_id("client-rounds")).to_have_attribute("data-count", "1")
@@ -185,9 +201,16 @@ def test_paper_figures_4_to_6(page_watch: Any, scenario: Any, shot: Any) -> None
     expect(dash.history_row(4)).to_contain_text("client_6")
     expect(late_row.get_by_test_id("client-rounds")).to_have_attribute("data-count", "1")
     expect(dash.tid("status-autorun")).to_have_text("off")  # target reached
+    expect(dash.tid("status-rounds-left")).to_have_text("finished 4/4")
+    expect(dash.tid("activity")).to_contain_text("autorun finished 4/4")
     expect(dash.page.locator('[data-testid="bytes-chart"] [data-testid="bytes-in"]')).to_have_count(4)
     acc = [float(a) for a in dash.acc_points.evaluate_all("els => els.map(e => e.dataset.value)")]
-    assert acc == pytest.approx([h["accuracy"] for h in fed.get_history()])
+    assert acc == pytest.approx([h.accuracy for h in fed.history()])
+    # The accuracy axis spans the data (padded), not 0..100 %, once the points are well above 0.
+    chart = dash.page.locator('[data-testid="accuracy-chart"] svg')
+    lo, hi = float(chart.get_attribute("data-acc-min") or "nan"), float(chart.get_attribute("data-acc-max") or "nan")
+    assert lo <= min(acc) and max(acc) <= hi, (lo, hi, acc)
+    assert hi - lo < 1.0 and lo > 0.0, (lo, hi, acc)
 
     # Disconnect from the page (admin): the row turns left and the count drops.
     late_row.get_by_test_id("btn-disconnect").click()
@@ -195,6 +218,16 @@ def test_paper_figures_4_to_6(page_watch: Any, scenario: Any, shot: Any) -> None
     dash.expect_num_clients(4)
     expect(late_row.get_by_test_id("btn-disconnect")).to_be_disabled()
     shot(page, "after-disconnect")
+
+    # An admin-requested transport switch shows on the row until the client moves (next round).
+    c1 = clients[0]
+    fed.request_transport(c1.client_id, "grpc")
+    pending = dash.row("client_1").get_by_test_id("client-switch-pending")
+    expect(pending).to_have_text("→ grpc (next round)")
+    shot(page, "switch-pending")
+    fed.register(c1.me, c1.name, len(c1.share.train), "grpc")  # what FLClient does when it switches
+    expect(pending).to_have_count(0)
+    expect(dash.row("client_1").get_by_test_id("client-transport")).to_have_text("grpc")
     watch.assert_clean()
 
 

@@ -21,6 +21,8 @@ const model = {
   live: false,
   gotSnapshot: false,
   offset: -Infinity,        // estimate of (server monotonic clock - performance.now()/1000)
+  autorunTarget: null,      // the last autorun target seen while autorun was on
+  autorunDone: null,        // {round, target} once an autorun reached its target
 };
 
 // ------------------------------------------------------------------ helpers
@@ -91,7 +93,7 @@ function renderStatus() {
   const badge = $("st-autorun");
   text(badge, on ? "on" : "off");
   badge.dataset.on = String(on);
-  text($("st-rounds-left"), on ? `${s.rounds_left ?? 0} round(s) left · target ${s.autorun_target}` : (s.finished ? "finished" : ""));
+  text($("st-rounds-left"), on ? `${s.rounds_left ?? 0} round(s) left · target ${s.autorun_target}` : autorunEnd(s));
   const open = Boolean(s.round_open);
   const current = open ? s.current_round : s.round ?? 0;
   text($("st-current-round"), String(current ?? 0));
@@ -107,6 +109,53 @@ function renderStatus() {
   text($("st-last-updated"), wallAgo(s.last_updated));
   const w = s.wire;
   text($("st-wire"), w ? `${w.dtype} · ${w.codec}${w.level != null ? `-${w.level}` : ""} · ${formatBytes(s.payload_bytes)} model · ${s.strategy ?? ""}` : "–");
+}
+
+// What an autorun that is no longer on came to: "finished N/N" when it reached its target.
+function autorunEnd(s) {
+  const done = model.autorunDone;
+  if (done) return `finished ${done.round}/${done.target}`;
+  if (s.finished) return `finished ${s.round ?? 0}/${s.round ?? 0}`;
+  return "";
+}
+
+// Remember the target while autorun is on, and notice when it is reached.
+function trackAutorun(s) {
+  if (s.autorun && typeof s.autorun_target === "number") {
+    model.autorunTarget = s.autorun_target;
+    model.autorunDone = null;
+  } else if (!s.autorun && model.autorunTarget != null) {
+    const target = model.autorunTarget;
+    model.autorunTarget = null;
+    if ((s.round ?? 0) >= target) {
+      model.autorunDone = { round: s.round, target };
+      logActivity(`autorun finished ${s.round}/${target}`, "control");
+      return true;
+    }
+  }
+  return false;
+}
+
+// A client's local metrics from the last round it sent an update in (RoundRecord.client_metrics).
+function lastMetrics(name) {
+  for (let i = model.history.length - 1; i >= 0; i--) {
+    const m = model.history[i].client_metrics;
+    if (m && m[name]) return { round: model.history[i].round, metrics: m[name] };
+  }
+  return null;
+}
+
+const METRIC_ORDER = ["val_accuracy", "accuracy", "val_loss", "train_loss", "loss"];
+function formatMetrics(metrics) {
+  const keys = Object.keys(metrics).sort((a, b) => {
+    const ia = METRIC_ORDER.indexOf(a), ib = METRIC_ORDER.indexOf(b);
+    return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b);
+  });
+  return keys.map((k) => {
+    const v = metrics[k];
+    if (typeof v !== "number") return `${k} –`;
+    return k.endsWith("accuracy") ? `${k} ${pct(v)}` : `${k} ${v.toFixed(4)}`;
+  });
 }
 
 function cell(tr, key) {
@@ -127,6 +176,18 @@ function renderClientRow(tr, c) {
   tr.dataset.waiting = String(waiting);
   tr.dataset.transport = c.transport;
   text(cell(tr, "name"), c.name);
+  const tagCell = cell(tr, "tags");
+  const tags = Array.isArray(c.tags) ? c.tags : [];
+  if (tagCell.dataset.tags !== tags.join("\u0000")) {
+    tagCell.dataset.tags = tags.join("\u0000");
+    tagCell.replaceChildren(...tags.map((t) => {
+      const span = document.createElement("span");
+      span.className = "tag label";
+      span.setAttribute("data-testid", "client-tag");
+      span.textContent = t;
+      return span;
+    }));
+  }
   const id = cell(tr, "id");
   text(id, c.client_id.slice(0, 8));
   id.title = `de-identified id ${c.client_id}`;
@@ -135,6 +196,23 @@ function renderClientRow(tr, c) {
   if (!tp.firstChild) tp.appendChild(document.createElement("span"));
   tp.firstChild.className = `tag ${c.transport}`;
   text(tp.firstChild, c.transport);
+  // An admin-requested switch waits for the client's next round: show it until the server says done.
+  const wanted = c.wanted_transport && c.wanted_transport !== c.transport ? c.wanted_transport : null;
+  let pending = tp.querySelector('[data-testid="client-switch-pending"]');
+  if (wanted && !pending) {
+    pending = document.createElement("span");
+    pending.className = "chip pending";
+    pending.setAttribute("data-testid", "client-switch-pending");
+    tp.appendChild(pending);
+  } else if (!wanted && pending) {
+    pending.remove();
+    pending = null;
+  }
+  tr.dataset.wantedTransport = wanted || "";
+  if (pending) {
+    text(pending, `→ ${wanted} (next round)`);
+    pending.title = `the admin asked ${c.name} to switch to ${wanted}; it moves before its next round`;
+  }
 
   const st = cell(tr, "state");
   if (!st.firstChild) {
@@ -155,6 +233,11 @@ function renderClientRow(tr, c) {
   const rc = cell(tr, "rounds");
   text(rc, rounds.length ? `${rounds.length} (${compactRounds(rounds)})` : "0");
   rc.dataset.count = String(rounds.length);
+  const mc = cell(tr, "metrics");
+  const last = lastMetrics(c.name);
+  mc.className = "metrics";
+  text(mc, last ? formatMetrics(last.metrics).join(" · ") : "–");
+  mc.title = last ? `local metrics of round ${last.round}` : "no update from this client yet";
   const seen = cell(tr, "last-seen");
   text(seen, ago(c.last_seen));
   const smp = cell(tr, "samples");
@@ -238,13 +321,27 @@ function renderHistory() {
       if (cls) td.className = cls;
       tr.appendChild(td);
     }
+    const per = h.client_metrics || {};
+    const td = document.createElement("td");
+    td.className = "metrics";
+    td.setAttribute("data-testid", "history-client-metrics");
+    const names = Object.keys(per).sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    if (!names.length) td.textContent = "–";
+    for (const name of names) {
+      const line = document.createElement("div");
+      const who = document.createElement("strong");
+      who.textContent = name;
+      line.append(who, document.createTextNode(` ${formatMetrics(per[name]).join(" · ")}`));
+      td.appendChild(line);
+    }
+    tr.appendChild(td);
     return tr;
   }));
   drawAccuracy($("accuracy-chart"), model.history);
   drawBytes($("bytes-chart"), model.history);
 }
 
-function renderAll() { renderStatus(); renderClients(); renderHistory(); }
+function renderAll() { renderStatus(); renderHistory(); renderClients(); }
 
 // ------------------------------------------------------------------ applying server data
 function setClients(rows, { keepStates = false, logChanges = false } = {}) {
@@ -285,6 +382,7 @@ const handlers = {
   snapshot(data) {
     model.gotSnapshot = true;
     model.status = data.status || {};
+    trackAutorun(model.status);
     model.history = (data.history || []).slice().sort((a, b) => a.round - b.round);
     setClients(data.clients || []);
     model.selected = Array.isArray(model.status.selected_clients) ? new Set(model.status.selected_clients) : null;
@@ -315,7 +413,8 @@ const handlers = {
     const wasOn = Boolean(model.status.autorun);
     model.status = { ...model.status, ...data };
     if (!data.round_open) model.selected = null;
-    if (wasOn !== Boolean(data.autorun)) logActivity(data.autorun ? `autorun on: up to round ${data.autorun_target}` : "autorun off", "control");
+    const finished = trackAutorun(model.status);
+    if (wasOn !== Boolean(data.autorun) && !finished) logActivity(data.autorun ? `autorun on: up to round ${data.autorun_target}` : "autorun off", "control");
     renderStatus();
     renderClients();
   },
@@ -336,6 +435,7 @@ function scheduleStatusRefresh() {
     try {
       const s = await getJSON("status");
       model.status = { ...model.status, ...s };
+      trackAutorun(model.status);
       if (!s.round_open) model.selected = null;
       else if (Array.isArray(s.selected_clients)) model.selected = new Set(s.selected_clients);
       renderStatus();
@@ -351,6 +451,7 @@ async function pollOnce({ unlessSnapshot = false } = {}) {
   model.polled = true;
   if (s.round > (model.status.round ?? 0) && !first) logActivity(`round ${s.round} finished: accuracy ${pct(s.accuracy)}`, "round");
   model.status = s;
+  trackAutorun(s);
   if (!s.round_open) model.selected = null;
   else if (Array.isArray(s.selected_clients)) model.selected = new Set(s.selected_clients);
   setClients(cl, { logChanges: !first });
@@ -482,7 +583,7 @@ async function control(method, path, what) {
   }
   say(`${what}: done`, "ok");
   logActivity(what, "control");
-  if (body.status) { model.status = { ...model.status, ...body.status }; renderStatus(); }
+  if (body.status) { model.status = { ...model.status, ...body.status }; trackAutorun(model.status); renderStatus(); }
   return body;
 }
 
