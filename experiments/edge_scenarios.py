@@ -249,7 +249,7 @@ def _probe_main(argv: Sequence[str]) -> int:
         with torch.no_grad():
             model(x_test[:64])
             t0 = time.perf_counter()
-            for chunk in x_test.split(256):
+            for chunk in torch.split(x_test, 256):
                 model(chunk)
         secs = (time.perf_counter() - t0) / len(x_test)
         a.out.write_text(json.dumps(asdict(Probe("eval", secs, 0.0, 0.0, secs))))
@@ -630,14 +630,14 @@ def evaluate_goals(results: Mapping[int, Result]) -> list[Goal]:
         goals.append(Goal("scenario 6 <= 0.6 x scenario 1 (paper 0.53)", None, "scenario 1 or 6 did not run"))
     if s1 is not None and s1.accuracy is not None:
         for n in (2, 3, 4, 5, 6):
-            r = ok.get(n)
-            if r is None or r.accuracy is None:
+            sn = ok.get(n)
+            if sn is None or sn.accuracy is None:
                 goals.append(Goal(f"scenario {n} accuracy within 1 point of scenario 1", None,
                                   f"scenario {n} did not run"))
                 continue
-            gap = 100 * (r.accuracy - s1.accuracy)
+            gap = 100 * (sn.accuracy - s1.accuracy)
             goals.append(Goal(f"scenario {n} accuracy within 1 point of scenario 1", abs(gap) <= 1.0,
-                              f"{100 * r.accuracy:.2f} % vs {100 * s1.accuracy:.2f} % ({gap:+.2f} points)"))
+                              f"{100 * sn.accuracy:.2f} % vs {100 * s1.accuracy:.2f} % ({gap:+.2f} points)"))
     return goals
 
 
