@@ -318,6 +318,9 @@ class ZstdCodec(Codec):
         return self._compressor(self._level(level)).compress(data)
 
     def decompress(self, data: Buffer, max_size: int) -> bytes:
+        """Exactly one frame. Decoded in one shot into an output buffer of at most ``max_size``
+        bytes, so no window buffer is allocated beside it, whether or not the frame declares its
+        content size (a declared size over ``max_size`` is refused before anything is allocated)."""
         import zstandard as zstd
 
         _check_max(max_size)
@@ -325,23 +328,25 @@ class ZstdCodec(Codec):
             size = zstd.frame_content_size(data)
         except zstd.ZstdError as exc:
             raise CorruptDataError(f"zstd: {exc}") from exc
+        if size > max_size:
+            raise _too_big(self.name, max_size)
         d = zstd.ZstdDecompressor()
         try:
-            if size >= 0:  # size is in the header: check it before allocating anything
-                if size > max_size:
-                    raise _too_big(self.name, max_size)
-                # One frame, nothing after it (allow_extra_data needs zstandard >= 0.23).
-                out = d.decompress(data, max_output_size=max_size, allow_extra_data=False)
-                if len(out) != size:
-                    raise CorruptDataError("zstd: frame size mismatch")
-                return out
-            with d.stream_reader(memoryview(data), read_across_frames=True) as r:
-                out = r.read(max_size + 1)
-                if len(out) > max_size:
-                    raise _too_big(self.name, max_size)
-                return out
+            # allow_extra_data=False: one frame, nothing after it (needs zstandard >= 0.23).
+            out = d.decompress(data, max_output_size=max_size + 1 if size < 0 else max_size,
+                               allow_extra_data=False)
         except zstd.ZstdError as exc:
+            if size < 0 and "did not decompress full frame" in str(exc):
+                raise CorruptDataError(
+                    f"zstd: frame without a content size does not end within max_size={max_size} "
+                    "bytes (truncated, or it inflates past the limit)"
+                ) from exc
             raise CorruptDataError(f"zstd: {exc}") from exc
+        if len(out) > max_size:
+            raise _too_big(self.name, max_size)
+        if size >= 0 and len(out) != size:
+            raise CorruptDataError("zstd: frame size mismatch")
+        return out
 
 
 class SnappyCodec(Codec):

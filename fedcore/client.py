@@ -11,7 +11,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from fedcore.states import Action, ClientState
 from fedcore.loops import evaluate as default_evaluate
 from fedcore.loops import train as default_train
 from fedcore.transport import ClientTransport, get_transport
+
+if TYPE_CHECKING:
+    from fedcore.split.cut import SplitModel
 
 log = get_logger(__name__)
 
@@ -90,7 +93,19 @@ class FLClient:
         self.last_round = 0
         self._global_version = -1
         self._received: dict[str, torch.Tensor] | None = None
-        self._spec = wire.spec_of(model.state_dict())
+        # Split mode: the device trains the front of the model against the edge, and what goes
+        # on the wire (and is averaged) is only the device side.
+        self.split: SplitModel | None = None
+        self.exchanged: nn.Module = model
+        if self.settings.mode == "split":
+            from fedcore.split.cut import cut
+
+            at = self.settings.split_at or getattr(model, "cut_at", None)
+            if not at:
+                raise ValueError("split mode needs split_at (or a model with a cut_at property)")
+            self.split = cut(model, at=at, head_at=self.settings.split_head_at)
+            self.exchanged = self.split.device_side
+        self._spec = wire.spec_of(self.exchanged.state_dict())
         self._stop = threading.Event()
         self.summary = ClientSummary(None)
 
@@ -186,7 +201,7 @@ class FLClient:
         self.summary.bytes_received += len(payload)
         if version != self._global_version:
             state = wire.decode_state(payload, expected=self._spec, max_size=self.settings.max_payload_bytes * 4)
-            self.model.load_state_dict(state)
+            self.exchanged.load_state_dict(state)
             self._received = state
             self._global_version = version
 
@@ -196,6 +211,10 @@ class FLClient:
                 self.transport.signal(ClientState.TRAINING, wait_s=0)
             except Exception as exc:  # a missed heartbeat is not fatal; the next one may pass
                 log.debug("heartbeat failed: %s", exc)
+
+    def round_seed(self, round_number: int) -> int:
+        """The seed of this client's local training in a round (same on every transport)."""
+        return (self.settings.seed * 1_000_003 + zlib.crc32(self.name.encode()) + round_number) % 2**31
 
     def round_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The server's training config for this round, with the keys this client set explicitly."""
@@ -210,7 +229,7 @@ class FLClient:
         w = self.wire or WireOptions(self.settings.dtype, self.settings.codec, self.settings.level,
                                      self.settings.filter, "q8" if self.settings.quantize_update else "weights")
         return wire.encode_state(
-            self.model.state_dict(), dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter,
+            self.exchanged.state_dict(), dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter,
             reference=self._received, quantize_update=w.update == "q8",
             meta={"round": round_number, "client": self.name},
         )
@@ -225,10 +244,12 @@ class FLClient:
         beat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True)
         beat.start()
         try:
-            seed = (self.settings.seed * 1_000_003 + zlib.crc32(self.name.encode()) + round_number) % 2**31
+            seed = self.round_seed(round_number)
             torch.manual_seed(seed)
-            metrics = dict(
-                self.train_fn(
+            if self.split is not None:
+                metrics = self._train_split(round_number, cfg, seed)
+            else:
+                metrics = dict(self.train_fn(
                     self.model,
                     self.train_data,
                     epochs=int(cfg["epochs"]),
@@ -237,8 +258,7 @@ class FLClient:
                     proximal_mu=float(cfg.get("proximal_mu", 0.0)),
                     global_state=self._received,
                     seed=seed,
-                )
-            )
+                ))
             if self.val_data is not None and len(self.val_data) > 0:  # type: ignore[arg-type]
                 metrics.update({f"val_{k}": v for k, v in self.evaluate_fn(self.model, self.val_data).items()})
             payload = self._encode(round_number)
@@ -261,6 +281,34 @@ class FLClient:
         log.info("%s: round %d sent (%d B over %s) %s", self.name, round_number, len(payload), self.transport_name,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return True
+
+    def _train_split(self, round_number: int, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
+        """One round of split training: the device part against the edge over this transport,
+        micro-batches pipelined with a window (GPipe: one step per mini-batch)."""
+        from fedcore.split.device import DeviceTrainer
+        from fedcore.split.edge import sgd
+        from fedcore.split.setup import split_setup
+
+        assert self.split is not None
+        example = self.train_data[0][0].unsqueeze(0)  # type: ignore[index]
+        setup = split_setup(self.model, example, at=self.settings.split_at, head_at=self.settings.split_head_at,
+                            batch_size=int(cfg["batch_size"]), micro_batches=self.settings.micro_batches,
+                            window=self.settings.split_window, num_classes=None, dtype=self.settings.split_dtype)
+        channel = self.transport.open_split_channel(round_number, self.settings.split_window)
+        try:
+            trainer = DeviceTrainer(self.split, channel, setup.config.device, optimizer=sgd(lr=float(cfg["lr"])),
+                                    round=round_number)
+            started = time.perf_counter()
+            result = trainer.train(self.train_data, epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]),
+                                   seed=seed)
+        finally:
+            channel.close()
+        last = result.epochs[-1]
+        metrics = result.metrics
+        metrics.update({"split_bytes_up": float(sum(e.bytes_up for e in result.epochs)),
+                        "split_bytes_down": float(sum(e.bytes_down for e in result.epochs)),
+                        "split_seconds": time.perf_counter() - started, "split_steps": float(last.steps)})
+        return metrics
 
     def _follow(self, instr: Instruction) -> None:
         """Act on a TRAIN instruction: switch transport first when asked, then train."""

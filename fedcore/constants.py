@@ -3,8 +3,18 @@ from __future__ import annotations
 
 # Wire format of parameter payloads (fedcore.wire).
 WIRE_MAGIC = b"FCW1"
-WIRE_VERSION = 1
-WIRE_MAX_HEADER_BYTES = 16 * 1024 * 1024
+WIRE_VERSION = 2
+# Bounds of the JSON header (docs/wire-format.md): checked before and while it is parsed, so a
+# hostile header costs at most a few MiB and never recurses.
+WIRE_MAX_HEADER_BYTES = 4 * 1024 * 1024
+WIRE_MAX_HEADER_DEPTH = 8  # a valid header nests 4 deep: header > tensors > entry > data
+WIRE_MAX_TENSORS = 65_536
+WIRE_MAX_SEGMENTS = 16
+WIRE_MAX_NDIM = 32
+WIRE_MAX_DIM = 2**48
+WIRE_MAX_NAME_CHARS = 1024
+WIRE_MAX_META_ITEMS = 64
+WIRE_MAX_META_CHARS = 1024
 
 # Payload limits: what a server accepts in one request and what a codec may inflate to.
 DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024**3

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import Future
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -72,10 +73,12 @@ from fedcore.rounds import RoundController, RoundState
 from fedcore.states import Action, ClientState
 from fedcore.strategy import FedAvg, Strategy, is_finite_state
 from fedcore.uploads import UpdateBuffer, UploadSlots
+from fedcore import wire
 from fedcore.wire import canonical_dtype, is_untrained
 
 if TYPE_CHECKING:
     from fedcore.config import Settings
+    from fedcore.split.edge import EdgeTrainer
 
 log = get_logger(__name__)
 
@@ -84,6 +87,7 @@ EvaluateFn = Callable[[StateDict], Mapping[str, float]]
 FitConfigFn = Callable[[int], Mapping[str, Any]]
 Clock = Callable[[], float]
 _RECORDS = TypeAdapter(list[RoundRecord])
+EDGE_CHECKPOINT = "edge.fcw"
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class FederationConfig:
     register_window_s: float = DEFAULT_REGISTER_WINDOW_S
     prune_left_after_s: float = DEFAULT_PRUNE_LEFT_AFTER_S
     train_config: Mapping[str, Any] | None = None  # static per-round training config sent to clients
+    max_split_message_bytes: int = 64 * 1024**2
+    max_split_inflight: int = 32
     stop_when_done: bool = False
 
     def __post_init__(self) -> None:
@@ -141,10 +147,12 @@ class Federation(FederationOperations):
         strategy: Strategy | None = None,
         evaluate_fn: EvaluateFn | None = None,
         fit_config_fn: FitConfigFn | None = None,
+        edge: EdgeTrainer | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
     ) -> None:
         self.config = cfg = config or FederationConfig()
+        self.edge = edge  # split mode: the edge part, trained on every device's activations
         self.strategy = strategy or FedAvg()
         self.evaluate_fn = evaluate_fn
         self.fit_config_fn = fit_config_fn
@@ -165,19 +173,20 @@ class Federation(FederationOperations):
         self._last_updated: float | None = None
         self._monitor: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._split_inflight: dict[str, int] = {}
         self._resume()
         self._model.encode()
 
     @classmethod
     def from_settings(cls, settings: Settings, initial_state: StateDict, *, strategy: Strategy | None = None,
                       evaluate_fn: EvaluateFn | None = None, fit_config_fn: FitConfigFn | None = None,
-                      **config_overrides: Any) -> Federation:
+                      edge: EdgeTrainer | None = None, **config_overrides: Any) -> Federation:
         """A Federation configured from a Settings object (file + environment + flags)."""
         from fedcore.strategy import make_strategy
 
         strategy = strategy or make_strategy(settings.strategy, mu=settings.proximal_mu, lr=settings.server_lr)
         return cls(initial_state, FederationConfig.from_settings(settings, **config_overrides), strategy=strategy,
-                   evaluate_fn=evaluate_fn, fit_config_fn=fit_config_fn)
+                   evaluate_fn=evaluate_fn, fit_config_fn=fit_config_fn, edge=edge)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Federation:
@@ -196,6 +205,8 @@ class Federation(FederationOperations):
         if self._monitor is not None:
             self._monitor.join(timeout=10)
             self._monitor = None
+        if self.edge is not None:
+            self.edge.close()
 
     def __enter__(self) -> Federation:
         return self.start()
@@ -272,6 +283,8 @@ class Federation(FederationOperations):
         cur = self._rounds.current
         if cur is not None and rec.client_id in cur.waiting:
             cur.dropped.add(rec.client_id)
+        if self.edge is not None:
+            self.edge.drop(rec.client_id)  # its unfinished mini-batch never steps the edge
         log.info("client %s (%s) left: %s", rec.name, rec.client_id, why)
         self._emit_client(rec)
 
@@ -423,6 +436,39 @@ class Federation(FederationOperations):
                 f"max_update_norm × (‖global‖ + 1) = {bound * (ref + 1.0):.3g}; refused"
             )
 
+    def split_submit(self, caller: Caller, round_number: int, message: bytes | bytearray | memoryview) -> Future[bytes]:
+        """Split mode: one micro-batch message for the edge; the future resolves to its reply.
+        Same credentials, round and size policy as an update; at most ``max_split_inflight``
+        messages of one client are in flight (the device's window bounds it anyway)."""
+        edge = self.edge
+        if edge is None:
+            raise RoundStateError("this federation is not in split mode (mode = fedavg)")
+        limit = self.config.max_split_message_bytes
+        if len(message) > limit:
+            raise PayloadTooLargeError(f"split message of {len(message)} bytes is over the {limit}-byte limit")
+        with self._cond:
+            rec = self._registry.auth(caller.client_id, caller.token)
+            self._touch(rec)
+            cur = self._rounds.check_open(rec.client_id, round_number)
+            inflight = self._split_inflight.get(rec.client_id, 0)
+            if inflight >= self.config.max_split_inflight:
+                raise TransportError(f"more than {self.config.max_split_inflight} split messages in flight; retry")
+            self._split_inflight[rec.client_id] = inflight + 1
+            cur.bytes_in += len(message)
+        try:
+            future = edge.submit(rec.client_id, bytes(message))
+        except BaseException:
+            self._split_done(rec.client_id, cur, None)
+            raise
+        future.add_done_callback(lambda f: self._split_done(rec.client_id, cur, f))
+        return future
+
+    def _split_done(self, client_id: str, rs: RoundState, future: Future[bytes] | None) -> None:
+        with self._cond:
+            self._split_inflight[client_id] = max(0, self._split_inflight.get(client_id, 1) - 1)
+            if future is not None and not future.cancelled() and future.exception() is None:
+                rs.bytes_out += len(future.result())
+
     def disconnect(self, client_id: str, caller: Caller | None = None) -> ControlResult:
         with self._cond:
             rec = self._registry.get(client_id)
@@ -563,6 +609,7 @@ class Federation(FederationOperations):
                     self._rounds.autorun_target = None
                     self._rounds.finished = self.config.stop_when_done
                 self._model.save(self._state_json())
+                self._save_edge()
                 self._emit("round_finished", record)
                 self._emit("status", self._status_locked())
                 acc = record.accuracy
@@ -584,6 +631,15 @@ class Federation(FederationOperations):
             "history": [asdict(r) for r in self._history],
             "clients": self._registry.snapshot(),
         }
+
+    def _save_edge(self) -> None:
+        """Split mode: the shared edge model beside the global (device) model, so a restarted
+        server resumes with both halves (edge optimizer state restarts)."""
+        if self.edge is None or self.config.checkpoint_dir is None or self.edge.config.per_device:
+            return
+        from fedcore.checkpoint import atomic_write
+
+        atomic_write(self.config.checkpoint_dir / EDGE_CHECKPOINT, wire.encode_state(self.edge.edge_state(), dtype="fp32"))
 
     def _persist_state(self) -> None:
         """Every change that must survive a restart (autorun target, stop, kicks), not only round closes."""

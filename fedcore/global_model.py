@@ -52,7 +52,7 @@ class GlobalModel:
         """A client's update as tensors, checked against this model's names, shapes and dtypes.
         The header's kind decides the decoding; it must be what the server announced."""
         header = wire.payload_info(payload)
-        kind = header["kind"]
+        kind = header.kind
         expected_kind = "delta" if self.options.update == "q8" else "weights"
         if kind != expected_kind:
             raise PayloadError(

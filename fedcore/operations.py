@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -251,6 +252,11 @@ class FederationOperations(ABC):
         """The one upload gate: ``with ops.accept_update(...) as sink: sink.write(chunk)...``.
         Entering checks credentials, round, declared size, per-client and global concurrency;
         a clean exit decodes, checks and folds the update; an exception inside discards it."""
+
+    @abstractmethod
+    def split_submit(self, caller: Caller, round_number: int, message: bytes | bytearray | memoryview) -> Future[bytes]:
+        """Split mode: one micro-batch message (activations up, or U-shaped output gradients)
+        for the edge; the future resolves to the encoded reply (activation gradients)."""
 
     @abstractmethod
     def disconnect(self, client_id: str, caller: Caller | None = None) -> ControlResult:

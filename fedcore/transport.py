@@ -30,6 +30,7 @@ from fedcore.states import ClientState
 
 if TYPE_CHECKING:
     from fedcore.config import Settings
+    from fedcore.split.channel import SplitChannel
 
 ENTRY_POINT_GROUP = "fedcore.transports"
 _BUILTIN = {"rest": "transports.rest:TRANSPORT", "grpc": "transports.grpc:TRANSPORT"}
@@ -74,6 +75,10 @@ class ClientTransport(ABC):
     @abstractmethod
     def disconnect(self) -> None:
         """Leave the federation."""
+
+    def open_split_channel(self, round_number: int, window: int) -> SplitChannel:
+        """Split mode: a channel to the edge for this round, with up to ``window`` messages in flight."""
+        raise NotImplementedError(f"the {self.name} transport does not carry split training")
 
     # ------------------------------------------------------------------ views
     @abstractmethod

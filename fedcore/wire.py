@@ -4,28 +4,32 @@ state_dict → cast (fp32 | bf16 | fp16; integer / bool tensors untouched) → o
 segment per wire dtype → float-aware filter → lossless codec → bytes. Optionally a client sends
 its *update* (local − the global it received) quantised int8 per output channel.
 
-Layout (all integers little-endian)::
+Layout (all integers little-endian; the full byte-level spec is docs/wire-format.md)::
 
-    magic "FCW1" | u8 version | u8 flags (0) | u16 reserved (0) | u32 header_len | u32 header_crc32
+    magic "FCW1" | u8 version (2) | u8 flags (0) | u16 reserved (0) | u32 header_len | u32 header_crc32
     header: UTF-8 JSON, header_len bytes
     segment bodies, back to back, in header order
 
-The JSON header names every tensor (name, shape, dtype, where its bytes are) and every segment
-(dtype, filter, codec, raw and compressed size, crc32 of the compressed bytes), so any language
-can decode it without fedcore's Python objects. Nothing here ever unpickles.
+The decoder trusts nothing: the header is parsed into a strict schema (bounded size and depth),
+every tensor must tile its segment exactly, sizes are checked against the expected model before
+anything is decompressed, decompression is bounded by the declared raw size, and both the
+compressed body and the reconstructed raw bytes are checksummed. Nothing here ever unpickles.
 """
 from __future__ import annotations
 
 import json
+import math
 import struct
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import numpy as np
+import pydantic
 import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 import compression
 from fedcore.constants import (
@@ -35,7 +39,15 @@ from fedcore.constants import (
     DEFAULT_LEVEL,
     DEFAULT_MAX_DECODED_BYTES,
     WIRE_MAGIC,
+    WIRE_MAX_DIM,
     WIRE_MAX_HEADER_BYTES,
+    WIRE_MAX_HEADER_DEPTH,
+    WIRE_MAX_META_CHARS,
+    WIRE_MAX_META_ITEMS,
+    WIRE_MAX_NAME_CHARS,
+    WIRE_MAX_NDIM,
+    WIRE_MAX_SEGMENTS,
+    WIRE_MAX_TENSORS,
     WIRE_VERSION,
 )
 from fedcore.errors import PayloadError, PayloadTooLargeError
@@ -57,6 +69,8 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.bool: "bool",
 }
 TORCH_DTYPES: dict[str, torch.dtype] = {v: k for k, v in DTYPE_NAMES.items()}
+ITEMSIZE: dict[str, int] = {name: torch.empty((), dtype=dt).element_size() for dt, name in DTYPE_NAMES.items()}
+FLOAT_DTYPES = frozenset(name for dt, name in DTYPE_NAMES.items() if dt.is_floating_point)
 CAST_DTYPES = ("float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -89,6 +103,91 @@ def spec_of(state: StateDict) -> dict[str, TensorSpec]:
     return {k: TensorSpec(tuple(v.shape), DTYPE_NAMES[v.dtype]) for k, v in state.items()}
 
 
+# ------------------------------------------------------------------ header schema
+def _registered_codec(name: str) -> str:
+    if name not in compression.available_codecs():
+        raise ValueError(f"unknown codec {name!r}")
+    return name
+
+
+def _registered_filter(name: str) -> str:
+    if name not in compression.available_filters():
+        raise ValueError(f"unknown filter {name!r}")
+    return name
+
+
+DtypeName = Literal["float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool"]
+CastName = Literal["float32", "bfloat16", "float16"]
+CodecName = Annotated[str, Field(max_length=64), AfterValidator(_registered_codec)]
+FilterName = Annotated[str, Field(max_length=64), AfterValidator(_registered_filter)]
+U32 = Annotated[int, Field(ge=0, le=0xFFFF_FFFF)]
+ByteCount = Annotated[int, Field(ge=0, le=2**62)]
+Dim = Annotated[int, Field(ge=0, le=WIRE_MAX_DIM)]
+Shape = Annotated[list[Dim], Field(max_length=WIRE_MAX_NDIM)]
+#: [segment index, byte offset in the segment's raw bytes, byte length]
+ByteRef = Annotated[list[ByteCount], Field(min_length=3, max_length=3)]
+TensorName = Annotated[str, Field(min_length=1, max_length=WIRE_MAX_NAME_CHARS)]
+MetaKey = Annotated[str, Field(max_length=WIRE_MAX_META_CHARS)]
+MetaValue = Union[bool, int, float, Annotated[str, Field(max_length=WIRE_MAX_META_CHARS)], None]
+
+
+class _Strict(BaseModel):
+    """No coercion (128.5 and true are not integers), no unknown fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SegmentHeader(_Strict):
+    """One segment: the raw bytes of every tensor of one wire dtype, filtered then compressed."""
+
+    dtype: DtypeName
+    filter: FilterName
+    codec: CodecName
+    raw: ByteCount
+    size: ByteCount
+    crc32: U32
+    raw_crc32: U32
+
+
+class RawTensor(_Strict):
+    """A tensor stored as values of dtype ``wire`` (absolute values, also in a delta payload)."""
+
+    name: TensorName
+    shape: Shape
+    dtype: DtypeName
+    enc: Literal["raw"]
+    wire: DtypeName
+    data: ByteRef
+
+
+class Q8Tensor(_Strict):
+    """An int8 update quantised per output channel, with float32 scales (kind ``delta`` only)."""
+
+    name: TensorName
+    shape: Shape
+    dtype: Literal["float32", "float16", "bfloat16", "float64"]
+    enc: Literal["q8"]
+    data: ByteRef
+    scale: ByteRef
+
+
+TensorEntry = Annotated[Union[RawTensor, Q8Tensor], Field(discriminator="enc")]
+
+
+class WireHeader(_Strict):
+    """The JSON header of a payload, as the decoder accepts it (see docs/wire-format.md)."""
+
+    version: Annotated[int, Field(ge=WIRE_VERSION, le=WIRE_VERSION)]
+    kind: Literal["weights", "delta"]
+    dtype: CastName
+    codec: CodecName
+    level: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None
+    segments: Annotated[list[SegmentHeader], Field(max_length=WIRE_MAX_SEGMENTS)]
+    tensors: Annotated[list[TensorEntry], Field(max_length=WIRE_MAX_TENSORS)]
+    meta: Annotated[dict[MetaKey, MetaValue], Field(max_length=WIRE_MAX_META_ITEMS)]
+
+
+# ------------------------------------------------------------------ encoding
 class _SegmentBuilder:
     """Collects same-dtype tensors into one contiguous buffer."""
 
@@ -106,13 +205,13 @@ class _SegmentBuilder:
 
     def views(self) -> list[memoryview]:
         """Each tensor's bytes without copying (bool and bfloat16 have no numpy twin: uint8 view)."""
-        return [memoryview(p.view(torch.uint8).numpy()).cast("B") for p in self.parts]
+        return [p.view(torch.uint8).numpy().data for p in self.parts]
 
     def to_bytes(self) -> memoryview:
         if not self.parts:
             return memoryview(b"")
         joined = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
-        return memoryview(joined.view(torch.uint8).numpy()).cast("B")
+        return joined.view(torch.uint8).numpy().data
 
 
 def encode_state(
@@ -131,6 +230,8 @@ def encode_state(
     quantised int8 per output channel; untrained buffers (and names in ``exact``) travel as-is."""
     wire_dtype = canonical_dtype(dtype)
     codec_obj = compression.get_codec(codec)
+    if filter != "auto":
+        compression.get_filter(filter)  # an unknown name fails here, not after the casts
     if quantize_update and reference is None:
         raise ValueError("quantize_update needs the reference (global) state the client received")
     exact_names = set(exact)
@@ -177,13 +278,14 @@ def encode_state(
         if filt == "none" and codec_obj.name == "none":
             # Identity steps are skipped: the tensors' own bytes go out, copied once by the join.
             parts = builder.views()
-            crc = 0
+            raw_crc = 0
             for part in parts:
-                crc = zlib.crc32(part, crc)
+                raw_crc = zlib.crc32(part, raw_crc)
             bodies.extend(parts)
-            size = builder.nbytes
+            size, crc = builder.nbytes, raw_crc
         else:
             raw = builder.to_bytes()
+            raw_crc = zlib.crc32(raw)
             filtered = raw if filt == "none" else compression.get_filter(filt).encode(raw, builder.dtype)
             body = filtered if codec_obj.name == "none" else codec_obj.compress(filtered, level)
             bodies.append(body)
@@ -196,6 +298,7 @@ def encode_state(
                 "raw": builder.nbytes,
                 "size": size,
                 "crc32": crc,
+                "raw_crc32": raw_crc,
             }
         )
     header = {
@@ -208,21 +311,79 @@ def encode_state(
         "tensors": entries,
         "meta": dict(meta or {}),
     }
-    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     prefix = _PREFIX.pack(WIRE_MAGIC, WIRE_VERSION, 0, 0, len(hbytes), zlib.crc32(hbytes))
     return b"".join([prefix, hbytes, *bodies])
 
 
-def read_header(data: bytes | memoryview) -> tuple[dict[str, Any], int]:
+# ------------------------------------------------------------------ header parsing
+def json_depth(text: bytes) -> int:
+    """Deepest nesting of arrays/objects in ``text``, without parsing it (linear, no recursion).
+
+    Brackets inside strings do not count: a string starts and ends at a quote that is not
+    escaped (preceded by an even run of backslashes), exactly as a JSON scanner sees it, so for
+    any input the count is what a parser would reach before it stops.
+    """
+    a = np.frombuffer(text, dtype=np.uint8)
+    if a.size == 0:
+        return 0
+    idx = np.arange(a.size)
+    backslash = a == 0x5C
+    last_other = np.maximum.accumulate(np.where(backslash, -1, idx))
+    run_before = np.empty(a.size, dtype=np.int64)
+    run_before[0] = 0
+    run_before[1:] = idx[:-1] - last_other[:-1]  # backslashes immediately before each byte
+    boundary = (a == 0x22) & (run_before % 2 == 0)
+    inside = (np.cumsum(boundary) - boundary) % 2 == 1  # a closing quote itself counts as inside
+    step = ((a == 0x5B) | (a == 0x7B)).astype(np.int8) - ((a == 0x5D) | (a == 0x7D)).astype(np.int8)
+    step[inside] = 0
+    return int(np.cumsum(step, dtype=np.int64).max(initial=0))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {dup!r}")
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    errs = exc.errors(include_url=False, include_input=False)
+    e = errs[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "header"
+    more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{loc}: {e['msg']}{more}"
+
+
+def read_header(data: bytes | bytearray | memoryview) -> tuple[WireHeader, int]:
     """Parse and check the prefix and JSON header; returns (header, offset of first segment)."""
-    view = memoryview(data)
+    view = memoryview(data).cast("B")
     if len(view) < _PREFIX.size:
         raise PayloadError(f"payload truncated: {len(view)} bytes is shorter than the {_PREFIX.size}-byte prefix")
-    magic, version, _flags, _res, hlen, hcrc = _PREFIX.unpack_from(view, 0)
+    magic, version, flags, reserved, hlen, hcrc = _PREFIX.unpack_from(view, 0)
     if magic != WIRE_MAGIC:
         raise PayloadError(f"not a fedcore payload (magic {bytes(magic)!r}, expected {WIRE_MAGIC!r})")
+    if version == 1:
+        raise PayloadError(
+            f"wire format version 1 is no longer accepted: re-encode with a fedcore that writes version {WIRE_VERSION}"
+        )
     if version != WIRE_VERSION:
         raise PayloadError(f"unsupported wire format version {version} (this build reads {WIRE_VERSION})")
+    if flags or reserved:
+        raise PayloadError(f"prefix flags ({flags}) and reserved ({reserved}) must be 0")
     if hlen > WIRE_MAX_HEADER_BYTES:
         raise PayloadTooLargeError(f"header of {hlen} bytes is over the {WIRE_MAX_HEADER_BYTES}-byte limit")
     end = _PREFIX.size + hlen
@@ -231,32 +392,129 @@ def read_header(data: bytes | memoryview) -> tuple[dict[str, Any], int]:
     hbytes = bytes(view[_PREFIX.size : end])
     if zlib.crc32(hbytes) != hcrc:
         raise PayloadError("header checksum mismatch: payload corrupt")
+    depth = json_depth(hbytes)
+    if depth > WIRE_MAX_HEADER_DEPTH:
+        raise PayloadError(f"malformed header: JSON nested {depth} deep, over the limit of {WIRE_MAX_HEADER_DEPTH}")
     try:
-        header = json.loads(hbytes)
-        _check_header(header)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise PayloadError(f"malformed header: {exc}") from exc
+        obj = json.loads(hbytes.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
+                         parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise PayloadError(f"malformed header: not UTF-8 JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise PayloadError(f"malformed header: a JSON object is expected, not {type(obj).__name__}")
+    hv = obj.get("version")
+    if type(hv) is not int or hv != version:
+        raise PayloadError(f"malformed header: header version {hv!r} differs from the prefix version {version}")
+    try:
+        header = WireHeader.model_validate(obj)
+    except pydantic.ValidationError as exc:
+        raise PayloadError(f"malformed header: {_first_error(exc)}") from None
+    _check_layout(header)
     return header, end
 
 
-def _check_header(h: dict[str, Any]) -> None:
-    if h["kind"] not in ("weights", "delta"):
-        raise ValueError(f"unknown kind {h['kind']!r}")
-    nseg = len(h["segments"])
-    for s in h["segments"]:
-        if s["dtype"] not in TORCH_DTYPES or int(s["raw"]) < 0 or int(s["size"]) < 0:
-            raise ValueError(f"bad segment {s!r}")
-    for t in h["tensors"]:
-        if t["dtype"] not in TORCH_DTYPES or any(int(d) < 0 for d in t["shape"]):
-            raise ValueError(f"bad tensor entry {t.get('name')!r}")
-        refs = [t["data"]] + ([t["scale"]] if t["enc"] == "q8" else [])
-        for seg_i, off, n in refs:
-            if not (0 <= seg_i < nseg) or off < 0 or n < 0 or off + n > h["segments"][seg_i]["raw"]:
-                raise ValueError(f"tensor {t['name']!r} points outside its segment")
+def _numel(shape: Iterable[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
+def _channels(shape: list[int]) -> int:
+    """Number of q8 scales: the output channels (dim 0) of a rank ≥ 2 tensor, else one."""
+    return shape[0] if len(shape) >= 2 else 1
+
+
+def _refs(t: RawTensor | Q8Tensor) -> list[tuple[str, list[int], str, int]]:
+    """(what, [segment, offset, length], segment dtype it needs, byte length it needs)."""
+    if isinstance(t, RawTensor):
+        return [("data", t.data, t.wire, _numel(t.shape) * ITEMSIZE[t.wire])]
+    return [("data", t.data, "int8", _numel(t.shape)), ("scale", t.scale, "float32", 4 * _channels(t.shape))]
+
+
+def _check_layout(h: WireHeader) -> None:
+    """What the schema cannot say: cross-references, sizes, tiling, and the kind's rules."""
+    nseg = len(h.segments)
+    dtypes = [s.dtype for s in h.segments]
+    if len(set(dtypes)) != nseg:
+        raise PayloadError(f"malformed header: two segments of one dtype ({dtypes})")
+    for i, s in enumerate(h.segments):
+        if s.codec != h.codec:
+            raise PayloadError(f"malformed header: segment {i} uses codec {s.codec!r}, the header says {h.codec!r}")
+        if s.codec == "none" and s.size != s.raw:
+            raise PayloadError(f"malformed header: segment {i} is stored (codec none) but size {s.size} != raw {s.raw}")
+        if s.raw % ITEMSIZE[s.dtype]:
+            raise PayloadError(f"malformed header: segment {i} raw size {s.raw} is not a whole number of {s.dtype}")
+    names: set[str] = set()
+    spans: list[list[tuple[int, int, str]]] = [[] for _ in range(nseg)]
+    q8 = 0
+    for t in h.tensors:
+        if t.name in names:
+            raise PayloadError(f"malformed header: tensor {t.name!r} appears twice")
+        names.add(t.name)
+        if isinstance(t, Q8Tensor):
+            q8 += 1
+        elif t.dtype in FLOAT_DTYPES:
+            if t.wire not in (h.dtype, t.dtype):
+                raise PayloadError(f"malformed header: tensor {t.name!r} ({t.dtype}) cannot travel as {t.wire}")
+        elif t.wire != t.dtype:
+            raise PayloadError(f"malformed header: tensor {t.name!r} ({t.dtype}) must travel as {t.dtype}, not {t.wire}")
+        for what, (seg_i, off, n), seg_dtype, need in _refs(t):
+            if seg_i >= nseg:
+                raise PayloadError(f"malformed header: tensor {t.name!r} {what} points at segment {seg_i} of {nseg}")
+            if h.segments[seg_i].dtype != seg_dtype:
+                raise PayloadError(
+                    f"malformed header: tensor {t.name!r} {what} needs a {seg_dtype} segment, "
+                    f"segment {seg_i} is {h.segments[seg_i].dtype}"
+                )
+            if n != need:
+                raise PayloadError(f"malformed header: tensor {t.name!r} {what} is {n} bytes, its shape needs {need}")
+            spans[seg_i].append((off, n, t.name))
+    if h.kind == "delta" and q8 == 0:
+        raise PayloadError("malformed header: a delta payload holds no q8 tensor")
+    if h.kind == "weights" and q8:
+        raise PayloadError("malformed header: q8 tensors are only allowed in a delta payload")
+    for i, (s, seg_spans) in enumerate(zip(h.segments, spans)):
+        if not seg_spans:
+            raise PayloadError(f"malformed header: segment {i} is not used by any tensor")
+        cursor = 0
+        for off, n, name in sorted(seg_spans):
+            if off != cursor:
+                what = "overlaps the bytes before it" if off < cursor else f"leaves a gap of {off - cursor} bytes"
+                raise PayloadError(f"malformed header: tensor {name!r} in segment {i} {what}")
+            cursor += n
+        if cursor != s.raw:
+            raise PayloadError(f"malformed header: segment {i} declares {s.raw} raw bytes, its tensors hold {cursor}")
+
+
+def _check_expected(header: WireHeader, expected: Mapping[str, TensorSpec]) -> None:
+    """Same names, shapes and dtypes as the model, and so exactly the model's bytes per segment."""
+    got = {t.name: t for t in header.tensors}
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        raise PayloadError(
+            f"payload is for another model: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+            f"unexpected {extra[:5]}{'…' if len(extra) > 5 else ''}"
+        )
+    need = [0] * len(header.segments)
+    for name, spec in expected.items():
+        t = got[name]
+        if tuple(t.shape) != tuple(spec.shape) or t.dtype != spec.dtype:
+            raise PayloadError(
+                f"tensor {name!r} is {t.dtype}{list(t.shape)} in the payload, the model expects {spec.dtype}{list(spec.shape)}"
+            )
+        for _, ref, _, nbytes in _refs(t):  # the shape is the model's now, so are these sizes
+            need[ref[0]] += nbytes
+    for i, (s, n) in enumerate(zip(header.segments, need)):
+        if s.raw != n:
+            err = PayloadTooLargeError if s.raw > n else PayloadError
+            raise err(f"segment {i} declares {s.raw} raw bytes, the model's tensors need {n}")
+
+
+# ------------------------------------------------------------------ decoding
 def decode_state(
-    data: bytes | memoryview,
+    data: bytes | bytearray | memoryview,
     *,
     max_size: int = DEFAULT_MAX_DECODED_BYTES,
     reference: StateDict | None = None,
@@ -269,108 +527,97 @@ def decode_state(
     segment (no cast, no copy): for consumers that only read, such as an aggregator folding
     them into a float64 sum.
 
-    Raises :class:`PayloadError` for truncated / corrupt bytes or a payload that does not match
-    ``expected`` (names, shapes, dtypes), and :class:`PayloadTooLargeError` when the segments
-    would inflate past ``max_size``. A ``delta`` payload needs ``reference``.
+    Raises :class:`PayloadError` for truncated / corrupt bytes, a malformed header, or a payload
+    that does not match ``expected`` (names, shapes, dtypes, bytes per segment), and
+    :class:`PayloadTooLargeError` when the segments would inflate past ``max_size`` (or past
+    what ``expected`` needs). All of it is checked before anything is decompressed.
+    A ``delta`` payload needs ``reference``.
     """
     header, pos = read_header(data)
-    view = memoryview(data)
-    total_raw = sum(int(s["raw"]) for s in header["segments"])
-    if total_raw > max_size:
-        raise PayloadTooLargeError(f"payload inflates to {total_raw} bytes, over the {max_size}-byte limit")
+    view = memoryview(data).cast("B")
     if expected is not None:
         _check_expected(header, expected)
-    if header["kind"] == "delta" and reference is None:
+    total_raw = sum(s.raw for s in header.segments)
+    if total_raw > max_size:
+        raise PayloadTooLargeError(f"payload inflates to {total_raw} bytes, over the {max_size}-byte limit")
+    if header.kind == "delta" and reference is None:
         raise PayloadError("payload holds an update (delta); decoding it needs the reference global model")
+    body_bytes = sum(s.size for s in header.segments)
+    if pos + body_bytes > len(view):
+        raise PayloadError(f"payload truncated: segments need {body_bytes} bytes, {len(view) - pos} follow the header")
+    if pos + body_bytes < len(view):
+        raise PayloadError(f"{len(view) - pos - body_bytes} trailing bytes after the last segment")
 
     raws: list[bytes | memoryview] = []
-    for s in header["segments"]:
-        size = int(s["size"])
-        body = view[pos : pos + size]
-        if len(body) < size:
-            raise PayloadError("payload truncated inside a segment")
-        pos += size
-        if zlib.crc32(body) != s["crc32"]:
-            raise PayloadError("segment checksum mismatch: payload corrupt")
-        try:
-            if s["codec"] == "none":  # identity: checked for size, never copied
-                if len(body) > int(s["raw"]):
-                    raise compression.DecompressionLimitError("segment is larger than its declared raw size")
-                filtered = body
-            else:
-                filtered = compression.get_codec(s["codec"]).decompress(body, max_size=int(s["raw"]))
-            raw = filtered if s["filter"] == "none" else compression.get_filter(s["filter"]).decode(filtered, s["dtype"])
-        except compression.DecompressionLimitError as exc:
-            raise PayloadTooLargeError(str(exc)) from exc
-        except compression.CompressionError as exc:
-            raise PayloadError(f"segment does not decode: {exc}") from exc
-        if len(raw) != int(s["raw"]):
-            raise PayloadError(f"segment inflated to {len(raw)} bytes, header says {s['raw']}")
-        raws.append(raw)
-    if pos != len(view):
-        raise PayloadError(f"{len(view) - pos} trailing bytes after the last segment")
+    for i, s in enumerate(header.segments):
+        body = view[pos : pos + s.size]
+        pos += s.size
+        raws.append(_decode_segment(i, s, body))
 
     out: dict[str, torch.Tensor] = {}
-    for t in header["tensors"]:
-        name, shape, dtype = t["name"], tuple(int(d) for d in t["shape"]), TORCH_DTYPES[t["dtype"]]
-        if t["enc"] == "q8":
-            q = _view(raws, t["data"], torch.int8).reshape(shape)
-            scales = _view(raws, t["scale"], torch.float32)
-            delta = torch.from_numpy(compression.quant.dequantize_per_channel(q.numpy(), scales.numpy()))
-            if reference is None or name not in reference:
-                raise PayloadError(f"reference has no tensor {name!r}")
-            ref = reference[name]
-            if tuple(ref.shape) != shape:
-                raise PayloadError(f"reference {name!r} has shape {tuple(ref.shape)}, update has {shape}")
-            out[name] = (ref.float() + delta.reshape(shape)).to(dtype)
-        elif t["enc"] == "raw":
-            wire = TORCH_DTYPES[t["wire"]]
-            tensor = _view(raws, t["data"], wire)
-            if tensor.numel() != _numel(shape):
-                raise PayloadError(f"tensor {name!r} holds {tensor.numel()} values, shape {shape} needs {_numel(shape)}")
-            out[name] = tensor.reshape(shape) if as_sent else tensor.reshape(shape).to(dtype, copy=True)
-        else:
-            raise PayloadError(f"unknown tensor encoding {t['enc']!r}")
+    for t in header.tensors:
+        shape = tuple(t.shape)
+        if isinstance(t, Q8Tensor):
+            out[t.name] = _dequantize(t, raws, reference)
+            continue
+        tensor = _view(raws, t.data, t.wire).reshape(shape)
+        if t.wire == "bool" and tensor.numel() and bool((tensor.view(torch.uint8) > 1).any()):
+            raise PayloadError(f"tensor {t.name!r}: bool bytes must be 0 or 1")
+        out[t.name] = tensor if as_sent else tensor.to(TORCH_DTYPES[t.dtype], copy=True)
     return out
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def _decode_segment(i: int, s: SegmentHeader, body: memoryview) -> bytes | memoryview:
+    """Checksum, inflate (never past ``raw`` bytes), un-filter and checksum again."""
+    if zlib.crc32(body) != s.crc32:
+        raise PayloadError(f"segment {i} checksum mismatch: payload corrupt")
+    try:
+        if s.codec == "none":  # identity: size already equals raw; checked, never copied
+            filtered: bytes | memoryview = body
+        else:
+            filtered = compression.get_codec(s.codec).decompress(body, max_size=s.raw)
+        if len(filtered) != s.raw:
+            raise PayloadError(f"segment {i} inflated to {len(filtered)} bytes, header says {s.raw}")
+        raw = filtered if s.filter == "none" else compression.get_filter(s.filter).decode(filtered, s.dtype)
+    except compression.DecompressionLimitError as exc:
+        raise PayloadTooLargeError(f"segment {i}: {exc}") from None
+    except compression.CompressionError as exc:
+        raise PayloadError(f"segment {i} does not decode: {exc}") from None
+    if zlib.crc32(raw) != s.raw_crc32:
+        raise PayloadError(f"segment {i} raw checksum mismatch: wrong filter, codec or dtype label")
+    return raw
 
 
-def _view(raws: list[bytes | memoryview], ref: list[int], dtype: torch.dtype) -> torch.Tensor:
+def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDict | None) -> torch.Tensor:
+    """reference + q × scale[channel], computed in float32, then cast to the tensor's dtype."""
+    shape = tuple(t.shape)
+    if reference is None or t.name not in reference:
+        raise PayloadError(f"reference has no tensor {t.name!r}")
+    ref = reference[t.name]
+    if tuple(ref.shape) != shape:
+        raise PayloadError(f"reference {t.name!r} has shape {tuple(ref.shape)}, update has {list(shape)}")
+    q = _view(raws, t.data, "int8")
+    scales = _view(raws, t.scale, "float32")
+    if q.numel() == 0:
+        delta = torch.zeros(shape, dtype=torch.float32)
+    else:
+        rows = q.reshape(scales.numel(), -1).to(torch.float32)
+        delta = (rows * scales.reshape(-1, 1)).reshape(shape)
+    return (ref.detach().to(torch.float32) + delta).to(TORCH_DTYPES[t.dtype])
+
+
+def _view(raws: list[bytes | memoryview], ref: list[int], dtype: str) -> torch.Tensor:
+    """A read-only tensor over a segment's bytes (offsets and sizes were checked by the layout)."""
     seg_i, off, n = ref
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if n % itemsize:
-        raise PayloadError(f"{n} bytes is not a whole number of {dtype} values")
+    tdt = TORCH_DTYPES[dtype]
     if n == 0:
-        return torch.empty(0, dtype=dtype)
+        return torch.empty(0, dtype=tdt)
     with warnings.catch_warnings():  # read-only buffer: every caller copies or casts before use
         warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(raws[seg_i], dtype=dtype, count=n // itemsize, offset=off)
+        return torch.frombuffer(raws[seg_i], dtype=tdt, count=n // ITEMSIZE[dtype], offset=off)
 
 
-def _check_expected(header: dict[str, Any], expected: Mapping[str, TensorSpec]) -> None:
-    got = {t["name"]: (tuple(int(d) for d in t["shape"]), t["dtype"]) for t in header["tensors"]}
-    missing = sorted(set(expected) - set(got))
-    extra = sorted(set(got) - set(expected))
-    if missing or extra:
-        raise PayloadError(
-            f"payload is for another model: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
-            f"unexpected {extra[:5]}{'…' if len(extra) > 5 else ''}"
-        )
-    for name, spec in expected.items():
-        shape, dtype = got[name]
-        if shape != tuple(spec.shape) or dtype != spec.dtype:
-            raise PayloadError(
-                f"tensor {name!r} is {dtype}{list(shape)} in the payload, the model expects {spec.dtype}{list(spec.shape)}"
-            )
-
-
-def payload_info(data: bytes | memoryview) -> dict[str, Any]:
+def payload_info(data: bytes | bytearray | memoryview) -> WireHeader:
     """The header of a payload, for logging and the dashboard (no tensor decoding)."""
     header, _ = read_header(data)
     return header

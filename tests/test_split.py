@@ -120,6 +120,12 @@ def test_u_shaped_equals_centralised_and_never_sends_labels() -> None:
         assert LABELS not in names and len(names) == 1
         assert all(t["dtype"] == "float32" for t in header["tensors"])
         assert "correct" not in header["meta"] and "loss" not in header["meta"]
+    from fedcore.split import split_round_config
+
+    u = split_round_config(cut(_mlp(), "1", head_at="3"), data.tensors[0][:2], batch_size=16, num_classes=10)
+    t = u.traffic(samples=10)
+    assert t.labels_up == 0 and t.outputs_down == t.output_grads_up == 4 * 64 * 10 and u.edge.num_classes is None
+    assert set(u.device_params) == {"0.weight", "0.bias", "4.weight", "4.bias"}
     # and the non-U split does send them: the check above can fail
     log2: list[bytes] = []
     _split_train(_mlp(), "1", data, window=2, micro=2, epochs=1, record=log2)
@@ -310,3 +316,48 @@ def test_splitfed_round_averages_the_device_part_with_the_existing_strategy() ->
     assert all(torch.allclose(new[k], want[k], atol=1e-6) for k in new)
     assert all(torch.equal(server_model.state_dict()[k], new[k]) for k in new)  # global model = device part
     assert any(not torch.equal(server.edge.state_dict()[k], edge_before[k]) for k in edge_before)
+
+
+def test_devices_in_parallel_threads_on_per_device_edges_match_solo_runs() -> None:
+    """Thread safety: three devices train at once against one EdgeTrainer (one edge replica
+    each); every replica ends exactly as if its device had trained alone."""
+    import copy
+    import threading
+
+    base = _mlp()
+    datas = [_data(48, seed=20 + k) for k in range(3)]
+
+    def run(k: int, edge: EdgeTrainer) -> nn.Module:
+        local = cut(copy.deepcopy(base), "1")
+        dev = DeviceTrainer(local, LocalChannel(edge, client_id=f"d{k}"), DeviceConfig(micro_batches=3, window=2),
+                            optimizer=sgd(LR))
+        dev.train(datas[k], epochs=1, batch_size=16, seed=k)
+        return local.device
+
+    solo = []
+    for k in range(3):
+        with _edge(cut(copy.deepcopy(base), "1"), datas[0].tensors[0][:2], per_device=True) as edge:
+            dev_part = run(k, edge)
+            solo.append((dev_part.state_dict(), edge.edge_state(f"d{k}")))
+
+    errors: list[BaseException] = []
+    with _edge(cut(copy.deepcopy(base), "1"), datas[0].tensors[0][:2], per_device=True) as edge:
+        parts: dict[int, nn.Module] = {}
+
+        def worker(k: int) -> None:
+            try:
+                parts[k] = run(k, edge)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and len(parts) == 3
+        assert edge.optimizer_steps == 3 * 3
+        for k in range(3):
+            dev_state, edge_state = solo[k]
+            assert all(torch.equal(dev_state[n], v) for n, v in parts[k].state_dict().items())
+            assert all(torch.equal(edge_state[n], v) for n, v in edge.edge_state(f"d{k}").items())

@@ -204,3 +204,11 @@ def test_edge_respects_async_staging(u: bool) -> None:
     assert staging.waits == 4 * 4 * (2 if u else 1)
     for k, v in ref.state_dict().items():
         assert torch.allclose(v, m.state_dict()[k], atol=1e-6), k
+
+
+def test_closed_executor_refuses_new_tasks() -> None:
+    ex = StagedExecutor(HostStaging())
+    assert ex.call(lambda: 7) == 7
+    ex.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ex.submit(lambda _s: 1, lambda p: p)

@@ -49,11 +49,18 @@ def resnet18(num_classes: int = 10) -> nn.Module:
     return tv_resnet18(num_classes=num_classes)
 
 
+def vit_cifar(num_classes: int = 10) -> nn.Module:
+    from fedcore.app.vit import vit_cifar as make
+
+    return make(num_classes)
+
+
 MODELS: dict[str, Callable[[int], nn.Module]] = {
     "digits_mlp": digits_mlp,
     "digits_cnn": DigitsCNN,
     "cifar_cnn": CifarCNN,
     "resnet18": resnet18,
+    "vit_cifar": vit_cifar,  # the WASM paper's Transformer (split mode cuts it at blocks.1)
 }
 DEFAULT_MODEL = {"digits": "digits_mlp", "cifar10": "cifar_cnn"}
 

@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 from fedcore.app.vit import ViT
 from fedcore.split.channel import Link, LocalChannel
 from fedcore.split.cut import SplitModel, cut
-from fedcore.split.device import DeviceConfig, DeviceTrainer
+from fedcore.split.device import DeviceTrainer
 from fedcore.split.edge import EdgeTrainer, sgd
 from fedcore.split.messages import MicroMeta, SplitMessage, encode_message
 from fedcore.split.rounds import split_round_config

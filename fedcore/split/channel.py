@@ -78,9 +78,17 @@ class _Pipe:
                     pending, self._heap = self._heap, []
                     break
                 _, _, deliver = heapq.heappop(self._heap)
-            deliver()
+            _safely(deliver)
         for _, _, deliver in pending:  # closed: deliver what is left at once, nothing hangs
-            deliver()
+            _safely(deliver)
+
+
+def _safely(deliver: Callable[[], None]) -> None:
+    """A delivery that fails (a future already cancelled) must not stop the link thread."""
+    try:
+        deliver()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 class LocalChannel:
@@ -94,9 +102,13 @@ class LocalChannel:
         self._down = _Pipe(link, f"{client_id}-down") if link else None
 
     def submit(self, message: bytes) -> Future[bytes]:
-        if self._up is None:
-            return self.edge.submit(self.client_id, message)
         out: Future[bytes] = Future()
+        if self._up is None:
+            try:
+                return self.edge.submit(self.client_id, message)
+            except Exception as exc:  # noqa: BLE001 - errors travel in the future, as over a network
+                out.set_exception(exc)
+                return out
         self._up.send(len(message), lambda: self._arrive(message, out))
         return out
 

@@ -143,10 +143,10 @@ class StagedExecutor:
     def submit(self, launch: Callable[[Staging], P], finish: Callable[[P], R]) -> Future[R]:
         """Queue a task; blocks while the queue is full. The future carries its result or error."""
         fut: Future[R] = Future()
-        with self._lock:
+        with self._lock:  # held across put so no task can slip in behind the stop marker
             if self._closed:
                 raise RuntimeError("the edge executor is closed")
-        self._queue.put(_Task(launch, finish, fut))
+            self._queue.put(_Task(launch, finish, fut))
         return fut
 
     def call(self, fn: Callable[[], R]) -> R:
@@ -181,6 +181,13 @@ class StagedExecutor:
                 task.future.set_result(task.finish(pending))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
                 task.future.set_exception(exc)
+        while True:  # closed: nothing queued may be left waiting forever
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Task) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(RuntimeError("the edge executor closed before this task ran"))
 
     def _launch(self, task: _Task[Any, Any], inflight: deque[tuple[_Task[Any, Any], Any]]) -> None:
         if not task.future.set_running_or_notify_cancel():

@@ -9,11 +9,11 @@ accumulated gradient is summed in the same order whatever W is.
 """
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
-import random
 
 OpKind = Literal["fwd", "head", "bwd"]
 FWD: OpKind = "fwd"

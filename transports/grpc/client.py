@@ -42,6 +42,7 @@ from .messages import (
     status_from_pb,
 )
 from .options import CHANNEL_OPTIONS, LONG_POLL_MARGIN_S, RPC_TIMEOUT_S, STREAM_TIMEOUT_S
+from .split_channel import GrpcSplitChannel
 from .status import error_from_rpc
 
 T = TypeVar("T")
@@ -187,6 +188,9 @@ class GrpcClientTransport(ClientTransport):
         req = pb.RequestTransportRequest(client_id=client_id, transport=transport)
         md = self._admin_md(admin_token)
         return control_from_pb(_call(lambda: self._stub.RequestTransport(req, timeout=RPC_TIMEOUT_S, metadata=md)))
+
+    def open_split_channel(self, round_number: int, window: int) -> GrpcSplitChannel:
+        return GrpcSplitChannel(self._stub, self._need_id(), round_number, _bearer(self.token))
 
     def close(self) -> None:
         self._channel.close()

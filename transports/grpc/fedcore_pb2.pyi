@@ -391,3 +391,39 @@ class Health(_message.Message):
     serving: _containers.RepeatedScalarFieldContainer[str]
     expected: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, ready: _Optional[bool] = ..., round: _Optional[int] = ..., version: _Optional[str] = ..., serving: _Optional[_Iterable[str]] = ..., expected: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SplitOpen(_message.Message):
+    __slots__ = ("client_id", "round")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    round: int
+    def __init__(self, client_id: _Optional[str] = ..., round: _Optional[int] = ...) -> None: ...
+
+class SplitData(_message.Message):
+    __slots__ = ("seq", "payload")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    payload: bytes
+    def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class SplitFrame(_message.Message):
+    __slots__ = ("open", "data")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    open: SplitOpen
+    data: SplitData
+    def __init__(self, open: _Optional[_Union[SplitOpen, _Mapping]] = ..., data: _Optional[_Union[SplitData, _Mapping]] = ...) -> None: ...
+
+class SplitReply(_message.Message):
+    __slots__ = ("seq", "payload", "error_kind", "error")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    payload: bytes
+    error_kind: str
+    error: str
+    def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., error_kind: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...

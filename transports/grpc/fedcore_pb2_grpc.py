@@ -99,6 +99,11 @@ class FederationStub:
                 request_serializer=fedcore__pb2.HealthRequest.SerializeToString,
                 response_deserializer=fedcore__pb2.Health.FromString,
                 _registered_method=True)
+        self.SplitExchange = channel.stream_stream(
+                '/fedcore.v1.Federation/SplitExchange',
+                request_serializer=fedcore__pb2.SplitFrame.SerializeToString,
+                response_deserializer=fedcore__pb2.SplitReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -198,6 +203,17 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SplitExchange(self, request_iterator, context):
+        """Split mode: one bidirectional stream per device per round. The first frame says whose
+        stream it is and for which round (token in metadata); then micro-batch messages (the wire
+        format of fedcore.split.messages) go up and the edge's replies come down, matched by seq,
+        in the order they finish. A refused message gets a reply with error_kind set; the stream
+        goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +281,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=fedcore__pb2.HealthRequest.FromString,
                     response_serializer=fedcore__pb2.Health.SerializeToString,
+            ),
+            'SplitExchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.SplitExchange,
+                    request_deserializer=fedcore__pb2.SplitFrame.FromString,
+                    response_serializer=fedcore__pb2.SplitReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -618,6 +639,33 @@ class Federation:
             '/fedcore.v1.Federation/Health',
             fedcore__pb2.HealthRequest.SerializeToString,
             fedcore__pb2.Health.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SplitExchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedcore.v1.Federation/SplitExchange',
+            fedcore__pb2.SplitFrame.SerializeToString,
+            fedcore__pb2.SplitReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,14 +9,16 @@ transport can stop a read that blocks on a silent peer.
 """
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from types import TracebackType
 
 import grpc
 
 from fedcore.constants import CHUNK_BYTES
-from fedcore.errors import PayloadError, UploadTimeoutError
+from fedcore.errors import ErrorKind, PayloadError, UploadTimeoutError, kind_of
 from fedcore.logger import get_logger
 from fedcore.operations import Caller, FederationOperations
 
@@ -193,3 +195,82 @@ class FederationServicer(pb_grpc.FederationServicer):
     @abort_on_error
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.Health:
         return health_to_pb(self.ops.health())
+
+    @abort_on_error
+    def SplitExchange(self, request_iterator: Iterable[pb.SplitFrame],
+                      context: grpc.ServicerContext) -> Iterator[pb.SplitReply]:
+        frames = iter(request_iterator)
+        caller, round_number = split_opening(frames, context)
+        return split_exchange(self.ops, caller, round_number, frames, context)
+
+
+def split_reply(seq: int, future: Future[bytes] | None, error: BaseException | None = None) -> pb.SplitReply:
+    """The reply frame for one split message: the edge's bytes, or the refusal's kind."""
+    if error is None and future is not None:
+        error = future.exception()
+        if error is None:
+            return pb.SplitReply(seq=seq, payload=future.result())
+    assert error is not None
+    if kind_of(error) is ErrorKind.INTERNAL:
+        log.error("split message %d failed", seq, exc_info=error)
+    return pb.SplitReply(seq=seq, error_kind=kind_of(error).value, error=str(error) or type(error).__name__)
+
+
+def split_opening(frames: Iterator[pb.SplitFrame], context: grpc.ServicerContext) -> tuple[Caller, int]:
+    """Who and which round, from the first frame (read before the reply stream starts, so a bad
+    opening aborts the call with its status)."""
+    first = next(frames, None)
+    if first is None or first.WhichOneof("kind") != "open":
+        raise PayloadError("a split stream must start with its SplitOpen frame")
+    return caller_of(context, first.open.client_id), int(first.open.round)
+
+
+def split_exchange(ops: FederationOperations, caller: Caller, round_number: int, frames: Iterator[pb.SplitFrame],
+                   context: grpc.ServicerContext) -> Iterator[pb.SplitReply]:
+    """Map a SplitExchange stream onto ``ops.split_submit``: a reader thread submits frames as
+    they arrive (the device's window bounds how many), replies are yielded as they finish."""
+    replies: queue.Queue[pb.SplitReply] = queue.Queue()
+    lock = threading.Lock()
+    state = {"pending": 0, "reading": True}
+    wake = threading.Event()
+
+    def finished(seq: int, future: Future[bytes]) -> None:
+        replies.put(split_reply(seq, future))
+        with lock:
+            state["pending"] -= 1
+        wake.set()
+
+    def read() -> None:
+        try:
+            for frame in frames:
+                if frame.WhichOneof("kind") != "data":
+                    replies.put(split_reply(0, None, PayloadError("SplitOpen may only come first")))
+                    continue
+                seq = int(frame.data.seq)
+                try:
+                    future = ops.split_submit(caller, round_number, frame.data.payload)
+                except Exception as exc:  # refused: answered, the stream goes on
+                    replies.put(split_reply(seq, None, exc))
+                    continue
+                with lock:
+                    state["pending"] += 1
+                future.add_done_callback(lambda f, seq=seq: finished(seq, f))
+        except grpc.RpcError:
+            pass  # the device went away
+        finally:
+            with lock:
+                state["reading"] = False
+            wake.set()
+
+    reader = threading.Thread(target=read, name="fedcore-split-reader", daemon=True)
+    reader.start()
+    while context.is_active():
+        try:
+            yield replies.get(timeout=0.2)
+            continue
+        except queue.Empty:
+            pass
+        with lock:
+            done = not state["reading"] and state["pending"] == 0
+        if done and replies.empty():
+            return

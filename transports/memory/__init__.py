@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 
 from fedcore.config import Settings
 from fedcore.errors import AuthError, TransportError
@@ -96,6 +97,9 @@ class MemoryClientTransport(ClientTransport):
             for chunk in iter_chunks(payload, CHUNK_BYTES):
                 sink.write(chunk)
 
+    def open_split_channel(self, round_number: int, window: int) -> MemorySplitChannel:
+        return MemorySplitChannel(self, round_number)
+
     def disconnect(self) -> None:
         if self.client_id:
             self._ops().disconnect(self.client_id, caller=self._me())
@@ -129,6 +133,19 @@ class MemoryClientTransport(ClientTransport):
 
     def request_transport(self, client_id: str, transport: str, admin_token: str | None = None) -> ControlResult:
         return self._ops().request_transport(client_id, transport, caller=self._admin_caller(admin_token))
+
+
+class MemorySplitChannel:
+    """Split messages straight into the server's operations (bytes copied, futures as the edge's)."""
+
+    def __init__(self, transport: MemoryClientTransport, round_number: int) -> None:
+        self._t, self._round = transport, round_number
+
+    def submit(self, message: bytes) -> Future[bytes]:
+        return self._t._ops().split_submit(self._t._me(), self._round, bytes(message))
+
+    def close(self) -> None:
+        pass
 
 
 TRANSPORT = TransportSpec("memory", MemoryClientTransport, MemoryServerTransport)

@@ -15,9 +15,11 @@ from transports.rest.docs import mount_offline_docs
 from transports.rest.errors import STATUS_FOR_KIND
 from transports.rest.routes_client import client_router
 from transports.rest.routes_control import control_router
+from transports.rest.routes_split import split_router
 from transports.rest.routes_views import mount_dashboard, views_router
 
 log = get_logger(__name__)
+MAX_SPLIT_MESSAGE_BYTES = 64 * 1024**2  # the transport's own read bound; the core's limit is checked too
 
 
 def create_app(ops: FederationOperations, transports: Sequence[str] = ("rest",),
@@ -58,6 +60,7 @@ def create_app(ops: FederationOperations, transports: Sequence[str] = ("rest",),
     app.include_router(control_router(ops, list(transports)))
     app.include_router(client_router(ops))
     app.include_router(views_router(ops))
+    app.include_router(split_router(ops, MAX_SPLIT_MESSAGE_BYTES))
     for router in extra_routers:
         app.include_router(router)
     mount_offline_docs(app)

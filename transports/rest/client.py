@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -43,13 +44,34 @@ def parse(tp: type[T] | Any, data: Any) -> T:
     return _adapter(tp).validate_python(data)  # type: ignore[no-any-return]
 
 
+class RestSplitChannel:
+    """Split messages as POST /split/{round} requests, ``window`` of them in flight at once over
+    keep-alive connections of the transport's own pool (httpx.Client is thread-safe)."""
+
+    def __init__(self, transport: RestClientTransport, round_number: int, window: int) -> None:
+        self._t, self._round = transport, round_number
+        self._pool = ThreadPoolExecutor(max_workers=max(1, window), thread_name_prefix="fedcore-split")
+
+    def _post(self, message: bytes) -> bytes:
+        resp = self._t._call("POST", f"/split/{self._round}", content=message,
+                             headers={"Content-Type": PARAMS_MEDIA_TYPE})
+        return resp.content
+
+    def submit(self, message: bytes) -> Future[bytes]:
+        return self._pool.submit(self._post, message)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class RestClientTransport(ClientTransport):
     name = "rest"
 
     def __init__(self, address: str, settings: Settings) -> None:
         super().__init__(address, settings)
         verify: Any = ssl.create_default_context(cafile=str(settings.tls_ca)) if settings.tls_ca else True
-        self._http = httpx.Client(base_url=address, timeout=_TIMEOUT, verify=verify)
+        self._http = httpx.Client(base_url=address, timeout=_TIMEOUT, verify=verify,
+                                  limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, method: str, url: str, *, token: str | None = None, use_client_token: bool = True,
@@ -119,6 +141,9 @@ class RestClientTransport(ClientTransport):
     def disconnect(self) -> None:
         if self.client_id:
             self._call("DELETE", f"/client/{self.client_id}")
+
+    def open_split_channel(self, round_number: int, window: int) -> RestSplitChannel:
+        return RestSplitChannel(self, round_number, window)
 
     # ------------------------------------------------------------------ views
     def status(self) -> Status:
