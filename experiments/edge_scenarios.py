@@ -241,6 +241,7 @@ def _probe_main(argv: Sequence[str]) -> int:
     p.add_argument("--softmax-ext", action="store_true")
     p.add_argument("--matmul-ext", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wire-dtype", default="float32", help="split messages' tensor dtype (encoded as the run does)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -277,22 +278,32 @@ def _probe_main(argv: Sequence[str]) -> int:
     n_batches = max(1, min(a.batches + 1, len(y_all) // bs))
     with torch.no_grad():
         acts = front(x_all[: bs * n_batches]) if front is not None else None
+    edge_msgs: dict[tuple[int, int], bytes] = {}  # what the devices would send, encoded before timing
+    if a.role == "edge" and acts is not None:
+        for b in range(n_batches):
+            for j, chunk in enumerate(acts[b * bs:(b + 1) * bs].chunk(mb)):
+                edge_msgs[(b * bs, j)] = wire.encode_state({"activations": chunk.contiguous()}, dtype=a.wire_dtype,
+                                                           codec="none")
 
     def step(i: int) -> None:
+        """One mini-batch of this side's work, as micro-batches; split sides also encode what
+        they send and decode what they receive (the wire format of the run, no network)."""
         lo = (i % n_batches) * bs
         opt.zero_grad()
-        for xs, ys, idx in zip(x_all[lo:lo + bs].chunk(mb), y_all[lo:lo + bs].chunk(mb),
-                               torch.arange(lo, lo + bs).chunk(mb)):
+        for j, (xs, ys) in enumerate(zip(x_all[lo:lo + bs].chunk(mb), y_all[lo:lo + bs].chunk(mb))):
             if a.role == "full":
                 (loss_fn(model(xs), ys) * len(ys) / bs).backward()
             elif a.role == "device":
                 assert front is not None
                 out = front(xs)
-                out.backward(torch.randn_like(out) * 1e-3)
+                wire.encode_state({"activations": out.detach(), "labels": ys}, dtype=a.wire_dtype, codec="none")
+                reply = wire.encode_state({"g": torch.randn_like(out) * 1e-3}, dtype=a.wire_dtype, codec="none")
+                out.backward(wire.decode_state(reply)["g"])
             else:
-                assert acts is not None
-                h = acts[idx].clone().requires_grad_(True)
+                h = wire.decode_state(edge_msgs[(lo, j)])["activations"].requires_grad_(True)
                 (loss_fn(back(h), ys) * len(ys) / bs).backward()
+                assert h.grad is not None
+                wire.encode_state({"g": h.grad}, dtype=a.wire_dtype, codec="none")
         opt.step()
 
     step(0)  # warm-up
@@ -378,6 +389,7 @@ class Result:
     act_bytes_epoch_fp32: float | None = None
     act_bytes_epoch_bf16_zstd: float | None = None
     act_bytes_epoch_measured: float | None = None
+    device_cpu_s_round: float | None = None
     param_bytes_round: float | None = None
     stages: Stages | None = None
     accuracies: tuple[float | None, ...] = ()
@@ -408,6 +420,8 @@ def _run_probe(ep: Endpoint, cpu: CpuShare | None, threads: int, role: str, cfg:
             str(cfg.data.folder), "--model", cfg.model, "--split-at", cfg.split_at, "--batch-size",
             str(cfg.batch_size), "--micro-batches", str(cfg.micro_batches if sc.split else 1), "--batches",
             str(cfg.probe_batches), "--seed", str(cfg.seed), "--out", str(out)]
+    if sc.split:
+        argv += ["--wire-dtype", "bfloat16" if sc.settings.get("split_dtype") == "bf16" else "float32"]
     if sc.softmax_ext and role in ("device", "full"):
         argv.append("--softmax-ext")
     if sc.matmul_ext and role == "edge":
@@ -497,11 +511,15 @@ def run_scenario(sc: Scenario, cfg: RunConfig, topo: Topology, cpus: Sequence[Cp
                 clients.append(popen_in(ep, argv, cpu=cpus[i], env=_env(1), stdout=log, stderr=subprocess.STDOUT))
         end = time.monotonic() + cfg.timeout_s
         seen = 0
+        device_samples: list[list[tuple[float, float]]] = [[] for _ in clients]
         while server.poll() is None:
             now = time.time()
             cpu_s = proc_cpu_seconds(server.pid)
             if cpu_s is not None:
                 samples.append((now, cpu_s))
+            for c, dev_samples in zip(clients, device_samples):
+                if (dc := proc_cpu_seconds(c.pid)) is not None:
+                    dev_samples.append((now, dc))
             if gpu is not None:
                 import pynvml
 
@@ -544,6 +562,8 @@ def run_scenario(sc: Scenario, cfg: RunConfig, topo: Topology, cpus: Sequence[Cp
     start = hist[0]["finished_at"] - hist[0]["duration_s"]
     stop = hist[-1]["finished_at"]
     edge_cpu = _rate_between(samples, start, stop)
+    dev_rates = [r for d in device_samples if (r := _rate_between(d, start, stop)) is not None]
+    device_cpu_round = float(np.mean(dev_rates)) / 100 * (stop - start) / cfg.rounds if dev_rates else None
     gpu_pct = _mean_between(gpu_samples, start, stop)
     # Compute stages, each alone in the device's namespace and CPU share and in the edge's.
     probes_dir = work / "probes"
@@ -578,7 +598,7 @@ def run_scenario(sc: Scenario, cfg: RunConfig, topo: Topology, cpus: Sequence[Cp
         round_s=float(np.mean([h["duration_s"] for h in hist])), edge_cpu_pct=edge_cpu, edge_gpu_pct=gpu_pct,
         accuracy=hist[-1].get("accuracy"), transfer_s=transfer_total,
         matmul_s=matmul, softmax_s=softmax, bytes_per_link_round=bytes_in + bytes_out,
-        act_bytes_epoch_measured=measured_act,
+        act_bytes_epoch_measured=measured_act, device_cpu_s_round=device_cpu_round,
         act_bytes_epoch_fp32=2 * dev.act_bytes_fp32 * n_dev if sc.split else None,
         act_bytes_epoch_bf16_zstd=2 * dev.act_bytes_bf16_zstd * n_dev if sc.split else None,
         param_bytes_round=None if sc.split else bytes_in + bytes_out, stages=stages,
@@ -729,12 +749,13 @@ def write_markdown(path: Path, results: Sequence[Result], goals: Sequence[Goal],
                      f"{_f(r.softmax_s)} | {t9[2]} |")
     lines += ["", "## Stage times per round (each measured alone in this run) and traffic", "",
               "| scenario | round (s) | device compute (s) | link, slower direction (s) | edge compute, all devices (s) "
-              "| server eval (s) | bytes per link per round |", "|---|---|---|---|---|---|---|"]
+              "| server eval (s) | device CPU in the run (CPU-s) | bytes per link per round |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.status == "ok" and r.stages is not None:
             st = r.stages
             lines.append(f"| {r.scenario} | {_f(r.round_s)} | {st.device_s:.2f} | {st.link_s:.2f} | {st.edge_s:.2f} | "
-                         f"{st.eval_s:.2f} | {_f(r.bytes_per_link_round, ',.0f')} |")
+                         f"{st.eval_s:.2f} | {_f(r.device_cpu_s_round)} | {_f(r.bytes_per_link_round, ',.0f')} |")
     acts = [r for r in results if r.status == "ok" and r.act_bytes_epoch_fp32]
     s1 = next((r for r in results if r.scenario == 1 and r.status == "ok"), None)
     if acts:
@@ -767,7 +788,10 @@ def write_markdown(path: Path, results: Sequence[Result], goals: Sequence[Goal],
               "CPU-seconds summed over devices and edge.",
               "- *Stages*: the same probes timed without the profiler (device: its part's forward + backward for "
               "its samples; edge: its part for all devices' samples), the link: the slower direction's bytes ÷ "
-              "measured throughput.", ""]
+              "measured throughput. Split probes also encode what their side sends and decode what it receives "
+              "(fedcore.wire, the run's dtype). *Device CPU in the run*: CPU-seconds per round of one `fedcore "
+              "client` process (/proc, mean over devices): with a CPU quota, CPU-s ÷ share is the time the "
+              "device is busy, including its HTTP/wire work that the probe leaves out.", ""]
     path.write_text("\n".join(lines))
 
 
