@@ -115,7 +115,7 @@ def test_u_shaped_equals_centralised_and_never_sends_labels() -> None:
     labels = data.tensors[1]
     assert len(log) == 2 * 2 * 12 * 4  # forward, output, backward, grad per micro-batch
     for raw in log:
-        header = wire.payload_info(raw)
+        header = wire.payload_info(raw).model_dump()
         names = [t["name"] for t in header["tensors"]]
         assert LABELS not in names and len(names) == 1
         assert all(t["dtype"] == "float32" for t in header["tensors"])

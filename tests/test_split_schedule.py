@@ -66,7 +66,7 @@ class _Log:
     def submit(self, message: bytes) -> Future[bytes]:
         from fedcore import wire
 
-        meta = wire.payload_info(message)["meta"]
+        meta = wire.payload_info(message).meta
         self.sent.append(Op(FWD if meta["split"] == "forward" else HEAD, meta["micro"]))
         return self.inner.submit(message)
 

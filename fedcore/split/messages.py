@@ -142,7 +142,8 @@ def decode_message(data: bytes | memoryview, expect: Expect) -> SplitMessage:
     :class:`PayloadTooLargeError`) for anything the receiver did not ask for."""
     if len(data) > expect.max_bytes:
         raise PayloadTooLargeError(f"message of {len(data)} bytes is over the {expect.max_bytes}-byte limit")
-    header, _ = wire.read_header(data)
+    parsed, _ = wire.read_header(data)
+    header = parsed.model_dump()  # the checked header, as the JSON it came from
     if header["kind"] != "weights":
         raise PayloadError("split messages carry tensors, not parameter updates")
     kind, meta, loss, correct = _meta(header.get("meta"), expect)

@@ -13,6 +13,7 @@ from fedcore.logger import get_logger
 from fedcore.operations import FederationOperations
 from fedcore.transport import ServerTransport
 from transports.rest.app import create_app
+from transports.rest.routes_device import device_router, partition_shards
 
 log = get_logger(__name__)
 START_TIMEOUT_S = 30.0
@@ -28,7 +29,7 @@ class RestServerTransport(ServerTransport):
 
     def __init__(self, ops: FederationOperations, settings: Settings) -> None:
         super().__init__(ops, settings)
-        self.app = create_app(ops, settings.transports)
+        self.app = create_app(ops, settings.transports, extra_routers=[device_router(partition_shards(settings))])
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
