@@ -339,7 +339,7 @@ def measure_rtt_ms(src: Endpoint, dst: Endpoint, *, port: int = 5209, tries: int
 CpuMethod = Literal["cgroup2", "cgroup1", "taskset", "none"]
 CGROUP2_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
 CGROUP1_CPU = Path("/sys/fs/cgroup/cpu")
-PERIOD_US = 100_000
+PERIOD_US = 20_000  # a short CFS period: a throttled device stalls 15 ms at a time, not 75 ms
 
 
 def _cgroup2_root() -> Path | None:

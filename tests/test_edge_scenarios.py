@@ -70,7 +70,7 @@ def test_cpu_share_quota_and_cleanup() -> None:
     path = share.path
     assert path is not None and path.is_dir()
     quota = (path / "cpu.max").read_text().split()[0] if method == "cgroup2" else (path / "cpu.cfs_quota_us").read_text()
-    assert int(quota) == 20_000
+    assert int(quota) == int(0.2 * emu.PERIOD_US)
     # a busy child in the group gets about its share of one core
     busy = "import time\nend = time.monotonic() + 1.5\nwhile time.monotonic() < end: pass\n"
     proc = emu.popen_in(emu.Endpoint(None, "127.0.0.1"), [sys.executable, "-c", busy], cpu=share)
