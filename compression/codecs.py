@@ -14,7 +14,7 @@ import lzma
 import threading
 import zlib
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from .errors import CompressionError, CorruptDataError, DecompressionLimitError
 
@@ -61,6 +61,13 @@ class Codec(ABC):
 
     def _level(self, level: int | None) -> int | None:
         return self.default_level if level is None else level
+
+    def _int_level(self, level: int | None) -> int:
+        """The level for libraries that take an integer only."""
+        value = self._level(level)
+        if value is None:
+            raise ValueError(f"{self.name} needs an integer level")
+        return value
 
 
 def _check_max(max_size: int) -> int:
@@ -148,7 +155,7 @@ class ZlibCodec(Codec):
     _wbits = zlib.MAX_WBITS
 
     def compress(self, data: Buffer, level: int | None = None) -> bytes:
-        c = zlib.compressobj(self._level(level), zlib.DEFLATED, self._wbits)
+        c = zlib.compressobj(self._int_level(level), zlib.DEFLATED, self._wbits)
         return c.compress(data) + c.flush()
 
     def decompress(self, data: Buffer, max_size: int) -> bytes:
@@ -174,7 +181,7 @@ class Bz2Codec(Codec):
     bench_levels = (1, 9)
 
     def compress(self, data: Buffer, level: int | None = None) -> bytes:
-        return bz2.compress(data, self._level(level))
+        return bz2.compress(data, self._int_level(level))
 
     def decompress(self, data: Buffer, max_size: int) -> bytes:
         return _stream_decompress(
@@ -211,7 +218,7 @@ class Lz4Codec(Codec):
     def compress(self, data: Buffer, level: int | None = None) -> bytes:
         import lz4.frame
 
-        return lz4.frame.compress(data, compression_level=self._level(level), store_size=True)
+        return cast(bytes, lz4.frame.compress(data, compression_level=self._level(level), store_size=True))
 
     def decompress(self, data: Buffer, max_size: int) -> bytes:
         import lz4.frame
@@ -251,7 +258,7 @@ class BrotliCodec(Codec):
     def compress(self, data: Buffer, level: int | None = None) -> bytes:
         import brotli
 
-        return brotli.compress(bytes(data), quality=self._level(level))
+        return cast(bytes, brotli.compress(bytes(data), quality=self._level(level)))
 
     def decompress(self, data: Buffer, max_size: int) -> bytes:
         import brotli
@@ -315,7 +322,7 @@ class ZstdCodec(Codec):
         return c
 
     def compress(self, data: Buffer, level: int | None = None) -> bytes:
-        return self._compressor(self._level(level)).compress(data)
+        return cast(bytes, self._compressor(self._level(level)).compress(data))
 
     def decompress(self, data: Buffer, max_size: int) -> bytes:
         """Exactly one frame. Decoded in one shot into an output buffer of at most ``max_size``

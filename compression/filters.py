@@ -20,6 +20,7 @@ transforms are numpy-vectorised with no Python loop over elements.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any, cast
 
 import numpy as np
 
@@ -57,7 +58,7 @@ DTYPES: dict[str, tuple[int, bool]] = {
     "bool": (1, False),
 }
 
-_UINT = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
+_UINT: dict[int, np.dtype[Any]] = {1: np.dtype("u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4"), 8: np.dtype("<u8")}
 
 
 def dtype_itemsize(dtype: str) -> tuple[int, bool]:
@@ -167,7 +168,7 @@ class SplitFilter(Filter):
         u = np.right_shift(r, 1)
         r <<= 8 * k - 1
         u |= r
-        return u.tobytes()
+        return cast(bytes, u.tobytes())
 
 
 _filters: dict[str, Filter] = {f.name: f for f in (NoneFilter(), ShuffleFilter(), SplitFilter())}

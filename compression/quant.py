@@ -38,7 +38,7 @@ def _quantize_rows(r: np.ndarray, scale: np.ndarray) -> np.ndarray:
     q = r * inv[:, None]
     np.rint(q, out=q)
     np.clip(q, -QMAX, QMAX, out=q)
-    return q
+    return np.asarray(q)
 
 
 def quantize_per_channel(

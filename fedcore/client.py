@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 TrainFn = Callable[..., Mapping[str, float]]
-EvalFn = Callable[[nn.Module, Dataset], Mapping[str, float]]
+EvalFn = Callable[[nn.Module, Dataset[Any]], Mapping[str, float]]
 
 
 # Training-config keys the server decides per round; a client overrides one only by setting it
@@ -60,11 +60,11 @@ class FLClient:
     def __init__(
         self,
         model: nn.Module,
-        train_data: Dataset,
+        train_data: Dataset[Any],
         *,
         name: str,
         settings: Settings | None = None,
-        val_data: Dataset | None = None,
+        val_data: Dataset[Any] | None = None,
         train_fn: TrainFn | None = None,
         evaluate_fn: EvalFn | None = None,
         num_samples: int | None = None,
@@ -290,7 +290,7 @@ class FLClient:
         from fedcore.split.setup import split_setup
 
         assert self.split is not None
-        example = self.train_data[0][0].unsqueeze(0)  # type: ignore[index]
+        example = self.train_data[0][0].unsqueeze(0)
         setup = split_setup(self.model, example, at=self.settings.split_at, head_at=self.settings.split_head_at,
                             batch_size=int(cfg["batch_size"]), micro_batches=self.settings.micro_batches,
                             window=self.settings.split_window, num_classes=None, dtype=self.settings.split_dtype)

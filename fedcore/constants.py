@@ -4,7 +4,7 @@ from __future__ import annotations
 # Wire format of parameter payloads (fedcore.wire).
 WIRE_MAGIC = b"FCW1"
 WIRE_VERSION = 2
-# Bounds of the JSON header (docs/wire-format.md): checked before and while it is parsed, so a
+# Bounds of the JSON header (the README's "Wire format" section): checked before and while it is parsed, so a
 # hostile header costs at most a few MiB and never recurses.
 WIRE_MAX_HEADER_BYTES = 4 * 1024 * 1024
 WIRE_MAX_HEADER_DEPTH = 8  # a valid header nests 4 deep: header > tensors > entry > data

@@ -44,7 +44,7 @@ from fedcore.constants import (
     MAX_METRICS,
     MONITOR_TICK_S,
 )
-from fedcore.errors import AuthError, ForbiddenError, PayloadError, PayloadTooLargeError, RoundStateError
+from fedcore.errors import AuthError, ForbiddenError, PayloadError, PayloadTooLargeError, RoundStateError, TransportError
 from fedcore.events import EventLog
 from fedcore.global_model import GlobalModel
 from fedcore.logger import get_logger

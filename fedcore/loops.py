@@ -1,14 +1,16 @@
 """Default local training and evaluation loops of the client runtime (users may pass their own)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 
-def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None):
+def _batches(data: Dataset[Any], batch_size: int, shuffle: bool,
+             generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     tensors = getattr(data, "tensors", None)  # in-memory data sets hand over (x, y) at once
     if callable(tensors):
         x, y = tensors()
@@ -23,7 +25,7 @@ def _batches(data: Dataset, batch_size: int, shuffle: bool, generator: torch.Gen
 
 def train(
     model: nn.Module,
-    data: Dataset,
+    data: Dataset[Any],
     *,
     epochs: int = 1,
     batch_size: int = 32,
@@ -58,7 +60,7 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 256) -> dict[str, float]:
+def evaluate(model: nn.Module, data: Dataset[Any], *, batch_size: int = 256) -> dict[str, float]:
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total, seen, correct = 0.0, 0, 0
@@ -70,7 +72,7 @@ def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 256) -> dict[
     return {"loss": total / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
-def make_evaluate_fn(model: nn.Module, data: Dataset):
+def make_evaluate_fn(model: nn.Module, data: Dataset[Any]) -> Callable[[Mapping[str, torch.Tensor]], dict[str, float]]:
     """Server-side evaluation hook: load the global state into ``model`` and score it on ``data``."""
 
     def evaluate_fn(state: Mapping[str, torch.Tensor]) -> dict[str, float]:

@@ -163,11 +163,11 @@ class TransportSpec:
 
     @property
     def client(self) -> type[ClientTransport]:
-        return _resolve(self.client_ref, ClientTransport)  # type: ignore[return-value]
+        return _resolve(self.client_ref, ClientTransport)
 
     @property
     def server(self) -> type[ServerTransport]:
-        return _resolve(self.server_ref, ServerTransport)  # type: ignore[return-value]
+        return _resolve(self.server_ref, ServerTransport)
 
 
 def _resolve(ref: type | str, base: type) -> type:

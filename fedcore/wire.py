@@ -4,7 +4,7 @@ state_dict → cast (fp32 | bf16 | fp16; integer / bool tensors untouched) → o
 segment per wire dtype → float-aware filter → lossless codec → bytes. Optionally a client sends
 its *update* (local − the global it received) quantised int8 per output channel.
 
-Layout (all integers little-endian; the full byte-level spec is docs/wire-format.md)::
+Layout (all integers little-endian; the full byte-level spec is the README's "Wire format" section)::
 
     magic "FCW1" | u8 version (2) | u8 flags (0) | u16 reserved (0) | u32 header_len | u32 header_crc32
     header: UTF-8 JSON, header_len bytes
@@ -175,7 +175,7 @@ TensorEntry = Annotated[Union[RawTensor, Q8Tensor], Field(discriminator="enc")]
 
 
 class WireHeader(_Strict):
-    """The JSON header of a payload, as the decoder accepts it (see docs/wire-format.md)."""
+    """The JSON header of a payload, as the decoder accepts it (see the README's "Wire format" section)."""
 
     version: Annotated[int, Field(ge=WIRE_VERSION, le=WIRE_VERSION)]
     kind: Literal["weights", "delta"]

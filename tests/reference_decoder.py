@@ -1,4 +1,4 @@
-"""A second decoder of fedcore's wire format, written from docs/wire-format.md alone.
+"""A second decoder of fedcore's wire format, written from the README's "Wire format" section alone.
 
 It imports neither fedcore nor compression: numpy, the standard library and the codec libraries
 only. tests/test_wire_conformance.py checks that it decodes every payload fedcore produces to

@@ -318,7 +318,7 @@ def dns_aliases(docs: list[Doc]) -> dict[str, str | None]:
 
 def _overlay(name: str) -> list[Doc]:
     if find_tool("kubectl") is None:
-        pytest.skip("kubectl is not installed (see docs/deploying.md, 'Offline checks')")
+        pytest.skip("kubectl is not installed (see the README's 'Deploying' section, 'Offline checks: tools')")
     return load_docs(render(K8S / "overlays" / name))
 
 

@@ -2,7 +2,7 @@
 of every overlay, strict schema validation (Kubernetes 1.31 and the newest bundled schema),
 the cross-object contracts of deploy/manifests.py, a checkov policy scan with the committed skip
 list, and mutations of the sources that each check must catch. A missing tool skips its test
-with the reason (install lines: docs/deploying.md)."""
+with the reason (install lines: the README's 'Deploying' section)."""
 from __future__ import annotations
 
 import json
@@ -46,7 +46,7 @@ OLDEST_K8S = "1.31.0"
 def _need(name: str) -> str:
     exe = find_tool(name)
     if exe is None:
-        pytest.skip(f"{name} is not installed (see docs/deploying.md, 'Offline checks')")
+        pytest.skip(f"{name} is not installed (see the README's 'Deploying' section, 'Offline checks: tools')")
     return exe
 
 

@@ -20,7 +20,8 @@ class DigitsCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.view(-1, 1, 8, 8))
+        out: torch.Tensor = self.net(x.view(-1, 1, 8, 8))
+        return out
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
@@ -40,13 +41,15 @@ class CifarCNN(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(128 * 4 * 4, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        out: torch.Tensor = self.head(self.features(x))
+        return out
 
 
 def resnet18(num_classes: int = 10) -> nn.Module:
     from torchvision.models import resnet18 as tv_resnet18
 
-    return tv_resnet18(num_classes=num_classes)
+    model: nn.Module = tv_resnet18(num_classes=num_classes)
+    return model
 
 
 def vit_cifar(num_classes: int = 10) -> nn.Module:

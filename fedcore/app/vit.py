@@ -24,7 +24,7 @@ def ext_nn() -> ModuleType:
         from cuda_ext import nn as ext  # type: ignore[attr-defined]
     except ImportError as exc:
         raise ConfigError(f"the ViT's cuda_ext switches need cuda_ext.nn, which is not importable here: {exc}") from exc
-    return ext
+    return ext  # type: ignore[no-any-return]
 
 
 class PatchEmbed(nn.Module):
@@ -64,7 +64,8 @@ class Attention(nn.Module):
             o = self._attend(q, k, v, self.scale)
         else:
             o = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1) @ v
-        return self.proj(o.transpose(1, 2).reshape(b, n, c))
+        out: torch.Tensor = self.proj(o.transpose(1, 2).reshape(b, n, c))
+        return out
 
 
 class Block(nn.Module):
@@ -81,7 +82,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        out: torch.Tensor = x + self.mlp(self.norm2(x))
+        return out
 
 
 class ClassToken(nn.Module):
@@ -119,7 +121,8 @@ class ViT(nn.Module):
         return f"blocks.{self.device_blocks - 1}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.norm(self.blocks(self.patch_embed(x)))))
+        out: torch.Tensor = self.head(self.pool(self.norm(self.blocks(self.patch_embed(x)))))
+        return out
 
 
 def vit_cifar(num_classes: int = 10) -> ViT:

@@ -102,7 +102,8 @@ class SplitModel:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The whole model's function, through the parts (for checks and evaluation)."""
         out = self.edge(self.device(x))
-        return self.head(out) if self.head is not None else out
+        result: torch.Tensor = self.head(out) if self.head is not None else out
+        return result
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ class DeviceTrainer:
                 elif op.kind == BWD:
                     reply = self._await(m, "grad", tuple(m.act.shape[1:]))  # type: ignore[union-attr]
                     assert m.act is not None
-                    m.act.backward(reply.tensor)
+                    m.act.backward(reply.tensor)  # type: ignore[no-untyped-call]
                     m.act = None
                     if not self.split.u_shaped:
                         assert reply.loss is not None and reply.correct is not None

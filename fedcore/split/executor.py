@@ -71,8 +71,8 @@ class CudaStaging:
         if not torch.cuda.is_available():
             raise ConfigError("the edge was configured for CUDA, but no GPU is available here")
         self.device = device
-        self.compute = torch.cuda.Stream(device=device)
-        self.copy = torch.cuda.Stream(device=device)
+        self.compute = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
+        self.copy = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
 
     def stream(self) -> contextlib.AbstractContextManager[Any]:
         return torch.cuda.stream(self.compute)
@@ -82,14 +82,14 @@ class CudaStaging:
         pinned.copy_(t)
         with torch.cuda.stream(self.copy):
             dev = pinned.to(self.device, non_blocking=True)
-            done = torch.cuda.Event()
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
             done.record(self.copy)
         self.compute.wait_event(done)
         dev.record_stream(self.compute)  # allocated on the copy stream, used on compute
         return dev
 
     def download(self, t: torch.Tensor) -> torch.Tensor:
-        computed = torch.cuda.Event()
+        computed = torch.cuda.Event()  # type: ignore[no-untyped-call]
         computed.record(self.compute)
         self.copy.wait_event(computed)
         host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
@@ -99,7 +99,7 @@ class CudaStaging:
         return host
 
     def fence(self) -> Callable[[], None]:
-        copied, computed = torch.cuda.Event(), torch.cuda.Event()
+        copied, computed = torch.cuda.Event(), torch.cuda.Event()  # type: ignore[no-untyped-call]
         copied.record(self.copy)
         computed.record(self.compute)  # work issued after the last download (an optimizer step)
 

@@ -9,6 +9,7 @@ transport can stop a read that blocks on a silent peer.
 """
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -254,7 +255,7 @@ def split_exchange(ops: FederationOperations, caller: Caller, round_number: int,
                     continue
                 with lock:
                     state["pending"] += 1
-                future.add_done_callback(lambda f, seq=seq: finished(seq, f))
+                future.add_done_callback(functools.partial(finished, seq))
         except grpc.RpcError:
             pass  # the device went away
         finally:
