@@ -127,7 +127,7 @@ def test_quick_run_writes_tables(tmp_path: Path) -> None:
     out = tmp_path / "out"
     before = _netns_names()
     cmd = [sys.executable, "-m", "experiments.edge_scenarios", "--quick", "--scenarios", "1,3", "--out", str(out),
-           "--work-dir", str(tmp_path / "work"), "--tag", "smoke", "--timeout", "300"]
+           "--work-dir", str(tmp_path / "work"), "--tag", "smoke", "--timeout", "300", "--device-cpu", "0.5"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(proc.stdout[-3000:])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
