@@ -232,6 +232,14 @@ class Federation(FederationOperations):
         return self.config.max_payload_bytes
 
     @property
+    def max_split_message_bytes(self) -> int:
+        return self.config.max_split_message_bytes
+
+    @property
+    def body_timeout_s(self) -> float:
+        return self.config.body_timeout_s
+
+    @property
     def round(self) -> int:
         """Completed rounds = version of the global model."""
         return self._model.version

@@ -306,7 +306,18 @@ class FederationOperations(ABC):
 
     @property
     @abstractmethod
-    def max_payload_bytes(self) -> int: ...
+    def max_payload_bytes(self) -> int:
+        """Largest update body (transports bound their reads with it)."""
+
+    @property
+    @abstractmethod
+    def max_split_message_bytes(self) -> int:
+        """Largest split micro-batch message."""
+
+    @property
+    @abstractmethod
+    def body_timeout_s(self) -> float:
+        """Time a body or stream may take to arrive (transports bound their reads with it)."""
 
     @abstractmethod
     def mark_serving(self, endpoint: Endpoint) -> None:

@@ -42,20 +42,49 @@ class RoundStateBusy(TransportError):
     """A second concurrent upload from one client: refused, the first one goes on."""
 
 
-class UpdateBuffer:
-    """An upload's bytes, checked for size and time on every write (implements UpdateSink)."""
+class BoundedBuffer:
+    """A payload's bytes as they arrive, under a size limit: the declared size is checked
+    before any byte is taken and the running total on every write; a declared size fills one
+    pre-allocated buffer (one copy of the payload, not a list of chunks plus their join)."""
 
-    def __init__(self, limit: int, declared: int | None, timeout_s: float) -> None:
+    def __init__(self, limit: int, declared: int | None = None) -> None:
         if declared is not None and declared < 0:
             raise PayloadError(f"declared size {declared} is negative")
         if declared is not None and declared > limit:
-            raise PayloadTooLargeError(f"update of {declared} bytes is over the {limit}-byte limit")
+            raise PayloadTooLargeError(f"payload of {declared} bytes is over the {limit}-byte limit")
         self.limit = limit
         self.declared = declared
-        self.deadline = time.monotonic() + timeout_s
-        self.timeout_s = timeout_s
         self.received = 0
         self._buf = bytearray(declared) if declared is not None else bytearray()
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        n = len(chunk)
+        end = self.received + n
+        if end > self.limit:
+            raise PayloadTooLargeError(f"payload passed the {self.limit}-byte limit while streaming")
+        if self.declared is not None:
+            if end > self.declared:
+                raise PayloadError(f"payload is longer than its declared {self.declared} bytes")
+            self._buf[self.received : end] = chunk
+        else:
+            self._buf += chunk
+        self.received = end
+
+    def result(self) -> bytearray:
+        """The whole payload; a truncated one is a :class:`PayloadError`."""
+        if self.declared is not None and self.received != self.declared:
+            raise PayloadError(f"payload truncated: {self.received} of {self.declared} bytes arrived")
+        return self._buf
+
+
+class UpdateBuffer(BoundedBuffer):
+    """An upload's bytes, also checked against the body deadline on every write (the core's
+    UpdateSink)."""
+
+    def __init__(self, limit: int, declared: int | None, timeout_s: float) -> None:
+        super().__init__(limit, declared)
+        self.deadline = time.monotonic() + timeout_s
+        self.timeout_s = timeout_s
 
     def remaining_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -63,20 +92,4 @@ class UpdateBuffer:
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if time.monotonic() > self.deadline:
             raise UploadTimeoutError(f"update body took longer than {self.timeout_s:.0f}s to arrive")
-        n = len(chunk)
-        end = self.received + n
-        if end > self.limit:
-            raise PayloadTooLargeError(f"update passed the {self.limit}-byte limit while streaming")
-        if self.declared is not None:
-            if end > self.declared:
-                raise PayloadError(f"update is longer than its declared {self.declared} bytes")
-            self._buf[self.received : end] = chunk
-        else:
-            self._buf += chunk
-        self.received = end
-
-    def result(self) -> bytearray:
-        """The whole body; a truncated one is a :class:`PayloadError`."""
-        if self.declared is not None and self.received != self.declared:
-            raise PayloadError(f"update truncated: {self.received} of {self.declared} bytes arrived")
-        return self._buf
+        super().write(chunk)

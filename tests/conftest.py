@@ -28,6 +28,16 @@ NETWORK_TRANSPORTS = ["rest", "grpc"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class FakeClock:
+    """A clock tests move by hand (``clock.t += 31``): Federation.tick() with an injected clock."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def wait_until(cond: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
     """Poll ``cond`` (bounded in time) and fail the test with ``what`` on time-out."""
     end = time.monotonic() + timeout_s

@@ -56,6 +56,11 @@ HTTP_GET = (
     "c = ssl.create_default_context(cafile=sys.argv[2]) if sys.argv[2:] else ssl._create_unverified_context(); "
     "print(r.urlopen(sys.argv[1], timeout=5, context=c).read().decode())"
 )
+HTTP_POST_ADMIN = (
+    "import sys, urllib.request as r; "
+    "q = r.Request(sys.argv[1], method='POST', headers={'Authorization': 'Bearer ' + sys.argv[2]}); "
+    "print(r.urlopen(q, timeout=5).read().decode())"
+)
 GRPC_HEALTH = (
     "import sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; "
     "r = g.HealthStub(grpc.insecure_channel(sys.argv[1])).Check(h.HealthCheckRequest(service=sys.argv[2]), timeout=5); "
@@ -284,6 +289,13 @@ class OverlayRun:
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
+    def post_admin(self, path: str, token: str) -> Any:
+        """POST a round-control path with the admin token, from the first client's namespace."""
+        argv = [sys.executable, "-c", HTTP_POST_ADMIN, f"http://{self.service}:{self.ports['rest']}{path}", token]
+        out = self.net.clients[0].run(argv, timeout_s=20)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
     def rounds_done(self, n: int, ca: Path | None = None) -> Callable[[], bool]:
         def cond() -> bool:
             for p in self.active.values():
@@ -361,11 +373,30 @@ def test_dev_overlay_runs_across_namespaces_and_resumes(pods: list[Pod], tmp_pat
         assert json.loads(next(claim.rglob("state.json")).read_text())["round"] == rounds
         run.start_server()
         _wait(run.probes_pass, min(90.0, left()), "the restarted server's probes")
+        # The same command continues toward its saved target, which was reached: no extra rounds.
+        time.sleep(3)
+        assert [h["round"] for h in run.get("/history")] == list(range(1, rounds + 1))
+        # One more round on the admin's word (the token from the overlay's Secret): both clients
+        # came back to the restarted server by themselves.
+        run.post_admin("/client/autorun/1", _secret_value(docs, "fedcore-admin", "token"))
         _wait(run.rounds_done(rounds + 1), min(150.0, left()), f"round {rounds + 1} after the restart")
         resumed = run.get("/history")
         assert [h["round"] for h in resumed[:rounds + 1]] == list(range(1, rounds + 2))
         assert [h["finished_at"] for h in resumed[:rounds]] == [h["finished_at"] for h in history]
         assert resumed[rounds]["participants"] == names
+
+
+def _secret_value(docs: list[Doc], name: str, key: str) -> str:
+    """A value of a rendered Secret (kustomize's secretGenerator writes base64 data)."""
+    import base64
+
+    for d in docs:
+        if d.get("kind") == "Secret" and d["metadata"]["name"].startswith(name):
+            data = d.get("data") or {}
+            if key in data:
+                return base64.b64decode(data[key]).decode()
+            return str((d.get("stringData") or {})[key])
+    raise KeyError(f"no Secret {name!r} with key {key!r} in the overlay")
 
 
 def _tls_secret(folder: Path, names: list[str], secret_name: str, namespace: str) -> tuple[Doc, Path]:

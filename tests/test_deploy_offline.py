@@ -130,12 +130,15 @@ def rendered(overlay: str, root: Path = K8S) -> str:
 @lru_cache(maxsize=1)
 def rest_get_paths() -> frozenset[str]:
     from fedcore.config import Settings
-    from fedcore.server import build_federation
-    from transports.rest.server import create_app
+    from fedcore.app.build import build_federation
+    from transports.rest.app import create_app
 
     settings = Settings.load(None, rest_port=0, grpc_port=0)
-    app = create_app(build_federation(settings), settings)
-    return frozenset(str(getattr(r, "path", "")) for r in app.routes if "GET" in (getattr(r, "methods", None) or ()))
+    app = create_app(build_federation(settings), settings.transports)
+    # The documented GET operations, plus the routes kept out of the schema (dashboard, docs).
+    documented = {path for path, ops in app.openapi()["paths"].items() if "get" in ops}
+    plain = {str(getattr(r, "path", "")) for r in app.routes if "GET" in (getattr(r, "methods", None) or ())}
+    return frozenset(documented | plain)
 
 
 def grpc_health_services() -> list[str]:

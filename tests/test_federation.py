@@ -6,20 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import FakeClock
+
 from fedcore import wire
 from fedcore.errors import AuthError, ForbiddenError, PayloadError, PayloadTooLargeError, RoundStateError, UnknownClientError
 from fedcore.federation import Federation, FederationConfig
 from fedcore.operations import Caller, WireOptions
 from fedcore.states import Action, ClientState
 from fedcore.strategy import FedAdam, FedAvg, FedProx, make_strategy
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _model() -> dict[str, torch.Tensor]:

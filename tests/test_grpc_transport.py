@@ -52,7 +52,7 @@ from fedcore.uploads import UpdateBuffer
 from transports.grpc import TRANSPORT, GrpcClientTransport, GrpcServerTransport
 from transports.grpc import fedcore_pb2 as pb
 from transports.grpc import fedcore_pb2_grpc as pb_grpc
-from transports.grpc.chunking import ChunkAssembler, iter_chunks
+from transports.grpc.chunking import BoundedBuffer, iter_chunks
 from transports.grpc.codegen import stale_modules
 from transports.grpc.options import SERVICE_NAME
 from transports.grpc.status import CODE_FOR_KIND, KIND_METADATA_KEY, kind_for_code
@@ -172,23 +172,23 @@ def test_iter_chunks_splits_and_rejoins() -> None:
 
 
 def test_assembler_checks_declared_size_and_limit() -> None:
-    a = ChunkAssembler(limit=100, declared=10)
-    a.add(b"12345")
-    a.add(b"67890")
+    a = BoundedBuffer(limit=100, declared=10)
+    a.write(b"12345")
+    a.write(b"67890")
     assert bytes(a.result()) == b"1234567890"
-    short = ChunkAssembler(limit=100, declared=10)
-    short.add(b"123")
+    short = BoundedBuffer(limit=100, declared=10)
+    short.write(b"123")
     with pytest.raises(PayloadError, match="truncated"):
         short.result()
-    lying = ChunkAssembler(limit=100, declared=4)
+    lying = BoundedBuffer(limit=100, declared=4)
     with pytest.raises(PayloadError, match="longer"):
-        lying.add(b"12345")
+        lying.write(b"12345")
     with pytest.raises(PayloadTooLargeError):
-        ChunkAssembler(limit=100, declared=101)
-    undeclared = ChunkAssembler(limit=8)
-    undeclared.add(b"1234")
+        BoundedBuffer(limit=100, declared=101)
+    undeclared = BoundedBuffer(limit=8)
+    undeclared.write(b"1234")
     with pytest.raises(PayloadTooLargeError):
-        undeclared.add(b"56789")
+        undeclared.write(b"56789")
 
 
 # ---------------------------------------------------------------------- typed round trip
@@ -526,8 +526,10 @@ def test_stalled_update_stream_is_cut_off_and_the_server_keeps_serving() -> None
 
 
 def test_silent_stream_without_update_info_is_cut_off(monkeypatch: pytest.MonkeyPatch, srv: _Served) -> None:
-    """Before the first message there is no body time-out yet: the transport's own bound applies."""
-    monkeypatch.setattr("transports.grpc.servicer.FIRST_MESSAGE_TIMEOUT_S", 0.5)
+    """The core's body time-out also bounds the wait for the first message (one limit, not two)."""
+    import dataclasses
+
+    monkeypatch.setattr(srv.fed, "config", dataclasses.replace(srv.fed.config, body_timeout_s=0.5))
     c = srv.client()
     release = threading.Event()
 
@@ -596,8 +598,11 @@ class _BytesOnly(FederationOperations):
 
     register = signal = disconnect = start_autorun = stop_autorun = step = request_transport = _unused
     status = clients = history = events_since = health = mark_serving = mark_stopped = _unused
+    snapshot = split_submit = _unused
     stopping = False
     max_payload_bytes = 0
+    max_split_message_bytes = 0
+    body_timeout_s = 600.0
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import FakeClock
+
 from fedcore import wire
 from fedcore.errors import (
     PayloadError,
@@ -20,14 +22,6 @@ from fedcore.errors import (
 from fedcore.federation import Federation, FederationConfig
 from fedcore.operations import Caller, Endpoint, WireOptions
 from fedcore.states import Action, ClientState
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _model() -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from fedcore.transport import ClientTransport
 
 from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
-from .chunking import ChunkAssembler, iter_chunks
+from .chunking import BoundedBuffer, iter_chunks
 from .messages import (
     client_info_from_pb,
     control_from_pb,
@@ -112,11 +112,11 @@ class GrpcClientTransport(ClientTransport):
                 first = next(stream, None)
                 if first is None or first.WhichOneof("kind") != "info":
                     raise PayloadError("the global-model stream did not start with its GlobalInfo")
-                assembler = ChunkAssembler(self.settings.max_payload_bytes, int(first.info.total_bytes))
+                assembler = BoundedBuffer(self.settings.max_payload_bytes, int(first.info.total_bytes))
                 for msg in stream:
                     if msg.WhichOneof("kind") != "data":
                         raise PayloadError("GlobalInfo may only come first")
-                    assembler.add(msg.data)
+                    assembler.write(msg.data)
             except PayloadError:
                 stream.cancel()  # stop the server sending what we will not keep
                 raise

@@ -15,9 +15,6 @@ SERVICE_NAME = "fedcore.v1.Federation"
 RPC_TIMEOUT_S = 30.0  # unary calls
 LONG_POLL_MARGIN_S = 10.0  # signal: wait_s + this
 STREAM_TIMEOUT_S = 900.0  # payload streams (a 1 GiB model over a slow link still fits)
-# Server side: an update stream's first message (UpdateInfo) must arrive within this; after it the
-# core's body time-out (FederationConfig.body_timeout_s) bounds the rest of the stream.
-FIRST_MESSAGE_TIMEOUT_S = 30.0
 
 # Thread pool: each long-polling client holds one worker while it waits. (How many updates are
 # received at once is the core's limit, FederationConfig.max_concurrent_updates, for all transports.)

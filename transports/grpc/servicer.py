@@ -36,7 +36,6 @@ from .messages import (
     state_from_pb,
     status_to_pb,
 )
-from .options import FIRST_MESSAGE_TIMEOUT_S
 from .status import abort_on_error
 
 TRANSPORT_NAME = "grpc"
@@ -127,7 +126,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         peer = context.peer()  # read now: a cancelled call no longer knows it
         with StreamCutoff(context) as cutoff:
             try:
-                cutoff.arm(FIRST_MESSAGE_TIMEOUT_S)
+                cutoff.arm(self.ops.body_timeout_s)  # the core's limit bounds the wait for the first message too
                 first = next(chunks, None)
                 if first is None or first.WhichOneof("kind") != "info":
                     raise PayloadError("an update stream must start with its UpdateInfo")
