@@ -4,7 +4,8 @@ behind its own shaped link, and a CPU share for device processes.
 Network: the edge namespace holds a bridge ``br0`` with the edge's address; every device
 namespace is joined to it by its own veth pair (``eth0`` inside the device, ``d<k>`` on the
 bridge). Each link is shaped at both ends (device egress = uplink, bridge port egress =
-downlink) with a netem root qdisc (one-way delay = RTT / 2) and a tbf child (rate). Addresses
+downlink) with a netem root qdisc (one-way delay = RTT / 2) and a tbf child (rate); on a kernel
+without netem, tbf alone (the rate is kept, the delay is not, and the note says so). Addresses
 (10.77.0.0/24 by default) exist only inside these namespaces; the host's network is untouched.
 Where namespaces cannot be made (not root, no iproute2, a container without CAP_NET_ADMIN),
 :func:`emulated_network` falls back to loopback and says why in ``Topology.note``.
