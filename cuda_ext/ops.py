@@ -56,6 +56,11 @@ def _forward(x: torch.Tensor, w: torch.Tensor, chunks: int | None, out: torch.Te
         out2 = None if out is None else out.view(-1, m)
         y = _forward_2d(x.reshape(-1, k), w, chunks, out2, dev, n_buffers)
         return y.view(*x.shape[:-1], m) if out is None else out
+    if dev.type == "cpu" and _backend._C is not None:  # whole batch in one parallel region
+        if x.device.type != "cpu":
+            raise ValueError("matmul_softmax: device='cpu' needs x on the CPU")
+        block_rows = -(-x.shape[1] // chunks) if chunks else 0
+        return _backend._C.matmul_softmax_cpu(x, w.cpu(), out, block_rows)
     if out is None:
         y0 = _forward_2d(x[0], w[0], chunks, None, dev, n_buffers)
         out = y0.new_empty((x.shape[0],) + tuple(y0.shape))

@@ -32,7 +32,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fedcore fused matmul + softmax (CPU, and CUDA when built with the toolkit)";
   m.def("matmul_softmax_cpu", &fedcore::matmul_softmax_cpu, py::arg("x"), py::arg("w"),
         py::arg("out") = py::none(), py::arg("block_rows") = 0,
-        "softmax(x @ w, -1) on CPU, row-blocked and fused (2-D, float32/bfloat16/float64)");
+        "softmax(x @ w, -1) on CPU, row-blocked and fused (2-D, or 3-D batched; float32/bfloat16/float64)");
   m.def("plan_schedule", &plan_schedule, py::arg("rows"), py::arg("chunks"),
         py::arg("n_buffers") = 2, "The chunk schedule the CUDA launcher follows, as tuples");
 #ifdef FEDCORE_WITH_CUDA

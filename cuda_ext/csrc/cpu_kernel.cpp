@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cpu_kernel.h"
 
@@ -149,22 +150,24 @@ void softmax_row(double* z, double* y, int64_t n) {
   for (int64_t j = 0; j < n; ++j) y[j] = z[j] * inv;
 }
 
-int64_t auto_block_rows(int64_t rows, int64_t cols, int64_t elem) {
+int64_t auto_block_rows(int64_t batch, int64_t rows, int64_t cols, int64_t elem) {
   // ~8 MiB of logits per block, 256..1024 rows: MKL re-packs all of w on every call, so
   // small blocks waste time (measured); the softmax then reads the block from L3, which
-  // costs little next to the exp itself. At least two blocks per thread, so the dynamic
-  // hand-out below can even out a thread that the OS (shared machine) slows down.
+  // costs little next to the exp itself. At least two blocks per thread over the whole
+  // batch, so the dynamic hand-out below can even out a thread that the OS (shared
+  // machine) slows down.
   const int64_t target = std::clamp<int64_t>((8 << 20) / std::max<int64_t>(1, cols * elem), 256, 1024);
   const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t per_share = (rows + 2 * nt - 1) / (2 * nt);
+  const int64_t splits = (2 * nt + batch - 1) / batch;  // blocks wanted per batch item
+  const int64_t per_share = (rows + splits - 1) / splits;
   return std::max<int64_t>(1, std::min(target, per_share));
 }
 
-// One row block: GEMM straight into the output (or an fp32 scratch for bf16) with MKL on
-// this thread, then the row softmax while the block is still cache-warm.
+// One row block of one batch item: GEMM straight into the output (or an fp32 scratch for
+// bf16) with MKL on this thread, then the row softmax while the block is still cache-warm.
 template <typename T, typename Acc>
-void block_task(const at::Tensor& x, const at::Tensor& w_acc, at::Tensor& out, at::Tensor& scratch,
-                int64_t r0, int64_t nr) {
+void block_task(const at::Tensor& x, const at::Tensor& w_acc, const at::Tensor& out,
+                at::Tensor& scratch, int64_t r0, int64_t nr) {
   constexpr bool direct = std::is_same_v<T, Acc>;  // logits can live in the output itself
   const int64_t cols = w_acc.size(1);
   at::Tensor xb = x.narrow(0, r0, nr);
@@ -176,11 +179,14 @@ void block_task(const at::Tensor& x, const at::Tensor& w_acc, at::Tensor& out, a
   for (int64_t r = 0; r < nr; ++r) softmax_row(z + r * cols, y + r * cols, cols);
 }
 
+// x [B, n, k], w_acc [B, k, m], out [B, n, m], all contiguous: B * ceil(n / block_rows)
+// tasks in one parallel region (one region per batch would pay a thread wake-up each).
 template <typename T, typename Acc>
-void run(const at::Tensor& x, const at::Tensor& w_acc, at::Tensor& out, int64_t block_rows) {
-  const int64_t rows = x.size(0), cols = w_acc.size(1);
-  const int64_t nblocks = (rows + block_rows - 1) / block_rows;
-  const int64_t workers = std::min<int64_t>(nblocks, std::max<int64_t>(1, at::get_num_threads()));
+void run(const at::Tensor& x, const at::Tensor& w_acc, const at::Tensor& out, int64_t block_rows) {
+  const int64_t batch = x.size(0), rows = x.size(1), cols = w_acc.size(2);
+  const int64_t per_item = (rows + block_rows - 1) / block_rows;
+  const int64_t tasks = batch * per_item;
+  const int64_t workers = std::min<int64_t>(tasks, std::max<int64_t>(1, at::get_num_threads()));
   // Blocks are claimed from a shared counter rather than split statically: on a loaded
   // machine a descheduled thread then delays one block, not half of the work.
   std::atomic<int64_t> next{0};
@@ -188,9 +194,9 @@ void run(const at::Tensor& x, const at::Tensor& w_acc, at::Tensor& out, int64_t 
     c10::AutoGradMode no_grad(false);
     at::Tensor scratch;
     if (!std::is_same_v<T, Acc>) scratch = at::empty({block_rows, cols}, w_acc.options());
-    for (int64_t b = next.fetch_add(1); b < nblocks; b = next.fetch_add(1)) {
-      const int64_t r0 = b * block_rows;
-      block_task<T, Acc>(x, w_acc, out, scratch, r0, std::min(block_rows, rows - r0));
+    for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) {
+      const int64_t b = t / per_item, r0 = (t % per_item) * block_rows;
+      block_task<T, Acc>(x[b], w_acc[b], out[b], scratch, r0, std::min(block_rows, rows - r0));
     }
   });
 }
@@ -200,32 +206,39 @@ void run(const at::Tensor& x, const at::Tensor& w_acc, at::Tensor& out, int64_t 
 at::Tensor matmul_softmax_cpu(const at::Tensor& x, const at::Tensor& w,
                               const std::optional<at::Tensor>& out_opt, int64_t block_rows) {
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "matmul_softmax_cpu: tensors must be on CPU");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2, "matmul_softmax_cpu: expects 2-D x and w");
-  TORCH_CHECK(x.size(1) == w.size(0), "matmul_softmax_cpu: shape mismatch ", x.sizes(), " @ ", w.sizes());
+  TORCH_CHECK((x.dim() == 2 && w.dim() == 2) || (x.dim() == 3 && w.dim() == 3),
+              "matmul_softmax_cpu: expects 2-D x and w, or 3-D x [b,n,k] and w [b,k,m]");
+  const bool batched = x.dim() == 3;
+  TORCH_CHECK(x.size(-1) == w.size(-2) && (!batched || x.size(0) == w.size(0)),
+              "matmul_softmax_cpu: shape mismatch ", x.sizes(), " @ ", w.sizes());
   TORCH_CHECK(x.scalar_type() == w.scalar_type(), "matmul_softmax_cpu: x and w dtypes differ");
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kDouble,
               "matmul_softmax_cpu: supports float32, bfloat16, float64; got ", dt);
   const auto acc = dt == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t rows = x.size(0), cols = w.size(1);
+  const at::Tensor x3 = batched ? x : x.unsqueeze(0);
+  const int64_t batch = x3.size(0), rows = x3.size(1), cols = w.size(-1);
+  std::vector<int64_t> shape = {rows, cols};
+  if (batched) shape.insert(shape.begin(), batch);
   at::Tensor out;
   if (out_opt.has_value() && out_opt->defined()) {
     out = *out_opt;
     TORCH_CHECK(out.is_contiguous() && out.device().is_cpu() && out.scalar_type() == dt &&
-                    out.dim() == 2 && out.size(0) == rows && out.size(1) == cols,
-                "matmul_softmax_cpu: out must be a contiguous CPU tensor of shape [", rows, ", ",
-                cols, "] and dtype ", dt);
+                    out.sizes() == at::IntArrayRef(shape),
+                "matmul_softmax_cpu: out must be a contiguous CPU tensor of shape ",
+                at::IntArrayRef(shape), " and dtype ", dt);
   } else {
-    out = at::empty({rows, cols}, x.options());
+    out = at::empty(shape, x.options());
   }
-  if (rows == 0 || cols == 0) return out;
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor wa = w.to(acc).contiguous();
-  if (block_rows <= 0) block_rows = auto_block_rows(rows, cols, acc == at::kDouble ? 8 : 4);
+  if (batch == 0 || rows == 0 || cols == 0) return out;
+  const at::Tensor xc = x3.contiguous();
+  const at::Tensor wa = (batched ? w : w.unsqueeze(0)).to(acc).contiguous();
+  const at::Tensor o3 = batched ? out : out.unsqueeze(0);
+  if (block_rows <= 0) block_rows = auto_block_rows(batch, rows, cols, acc == at::kDouble ? 8 : 4);
   block_rows = std::min(block_rows, rows);
-  if (dt == at::kFloat) run<float, float>(xc, wa, out, block_rows);
-  else if (dt == at::kDouble) run<double, double>(xc, wa, out, block_rows);
-  else run<c10::BFloat16, float>(xc, wa, out, block_rows);
+  if (dt == at::kFloat) run<float, float>(xc, wa, o3, block_rows);
+  else if (dt == at::kDouble) run<double, double>(xc, wa, o3, block_rows);
+  else run<c10::BFloat16, float>(xc, wa, o3, block_rows);
   return out;
 }
 

@@ -6,7 +6,8 @@
 
 namespace fedcore {
 
-// softmax(x @ w, -1) for 2-D CPU x [n, k], w [k, m]; row blocks of `block_rows` (<= 0: auto).
+// softmax(x @ w, -1) for CPU x [n, k], w [k, m], or batched x [b, n, k], w [b, k, m] (one
+// parallel region for the whole batch); row blocks of `block_rows` (<= 0: auto).
 at::Tensor matmul_softmax_cpu(const at::Tensor& x, const at::Tensor& w,
                               const std::optional<at::Tensor>& out, int64_t block_rows);
 
