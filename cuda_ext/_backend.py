@@ -20,7 +20,7 @@ else:
     try:
         import torch  # noqa: F401  (loads libtorch / libcudart that _C links against)
 
-        from . import _C as _compiled
+        from . import _C as _compiled  # type: ignore[attr-defined]  # built by setup.py
 
         _C, BACKEND, WITH_CUDA = _compiled, "compiled", bool(_compiled.WITH_CUDA)
     except ImportError as exc:

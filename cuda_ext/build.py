@@ -29,6 +29,11 @@ def source_files() -> list[Path]:
     return sorted(p for p in CSRC.iterdir() if p.suffix in {".h", ".cuh", ".cpp", ".cu"})
 
 
+def is_cuda_only(path: Path) -> bool:
+    """csrc files named cuda_* need the CUDA toolkit (c10/cuda headers, the runtime)."""
+    return path.name.startswith("cuda_") or path.suffix in {".cu", ".cuh"}
+
+
 def source_hash() -> str:
     """Hash of the C++/CUDA sources, baked into the module so tests can spot a stale build."""
     h = hashlib.sha256()
@@ -98,7 +103,7 @@ def get_extensions() -> tuple[list, dict]:
         raise RuntimeError("FEDCORE_BUILD_CUDA=1 but no CUDA toolkit found "
                            "(set CUDA_HOME to the toolkit root, e.g. /usr/local/cuda)")
     use_cuda = cuda_home is not None
-    if use_cuda:
+    if cuda_home is not None:
         # Must precede importing torch.utils.cpp_extension, which reads CUDA_HOME once.
         os.environ["CUDA_HOME"] = cuda_home
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
@@ -122,7 +127,7 @@ def get_extensions() -> tuple[list, dict]:
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "") if use_cuda else ""
     gen = _write_build_info(mode, archs)
     sources = [str(p.relative_to(ROOT)) for p in source_files()
-               if p.suffix == ".cpp" and (use_cuda or p.name != "cuda_pipeline.cpp")]
+               if p.suffix == ".cpp" and (use_cuda or not is_cuda_only(p))]
     cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-include", str(gen / "build_info.h")]
     kwargs = dict(name=EXT_NAME, include_dirs=[str(CSRC), str(gen)],
                   extra_link_args=["-fopenmp"])

@@ -2,15 +2,13 @@
 plus the autograd rule (backward in torch ops from the saved softmax output)."""
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from . import _backend, _fallback
+from ._device import index_of, pinned, require_cuda, resolve
 from .schedule import default_chunks
 
 SUPPORTED = (torch.float32, torch.bfloat16, torch.float64)
-_warned_pin = False
 
 
 def _check(x: torch.Tensor, w: torch.Tensor) -> None:
@@ -24,27 +22,6 @@ def _check(x: torch.Tensor, w: torch.Tensor) -> None:
                         f"got {x.dtype} and {w.dtype}")
 
 
-def _require_cuda(dev: torch.device) -> None:
-    if _backend.BACKEND == "compiled" and not _backend.WITH_CUDA:
-        raise RuntimeError("cuda_ext: CUDA path requested, but cuda_ext._C was built without "
-                           "CUDA kernels (rebuild with FEDCORE_BUILD_CUDA=1 and a CUDA toolkit)")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"cuda_ext: CUDA path requested (device={dev}), but no CUDA GPU is "
-                           "available on this machine; use device='cpu'")
-
-
-def _pinned(t: torch.Tensor) -> torch.Tensor:
-    global _warned_pin
-    t = t.contiguous()
-    if t.is_pinned():
-        return t
-    if not _warned_pin:
-        _warned_pin = True
-        warnings.warn("cuda_ext: host input is not pinned; copying it to pinned memory "
-                      "(pass x.pin_memory() to overlap without this extra copy)", stacklevel=4)
-    return t.pin_memory()
-
-
 def _forward_2d(x: torch.Tensor, w: torch.Tensor, chunks: int | None, out: torch.Tensor | None,
                 dev: torch.device, n_buffers: int) -> torch.Tensor:
     n, m = x.shape[0], w.shape[1]
@@ -56,8 +33,8 @@ def _forward_2d(x: torch.Tensor, w: torch.Tensor, chunks: int | None, out: torch
             return _backend._C.matmul_softmax_cpu(x, w.cpu(), out, block_rows)
         out = torch.empty(n, m, dtype=x.dtype) if out is None else out
         return _fallback.matmul_softmax_2d(x.contiguous(), w.cpu(), out, block_rows)
-    _require_cuda(dev)
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    require_cuda(dev)
+    index = index_of(dev)
     if _backend._C is None:  # torch fallback on the GPU
         y = torch.empty(n, m, dtype=x.dtype, device=dev)
         y = _fallback.matmul_softmax_2d(x.to(dev), w.to(dev), y)
@@ -65,7 +42,7 @@ def _forward_2d(x: torch.Tensor, w: torch.Tensor, chunks: int | None, out: torch
     if x.device.type == "cuda":
         return _backend._C.matmul_softmax_cuda(x, w.to(x.device), out, chunks or 1, n_buffers,
                                                x.device.index)
-    xh = _pinned(x)
+    xh = pinned(x)
     chunks = chunks or default_chunks(n, x.shape[1] * x.element_size())
     tmp = out if out is not None and out.is_pinned() and out.is_contiguous() else None
     y = _backend._C.matmul_softmax_cuda(xh, w.cpu(), tmp, chunks, n_buffers, index)
@@ -79,6 +56,11 @@ def _forward(x: torch.Tensor, w: torch.Tensor, chunks: int | None, out: torch.Te
         out2 = None if out is None else out.view(-1, m)
         y = _forward_2d(x.reshape(-1, k), w, chunks, out2, dev, n_buffers)
         return y.view(*x.shape[:-1], m) if out is None else out
+    if dev.type == "cpu" and _backend._C is not None:  # whole batch in one parallel region
+        if x.device.type != "cpu":
+            raise ValueError("matmul_softmax: device='cpu' needs x on the CPU")
+        block_rows = -(-x.shape[1] // chunks) if chunks else 0
+        return _backend._C.matmul_softmax_cpu(x, w.cpu(), out, block_rows)
     if out is None:
         y0 = _forward_2d(x[0], w[0], chunks, None, dev, n_buffers)
         out = y0.new_empty((x.shape[0],) + tuple(y0.shape))
@@ -136,11 +118,9 @@ def matmul_softmax(x: torch.Tensor, w: torch.Tensor, *, chunks: int | None = Non
     ``out`` (no autograd) receives the result.
     """
     _check(x, w)
-    dev = torch.device(device) if device is not None else x.device
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"matmul_softmax: unsupported device {dev}")
+    dev = resolve(device, x, "matmul_softmax")
     if dev.type == "cuda":
-        _require_cuda(dev)
+        require_cuda(dev)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     if needs_grad:
         if out is not None:

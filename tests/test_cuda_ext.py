@@ -149,3 +149,16 @@ def test_bad_inputs_raise():
     with pytest.raises(RuntimeError, match="autograd"):
         cuda_ext.matmul_softmax(torch.randn(3, 4, requires_grad=True), torch.randn(4, 6),
                                 out=torch.empty(3, 6))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, F32_TOL), (torch.bfloat16, BF16_TOL)])
+@pytest.mark.parametrize("chunks", [None, 1, 3])
+def test_batched_w_runs_as_one_call_with_out_and_chunks(dtype, tol, chunks):
+    """3-D x with 3-D w (attention scores): the whole batch in one C++ call, many small items."""
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(37, 9, 8, generator=g) / 3).to(dtype)
+    w = (torch.randn(37, 8, 11, generator=g) * 2).to(dtype)
+    out = torch.full((37, 9, 11), 5.0, dtype=dtype)
+    y = cuda_ext.matmul_softmax(x, w, out=out, chunks=chunks)
+    assert y.data_ptr() == out.data_ptr()
+    assert rel_err(y, reference(x, w)) <= tol

@@ -53,6 +53,38 @@ def test_module_contains_sm80_and_sm90_cubins():
         assert {80, 90} <= archs
 
 
+def dynamic_symbols(so: Path) -> set[str]:
+    """Names in the ELF dynamic symbol table (.dynsym via .dynstr) of a shared object."""
+    data = so.read_bytes()
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names: set[str] = set()
+    for _, sh_type, _, _, off, size, link, _, _, entsize in sections:
+        if sh_type != 11:  # SHT_DYNSYM
+            continue
+        str_off = sections[link][4]
+        for pos in range(off, off + size, entsize):
+            name_off, = struct.unpack_from("<I", data, pos)
+            end = data.index(b"\0", str_off + name_off)
+            names.add(data[str_off + name_off:end].decode())
+    return names
+
+
+@pytest.mark.skipif(not _backend.WITH_CUDA, reason="_C built without CUDA")
+def test_module_uses_unified_memory_and_stream_apis():
+    """The CUDA build really calls the runtime for managed memory, prefetch and the pipeline,
+    and binds the ops (a GPU is not needed to check the binary)."""
+    syms = dynamic_symbols(Path(_backend._C.__file__))
+    for name in ("cudaMallocManaged", "cudaMemPrefetchAsync", "cudaMemGetInfo", "cudaFree",
+                 "cudaMemcpyAsync", "cudaStreamWaitEvent", "cudaEventRecord"):
+        assert any(s == name or s.startswith(name + "@") or s.startswith(name + "_ptsz")
+                   for s in syms), f"{name} not referenced by {_backend._C.__file__}"
+    for fn in ("managed_empty_cuda", "prefetch_managed", "is_managed", "linear_host_cuda",
+               "matmul_softmax_cuda"):
+        assert callable(getattr(_backend._C, fn)), fn
+
+
 @pytest.mark.skipif(_backend._C is None, reason="compiled backend not active")
 def test_build_is_current():
     """A stale .so (sources changed since the build) fails in CI, is skipped elsewhere."""

@@ -1,32 +1,18 @@
-// CUDA path: host glue around the torch-free kernels in kernels.cu.
+// CUDA ops on the shared host pipeline of cuda_pipeline.h: matmul + softmax (kernels.cu)
+// and matmul / linear (ATen's mm / addmm, i.e. cuBLAS, on the compute stream).
 //
-// Host input runs the chunk schedule of schedule.h on three streams (copy-in, compute =
-// the current stream, copy-out) with double-buffered device slots, so that H2D of chunk
-// i+1 and D2H of chunk i-1 overlap the matmul + softmax of chunk i. Only c10/cuda headers
-// are used (the toolkit here has no cuBLAS headers, which ATen/cuda/CUDAContext.h needs).
+// A host input runs the chunk schedule of schedule.h (run_host_pipeline): H2D of chunk i+1
+// and D2H of chunk i-1 overlap the op's compute on chunk i. A device input runs the op
+// directly on the current stream.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime_api.h>
-
-#include <array>
 
 #include "cpu_kernel.h"
+#include "cuda_pipeline.h"
 #include "kernels.cuh"
 #include "schedule.h"
 
 namespace fedcore {
 namespace {
-
-#define FC_CUDA_CHECK(expr)                                                         \
-  do {                                                                              \
-    const cudaError_t fc_err_ = (expr);                                             \
-    TORCH_CHECK(fc_err_ == cudaSuccess, "cuda_ext: ", #expr, " failed: ",           \
-                cudaGetErrorString(fc_err_));                                       \
-  } while (0)
 
 int fc_dtype_of(at::ScalarType t) {
   switch (t) {
@@ -37,22 +23,6 @@ int fc_dtype_of(at::ScalarType t) {
   }
   return -1;
 }
-
-// Events of the schedule: one per (op kind, slot), destroyed on scope exit.
-struct EventTable {
-  std::array<std::vector<cudaEvent_t>, 3> ev;
-  explicit EventTable(int slots) {
-    for (auto& v : ev) {
-      v.resize(slots, nullptr);
-      for (auto& e : v) FC_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    }
-  }
-  ~EventTable() {
-    for (auto& v : ev)
-      for (auto e : v)
-        if (e) cudaEventDestroy(e);
-  }
-};
 
 // logits -> softmax for `rows` rows already on the device, on `stream`.
 void compute_rows(const void* x, const void* w, void* logits, void* y, int64_t rows, int64_t k,
@@ -89,75 +59,25 @@ at::Tensor device_input(const at::Tensor& x, const at::Tensor& w, at::Tensor out
 
 at::Tensor host_input(const at::Tensor& x, const at::Tensor& w, at::Tensor out, int64_t chunks,
                       int n_buffers, int64_t device) {
-  TORCH_CHECK(x.is_pinned() && out.is_pinned(),
-              "cuda_ext: host x and out must be pinned for async copies (use .pin_memory())");
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   const at::Device dev(at::kCUDA, static_cast<c10::DeviceIndex>(device));
-  const int64_t n = x.size(0), k = x.size(1), m = w.size(1);
+  const int64_t k = x.size(1), m = w.size(1);
   const int dt = fc_dtype_of(x.scalar_type());
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t elem = x.element_size();
-  const bool in_place = acc == x.scalar_type();
-
-  // Streams: compute = current stream (so w's copy and the allocations are ordered on it).
-  const c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(dev.index());
-  const c10::cuda::CUDAStream copy_in = c10::cuda::getStreamFromPool(false, dev.index());
-  const c10::cuda::CUDAStream copy_out = c10::cuda::getStreamFromPool(false, dev.index());
-  const std::array<cudaStream_t, 3> streams = {copy_in.stream(), compute.stream(), copy_out.stream()};
-
-  const at::Tensor wd = w.contiguous().to(dev, /*non_blocking=*/true);  // on `compute`
-  const int64_t cr = fedcore_sched::chunk_rows_for(n, chunks);
-  const auto steps = fedcore_sched::plan(n, chunks, n_buffers);
-  const int slots = static_cast<int>(std::min<int64_t>(n_buffers, (n + cr - 1) / cr));
-
-  // Double (n_buffers) device slots, allocated on `compute`; tell the caching allocator
-  // they are also used on the copy streams so it does not hand them out early.
-  at::Tensor xin = at::empty({slots, cr, k}, x.options().device(dev).pinned_memory(false));
-  at::Tensor logits = at::empty({slots, cr, m}, xin.options().dtype(acc));
-  at::Tensor ybuf = in_place ? logits : at::empty({slots, cr, m}, xin.options());
-  c10::cuda::CUDACachingAllocator::recordStream(xin.storage().data_ptr(), copy_in);
-  c10::cuda::CUDACachingAllocator::recordStream(ybuf.storage().data_ptr(), copy_out);
-
-  EventTable events(slots);
-  // Fork: the side streams start after prior work on `compute` (which may still use the
-  // memory the allocator just gave us, and which copies w).
-  cudaEvent_t fork = nullptr;
-  FC_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
-  FC_CUDA_CHECK(cudaEventRecord(fork, compute.stream()));
-  FC_CUDA_CHECK(cudaStreamWaitEvent(copy_in.stream(), fork, 0));
-  FC_CUDA_CHECK(cudaStreamWaitEvent(copy_out.stream(), fork, 0));
-
-  const char* xh = static_cast<const char*>(x.data_ptr());
-  char* yh = static_cast<char*>(out.data_ptr());
-  for (const auto& st : steps) {
-    cudaStream_t s = streams[st.op];
-    for (int i = 0; i < st.n_waits; ++i)
-      FC_CUDA_CHECK(cudaStreamWaitEvent(s, events.ev[st.waits[i].kind][st.waits[i].slot], 0));
-    const int64_t nr = st.row_end - st.row_begin;
-    char* xs = static_cast<char*>(xin[st.slot].data_ptr());
-    char* ys = static_cast<char*>(ybuf[st.slot].data_ptr());
-    switch (st.op) {
-      case fedcore_sched::kH2D:
-        FC_CUDA_CHECK(cudaMemcpyAsync(xs, xh + st.row_begin * k * elem, nr * k * elem,
-                                      cudaMemcpyHostToDevice, s));
-        break;
-      case fedcore_sched::kCompute:
-        compute_rows(xs, wd.data_ptr(), logits[st.slot].data_ptr(), ys, nr, k, m, dt, s);
-        break;
-      case fedcore_sched::kD2H:
-        FC_CUDA_CHECK(cudaMemcpyAsync(yh + st.row_begin * m * elem, ys, nr * m * elem,
-                                      cudaMemcpyDeviceToHost, s));
-        break;
-    }
-    FC_CUDA_CHECK(cudaEventRecord(events.ev[st.op][st.slot], s));
-  }
-  // Join: the result is on the host only once the last D2H is done; the compute stream
-  // also waits so later work on it is ordered after the copies.
-  FC_CUDA_CHECK(cudaEventRecord(fork, copy_out.stream()));
-  FC_CUDA_CHECK(cudaStreamWaitEvent(compute.stream(), fork, 0));
-  FC_CUDA_CHECK(cudaEventSynchronize(fork));
-  FC_CUDA_CHECK(cudaEventDestroy(fork));
-  return out;
+  const bool in_place = acc == x.scalar_type();  // logits live in the output slot
+  const at::Tensor wd = w.contiguous().to(dev, /*non_blocking=*/true);  // on the compute stream
+  std::vector<at::Tensor> scratch(static_cast<size_t>(std::max(n_buffers, 1)));  // bf16 logits
+  return run_host_pipeline(
+      x, std::move(out), chunks, n_buffers, device,
+      [&](int slot, const at::Tensor& xs, const at::Tensor& ys, cudaStream_t s) {
+        void* logits = ys.data_ptr();
+        if (!in_place) {
+          if (!scratch[slot].defined() || scratch[slot].size(0) < xs.size(0))
+            scratch[slot] = at::empty({xs.size(0), m}, ys.options().dtype(acc));  // compute stream
+          logits = scratch[slot].data_ptr();
+        }
+        compute_rows(xs.data_ptr(), wd.data_ptr(), logits, ys.data_ptr(), xs.size(0), k, m, dt, s);
+      });
 }
 
 }  // namespace
@@ -165,8 +85,7 @@ at::Tensor host_input(const at::Tensor& x, const at::Tensor& w, at::Tensor out, 
 at::Tensor matmul_softmax_cuda(const at::Tensor& x, const at::Tensor& w,
                                const std::optional<at::Tensor>& out_opt, int64_t chunks,
                                int64_t n_buffers, int64_t device) {
-  TORCH_CHECK(c10::cuda::device_count() > 0,
-              "cuda_ext: the CUDA path needs a GPU, but no CUDA device is visible");
+  check_device_index(x.device().is_cuda() ? x.device().index() : device);
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(0),
               "cuda_ext: expects x [n, k] and w [k, m]; got ", x.sizes(), " and ", w.sizes());
   TORCH_CHECK(x.scalar_type() == w.scalar_type(), "cuda_ext: x and w dtypes differ");
@@ -187,6 +106,46 @@ at::Tensor matmul_softmax_cuda(const at::Tensor& x, const at::Tensor& w,
   if (!on_host) return device_input(x, w, out, chunks);
   return host_input(x.contiguous(), w, out, std::max<int64_t>(chunks, 1),
                     static_cast<int>(std::max<int64_t>(n_buffers, 1)), device);
+}
+
+at::Tensor linear_host_cuda(const at::Tensor& x, const at::Tensor& w,
+                            const std::optional<at::Tensor>& bias, bool w_is_out_in,
+                            const std::optional<at::Tensor>& out_opt, int64_t chunks,
+                            int64_t n_buffers, int64_t device) {
+  check_device_index(device);
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && w.dim() == 2,
+              "cuda_ext: linear pipeline expects a 2-D host x and a 2-D w; got ", x.sizes(), " on ",
+              x.device(), " and ", w.sizes());
+  const int64_t n = x.size(0), k = x.size(1);
+  const int64_t wk = w_is_out_in ? w.size(1) : w.size(0), m = w_is_out_in ? w.size(0) : w.size(1);
+  TORCH_CHECK(wk == k, "cuda_ext: shapes ", x.sizes(), " and ", w.sizes(), " mismatch");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "cuda_ext: x and w dtypes differ");
+  const bool has_bias = bias.has_value() && bias->defined();
+  TORCH_CHECK(!has_bias || (bias->dim() == 1 && bias->size(0) == m &&
+                            bias->scalar_type() == x.scalar_type()),
+              "cuda_ext: bias must be 1-D of size ", m, " and dtype ", x.scalar_type());
+  at::Tensor out;
+  if (out_opt.has_value() && out_opt->defined()) {
+    out = *out_opt;
+    TORCH_CHECK(out.is_contiguous() && out.is_pinned() && out.scalar_type() == x.scalar_type() &&
+                    out.dim() == 2 && out.size(0) == n && out.size(1) == m,
+                "cuda_ext: out must be pinned, contiguous [", n, ", ", m, "] ", x.scalar_type());
+  } else {
+    out = at::empty({n, m}, x.options().pinned_memory(true));
+  }
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  const at::Device dev(at::kCUDA, static_cast<c10::DeviceIndex>(device));
+  // w (and bias) go to the device once, on the compute stream, before the pipeline forks.
+  const at::Tensor wd = w.to(dev, /*non_blocking=*/true);
+  const at::Tensor wkm = w_is_out_in ? wd.t() : wd;  // cuBLAS reads the transpose in place
+  const at::Tensor bd = has_bias ? bias->to(dev, /*non_blocking=*/true) : at::Tensor();
+  return run_host_pipeline(
+      x.contiguous(), std::move(out), chunks, static_cast<int>(n_buffers), device,
+      [&](int, const at::Tensor& xs, const at::Tensor& ys, cudaStream_t) {
+        at::Tensor y = ys;  // at::*_out take a non-const reference
+        if (has_bias) at::addmm_out(y, bd, xs, wkm);
+        else at::mm_out(y, xs, wkm);
+      });
 }
 
 }  // namespace fedcore
