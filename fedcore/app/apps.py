@@ -33,14 +33,14 @@ AppFactory = Callable[[Settings, int], ClientApp]
 def default_app(settings: Settings, index: int) -> ClientApp:
     """Partition ``index`` of the configured data set and the zoo's model for it."""
     from fedcore.app.data import load_federated
-    from fedcore.app.models import build_model
+    from fedcore.app.models import build_configured_model
 
     data = load_federated(settings.dataset, settings.num_partitions, partition=settings.partition,
                           alpha=settings.alpha, seed=settings.seed, data_dir=settings.data_dir)
     if not 0 <= index < len(data.clients):
         raise ConfigError(f"--index must be in 0..{len(data.clients) - 1} (num_partitions={settings.num_partitions})")
     share = data.clients[index]
-    model = build_model(settings.model, settings.dataset, data.num_classes, seed=settings.seed)
+    model = build_configured_model(settings, data.num_classes)
     return ClientApp(model, share.train, share.val)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from fedcore import wire
 from fedcore.app.data import load_federated
-from fedcore.app.models import build_model
+from fedcore.app.models import build_configured_model
 from fedcore.config import Settings
 from fedcore.federation import EDGE_CHECKPOINT, EvaluateFn, Federation, FitConfigFn
 from fedcore.loops import evaluate, make_evaluate_fn
@@ -31,7 +31,7 @@ def build_federation(settings: Settings, *, model: nn.Module | None = None, eval
         )
     if model is None:
         classes = data.num_classes if data is not None else 10
-        model = build_model(settings.model, settings.dataset, classes, seed=settings.seed)
+        model = build_configured_model(settings, classes)
     if settings.mode == "split":
         assert data is not None
         return _split_federation(settings, model, data.server_test, data.num_classes, evaluate_fn, fit_config_fn,

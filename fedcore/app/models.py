@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,13 +53,13 @@ def resnet18(num_classes: int = 10) -> nn.Module:
     return model
 
 
-def vit_cifar(num_classes: int = 10) -> nn.Module:
-    from fedcore.app.vit import vit_cifar as make
+def vit_cifar(num_classes: int = 10, *, device_softmax_ext: bool = False, edge_matmul_ext: bool = False) -> nn.Module:
+    from fedcore.app.vit import ViT
 
-    return make(num_classes)
+    return ViT(num_classes, device_softmax_ext=device_softmax_ext, edge_matmul_ext=edge_matmul_ext)
 
 
-MODELS: dict[str, Callable[[int], nn.Module]] = {
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "digits_mlp": digits_mlp,
     "digits_cnn": DigitsCNN,
     "cifar_cnn": CifarCNN,
@@ -68,11 +69,27 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
 DEFAULT_MODEL = {"digits": "digits_mlp", "cifar10": "cifar_cnn"}
 
 
-def build_model(name: str, dataset: str = "digits", num_classes: int = 10, seed: int | None = 0) -> nn.Module:
+# Models with the WASM paper's switches (scenarios 4-6): their device attention softmax and edge
+# matmuls can run through cuda_ext. The switches change the compute path, never the parameters.
+SWITCHABLE = {"vit_cifar"}
+
+
+def build_model(name: str, dataset: str = "digits", num_classes: int = 10, seed: int | None = 0, *,
+                device_softmax_ext: bool = False, edge_matmul_ext: bool = False) -> nn.Module:
     """A model by name ('auto' picks the data set's default), initialised from ``seed``."""
     key = DEFAULT_MODEL[dataset] if name == "auto" else name
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose auto or one of {sorted(MODELS)}")
+    if (device_softmax_ext or edge_matmul_ext) and key not in SWITCHABLE:
+        raise ValueError(f"model {key!r} has no cuda_ext switches (models with them: {sorted(SWITCHABLE)})")
     if seed is not None:
         torch.manual_seed(seed)
+    if key in SWITCHABLE:
+        return MODELS[key](num_classes, device_softmax_ext=device_softmax_ext, edge_matmul_ext=edge_matmul_ext)
     return MODELS[key](num_classes)
+
+
+def build_configured_model(settings: Any, num_classes: int = 10) -> nn.Module:
+    """The model a Settings object names, with its cuda_ext switches: the same on server and clients."""
+    return build_model(settings.model, settings.dataset, num_classes, seed=settings.seed,
+                       device_softmax_ext=settings.device_softmax_ext, edge_matmul_ext=settings.edge_matmul_ext)

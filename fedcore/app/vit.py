@@ -21,10 +21,10 @@ from fedcore.errors import ConfigError
 def ext_nn() -> ModuleType:
     """``cuda_ext.nn``, imported only when a switch asks for it."""
     try:
-        from cuda_ext import nn as ext  # type: ignore[attr-defined]
+        from cuda_ext import nn as ext
     except ImportError as exc:
         raise ConfigError(f"the ViT's cuda_ext switches need cuda_ext.nn, which is not importable here: {exc}") from exc
-    return ext  # type: ignore[no-any-return]
+    return ext
 
 
 class PatchEmbed(nn.Module):
