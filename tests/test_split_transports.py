@@ -111,3 +111,49 @@ def test_device_killed_mid_epoch_leaves_the_edge_consistent(harness: Harness, tr
     assert list(h.participants) == ["steady"] and h.dropped == ("victim",)
     victim_id = {c.name: c.client_id for c in fed.clients()}["victim"]
     assert fed.edge.open_micro_batches(victim_id) == 0  # its half mini-batch never stepped the edge
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_late_device_takes_part_from_the_next_round(harness: Harness, transport: str) -> None:
+    # Round 1 is long (the server's config says 15 epochs), so the late device joins while it runs.
+    srv = harness.server(make_settings(transport, **SPLIT), fit_config_fn=lambda rnd: {"epochs": 15 if rnd == 1 else 1})
+    fed = srv.federation
+    harness.client(srv, "early0", 0, transport=transport)
+    harness.client(srv, "early1", 1, transport=transport)
+    wait_until(lambda: fed.status().ready == 2, what="2 ready devices")
+    fed.start_autorun(2)
+    wait_until(lambda: fed.status().current_round == 1, what="round 1 to start")
+    harness.client(srv, "late", 2, transport=transport)
+    wait_until(lambda: any(c.name == "late" for c in fed.clients()), what="the late device to register")
+    assert fed.status().current_round == 1, "round 1 ended before the late device joined"
+    assert fed.wait_for_round(2, 120)
+    hist = fed.history()
+    assert sorted(hist[0].participants) == ["early0", "early1"]
+    assert sorted(hist[1].participants) == ["early0", "early1", "late"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_restarted_edge_resumes_both_halves(harness: Harness, transport: str, tmp_path) -> None:
+    """The device half (global model) and the edge half (edge.fcw) come back after a restart;
+    the devices reconnect with their old tokens and train the next round against the same edge."""
+    settings = make_settings(transport, checkpoint_dir=tmp_path / "ckpt", client_timeout_s=30.0, **SPLIT)
+    srv = harness.server(settings)
+    harness.client(srv, "a", 0, transport=transport)
+    harness.client(srv, "b", 1, transport=transport)
+    wait_until(lambda: srv.federation.status().ready == 2, what="2 ready devices")
+    srv.federation.start_autorun(1)
+    assert srv.federation.wait_for_round(1, 120)
+    wait_until(lambda: srv.federation.status().current_round is None, what="round 1 to close")
+    device_half, edge_half = srv.federation.global_state, srv.federation.edge.edge_state()
+    ports = srv.ports
+    srv.stop()
+    restarted = harness.server(settings.model_copy(update={"rest_port": ports.get("rest", 0),
+                                                           "grpc_port": ports.get("grpc", 0)}))
+    fed = restarted.federation
+    assert fed.round == 1
+    assert all(torch.equal(device_half[k], v) for k, v in fed.global_state.items())
+    assert all(torch.equal(edge_half[k], v) for k, v in fed.edge.edge_state().items())
+    wait_until(lambda: fed.status().ready == 2, 60, "the devices to come back")
+    fed.start_autorun(1)
+    assert fed.wait_for_round(2, 120)
+    assert sorted(fed.history()[-1].participants) == ["a", "b"]
