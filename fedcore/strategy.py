@@ -6,7 +6,7 @@ clients: the running weighted sum, not the list of updates.
 
 A strategy whose running state is a sum can also hand out a mergeable accumulator
 (``new_accumulator``): a simulation worker folds its share of a round's clients into one, and
-the server ``merge``\ s the shares, so the round's result is the same as folding every update on
+the server merges the shares (``merge``), so the round's result is the same as folding every update on
 the server. A strategy that needs every update by itself (robust aggregation, per-client
 studies) keeps ``needs_every_update = True`` and gets them one by one.
 """
