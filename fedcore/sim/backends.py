@@ -43,10 +43,12 @@ class InlineBackend:
 
     name = "inline"
 
-    def __init__(self, num_workers: int = 1) -> None:
+    def __init__(self, num_workers: int = 1, threads: int | None = 1) -> None:
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
         self._k = num_workers  # only how many chunks a round is cut into (to test merging)
+        self._threads = threads  # torch threads while simulating (None: leave as is); one
+        self._saved_threads: int | None = None  # worker = one core, like the other backends
         self._worker: SimWorker | None = None
 
     @property
@@ -55,6 +57,9 @@ class InlineBackend:
 
     def start(self, client_fn: ClientFn, settings: Settings) -> None:
         tune_malloc()
+        if self._threads is not None:
+            self._saved_threads = torch.get_num_threads()
+            torch.set_num_threads(self._threads)
         self._worker = SimWorker(client_fn, settings)
 
     def run_round(self, plan: RoundPlan, tasks: Sequence[Task]) -> Iterator[ChunkResult]:
@@ -65,6 +70,9 @@ class InlineBackend:
 
     def close(self) -> None:
         self._worker = None
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
 
 
 _PROCESS_WORKER: SimWorker | None = None

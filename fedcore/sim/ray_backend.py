@@ -34,6 +34,15 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def init_local_ray(num_cpus: int | None = None) -> None:
+    """Start a local Ray for simulations. It inherits this environment, so its prestarted
+    workers already have ``worker_env()`` (a runtime_env would start a second set), and it
+    does not probe for an external IP."""
+    ray = _import_ray()
+    os.environ.update(worker_env())
+    ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1", num_cpus=num_cpus)
+
+
 class _Actor:
     """The body of a Ray actor: one SimWorker for the actor's life."""
 
@@ -78,10 +87,7 @@ class RayBackend:
         ray = self._ray = _import_ray()
         if not ray.is_initialized():
             if self.address is None:
-                # A local Ray inherits this environment: its prestarted workers already have
-                # it (a runtime_env would start a second set), and no IP probing.
-                os.environ.update(worker_env())
-                ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1")
+                init_local_ray()
             else:
                 ray.init(address=self.address, runtime_env={"env_vars": worker_env()}, include_dashboard=False,
                          logging_level="WARNING")
