@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -113,6 +114,7 @@ def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_two_node_ray_cluster_over_veth(inline_model: list[float], tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:6]
+    short = Path(tempfile.mkdtemp(prefix="fcs", dir="/tmp"))  # Ray's socket paths must stay short
     head_ns, node_ns = f"fcsim-h-{tag}", f"fcsim-w-{tag}"
     veth_h, veth_w = f"fch{tag}", f"fcw{tag}"
     head_ip, node_ip = "10.231.77.1", "10.231.77.2"
@@ -134,15 +136,15 @@ def test_two_node_ray_cluster_over_veth(inline_model: list[float], tmp_path: Pat
             _sh("ip", "-n", ns, "link", "set", "lo", "up")
         wait_done = f"i=0; while [ ! -f {done} ] && [ $i -lt 150 ]; do sleep 0.5; i=$((i+1)); done"
         head = (f"{ray_bin} start --head --node-ip-address={head_ip} --port=6379 --include-dashboard=false "
-                f"--temp-dir={tmp_path}/head {common} && {sys.executable} {__file__} child {out} {address}; "
+                f"--temp-dir={short}/h {common} && {sys.executable} {__file__} child {out} {address}; "
                 f"touch {done}; {ray_bin} stop --force")
         node = (f"sleep 3; {ray_bin} start --address={address} --node-ip-address={node_ip} "
-                f"--temp-dir={tmp_path}/node {common}; {wait_done}; {ray_bin} stop --force")
+                f"--temp-dir={short}/n {common}; {wait_done}; {ray_bin} stop --force")
         for ns, script in ((head_ns, head), (node_ns, node)):
             procs.append(subprocess.Popen(["ip", "netns", "exec", ns, "unshare", "-p", "-f", "--mount-proc",
-                                           "sh", "-c", script], env=_env(), text=True,
+                                           "sh", "-c", script], env=dict(_env(), RAY_AUTH_MODE="token"), text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-        logs = [p.communicate(timeout=150)[0] for p in procs]
+        logs = [p.communicate(timeout=120)[0] for p in procs]
         assert out.exists(), "\n".join(log[-2000:] for log in logs)
         got = json.loads(out.read_text())
         assert got["nodes"] == 2, "the worker node did not join"
@@ -155,6 +157,7 @@ def test_two_node_ray_cluster_over_veth(inline_model: list[float], tmp_path: Pat
                 p.wait(timeout=10)
         for ns in (head_ns, node_ns):
             _sh("ip", "netns", "del", ns, check=False)
+        shutil.rmtree(short, ignore_errors=True)
 
 
 if __name__ == "__main__" and len(sys.argv) >= 3 and sys.argv[1] == "child":
