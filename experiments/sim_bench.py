@@ -99,8 +99,9 @@ def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, c
 
     logging.getLogger("fedcore").setLevel(logging.WARNING)
     from fedcore.config import Settings
-    from fedcore.sim import InlineBackend, ProcessBackend, SimClock, VectorClients, sim_federation, simulate
+    from fedcore.sim import Backend, InlineBackend, ProcessBackend, SimClock, VectorClients, sim_federation, simulate
 
+    backend: Backend
     if backend_name == "inline":
         backend = InlineBackend()
     elif backend_name == "process":

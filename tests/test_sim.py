@@ -109,7 +109,7 @@ def _boom(*_: Any, **__: Any) -> dict[str, float]:
 
 def _nan(model: torch.nn.Module, *_: Any, **__: Any) -> dict[str, float]:
     with torch.no_grad():
-        model.w.fill_(math.nan)  # type: ignore[union-attr]
+        model.get_parameter("w").fill_(math.nan)
     return {}
 
 
@@ -208,3 +208,26 @@ def test_accept_folded_checks_what_it_is_given() -> None:
     fed.tick()
     assert fed.round == 1 and float(fed.global_state["w"].sum()) == pytest.approx(10.0)
     assert fed.history()[-1].participants == ("c0",)
+
+
+# ---------------------------------------------------------------- learning on digits
+def _digits(clients: int, rounds: int, **settings: Any) -> list[float]:
+    from fedcore.config import Settings
+    from fedcore.sim import PartitionClients
+
+    s = Settings(dataset="digits", **settings)
+    result = simulate(s, PartitionClients(s, clients), clients, clients, rounds, InlineBackend())
+    return [h.accuracy or 0.0 for h in result.history]
+
+
+def test_demo_setting_simulated_reaches_the_demo_band() -> None:
+    """The 3-process demo's setting (3 clients, 5 rounds, default training) simulated: ≈0.96."""
+    acc = _digits(3, 5)
+    assert acc[-1] >= 0.95, acc
+
+
+@pytest.mark.slow
+def test_two_hundred_clients_learn_digits() -> None:
+    """200 clients of ~6 samples each (so a full local batch, more local epochs and rounds)."""
+    acc = _digits(200, 20, local_epochs=5, lr=0.1, batch_size=8)
+    assert acc[-1] >= 0.87 and acc[-1] > acc[0] + 0.5, acc

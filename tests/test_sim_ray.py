@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -68,7 +69,7 @@ def _child(out: str, address: str | None) -> None:
             print(f"K={k} done {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
         ray.shutdown()
     else:
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         end = time.monotonic() + 60
         while sum(1 for n in ray.nodes() if n["Alive"]) < 2 and time.monotonic() < end:
             time.sleep(0.5)

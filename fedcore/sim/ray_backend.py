@@ -7,6 +7,7 @@ on a trusted network (docs/simulation.md).
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -40,7 +41,7 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     does not probe for an external IP."""
     ray = _import_ray()
     os.environ.update(worker_env())
-    ray.init(include_dashboard=False, logging_level="WARNING", _node_ip_address="127.0.0.1", num_cpus=num_cpus)
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1", num_cpus=num_cpus)
 
 
 class _Actor:
@@ -90,7 +91,7 @@ class RayBackend:
                 init_local_ray()
             else:
                 ray.init(address=self.address, runtime_env={"env_vars": worker_env()}, include_dashboard=False,
-                         logging_level="WARNING")
+                         logging_level=logging.WARNING)
             self._owns_ray = True
         k = self._requested
         if k is None:

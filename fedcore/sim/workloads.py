@@ -52,7 +52,7 @@ def vector_step(model: nn.Module, data: Dataset[Any], *, epochs: int = 1, batch_
             x = torch.tanh(x @ m)
         target += float(x.mean()) * 1e-3
     with torch.no_grad():
-        w = model.w  # type: ignore[union-attr]
+        w = model.get_parameter("w")
         w.mul_(1 - lr).add_(lr * target)
     return {"target": target}
 
