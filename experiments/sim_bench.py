@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "experiments" / "results"
@@ -123,6 +124,57 @@ def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, c
                round(mem.peak_kb / 1024, 1), result.history[-1].num_participants)
 
 
+# ---------------------------------------------------------------- Flower's engine (its own venv)
+def run_flower(clients: int, rounds: int, dim: int) -> dict[str, float]:
+    """The same workload on Flower's simulation engine: every client moves the model towards
+    its own target; FedAvg over all clients each round. Needs only flwr and numpy."""
+    import numpy as np
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.common import Context, ndarrays_to_parameters
+    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    marks: list[float] = []
+    t0 = time.perf_counter()
+
+    class Step(NumPyClient):  # type: ignore[misc]
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict[str, Any]]:
+            target = float(np.random.default_rng(self.cid).random()) * 2 - 1
+            w = parameters[0] * np.float32(0.95) + np.float32(0.05 * target)
+            return [w], 10 + self.cid % 50, {}
+
+    def client_fn(context: Context) -> Any:
+        return Step(int(context.node_config["partition-id"])).to_client()
+
+    class Timed(FedAvg):  # type: ignore[misc]
+        def configure_fit(self, *a: Any, **k: Any) -> Any:
+            marks.append(time.perf_counter())
+            return super().configure_fit(*a, **k)
+
+        def aggregate_fit(self, *a: Any, **k: Any) -> Any:
+            out = super().aggregate_fit(*a, **k)
+            marks.append(time.perf_counter())
+            return out
+
+    def server_fn(context: Context) -> Any:
+        strategy = Timed(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=clients,
+                         min_available_clients=clients,
+                         initial_parameters=ndarrays_to_parameters([np.zeros(dim, np.float32)]))
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
+
+    with PeakPss() as mem:
+        run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
+                       num_supernodes=clients, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    rounds_s = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]
+    return {"startup_s": marks[0] - t0 if marks else -1.0, "first_round_s": rounds_s[0] if rounds_s else -1.0,
+            "round_s": min(rounds_s[1:] or rounds_s or [-1.0]), "peak_pss_mb": mem.peak_kb / 1024,
+            "rounds_done": len(rounds_s)}
+
+
 # ---------------------------------------------------------------- orchestration (parent)
 def measure(backend: str, clients: int, rounds: int, workers: int | None, cpu_work: int, dim: int,
             timeout_s: float) -> Row | str:
@@ -148,6 +200,28 @@ def measure(backend: str, clients: int, rounds: int, workers: int | None, cpu_wo
                   f"(first {row.first_round_s:.3f}s), peak {row.peak_pss_mb:.0f} MB  [{wall:.0f}s wall]", flush=True)
             return row
     return f"failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
+
+
+def measure_flower(python: str, clients: int, timeout_s: float) -> Row | str:
+    """Flower's simulation engine on the same workload, in its own interpreter and namespace."""
+    cmd = ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c",
+           f"ip link set lo up && exec {python} {Path(__file__).resolve()} --flower-one {clients} 2"]
+    try:
+        proc = subprocess.run(cmd, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"), capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout_s:.0f}s"
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            r = json.loads(line)
+            if r["rounds_done"] < 1:
+                break
+            row = Row("flower", "tiny step", clients, 0, round(r["first_round_s"] - r["round_s"], 3),
+                      round(r["first_round_s"], 3), round(r["round_s"], 3), round(r["peak_pss_mb"], 1), clients)
+            print(f"  flower   {clients:6d} clients: round {row.round_s:.3f}s (first {row.first_round_s:.3f}s), "
+                  f"peak {row.peak_pss_mb:.0f} MB", flush=True)
+            return row
+    return f"failed (rc {proc.returncode})"
 
 
 def _table(rows: list[Row]) -> str:
@@ -187,6 +261,10 @@ def _plot(rows: list[Row], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
+    p.add_argument("--flower-one", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--flower-python", default=os.environ.get("FEDCORE_FLOWER_PYTHON"),
+                   help="interpreter with flwr[simulation] (its own venv); default FEDCORE_FLOWER_PYTHON")
+    p.add_argument("--flower-sizes", default="100,1000")
     p.add_argument("--sizes", default="100,1000,10000")
     p.add_argument("--backends", default="inline,process,ray")
     p.add_argument("--cpu-clients", type=int, default=200, help="clients of the CPU-bound round (0: skip)")
@@ -194,12 +272,17 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", type=Path, default=OUT / "sim_bench")
     a = p.parse_args()
+    if a.flower_one:
+        clients, rounds = (int(x) for x in a.flower_one)
+        print(json.dumps(run_flower(clients, rounds, DIM)))
+        return
     if a.one:
         backend, clients, rounds, workers, cpu_work, dim = a.one
         row = run_one(backend, int(clients), int(rounds), int(workers) or None, int(cpu_work), int(dim))
         print(json.dumps(asdict(row)))
         return
     backends = [b for b in a.backends.split(",") if b]
+    sizes = [int(x) for x in a.sizes.split(",") if x]
     if "ray" in backends and (shutil.which("unshare") is None or os.geteuid() != 0):
         print("ray skipped: needs root and unshare to run inside a private network namespace")
         backends.remove("ray")
@@ -207,7 +290,7 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", flush=True)
     rows: list[Row] = []
     notes: list[str] = []
-    for clients in (int(s) for s in a.sizes.split(",")):
+    for clients in sizes:
         rounds = 3 if clients <= 1000 else 1
         for backend in backends:
             got = measure(backend, clients, rounds, None, 0, DIM, a.timeout)
@@ -216,13 +299,23 @@ def main() -> None:
             else:
                 notes.append(f"{backend}, {clients} clients: {got}")
                 print(f"  {backend} {clients}: {got}", flush=True)
-    if a.cpu_clients:
+    if a.cpu_clients and backends:
         for backend in backends:
             got = measure(backend, a.cpu_clients, 2, None, a.cpu_work, 10_000, a.timeout)
             if isinstance(got, Row):
                 rows.append(got)
             else:
                 notes.append(f"{backend}, CPU-bound: {got}")
+    if a.flower_python:
+        for clients in (int(x) for x in a.flower_sizes.split(",") if x):
+            got = measure_flower(a.flower_python, clients, a.timeout)
+            if isinstance(got, Row):
+                rows.append(got)
+            else:
+                notes.append(f"flower, {clients} clients: {got}")
+                print(f"  flower {clients}: {got}", flush=True)
+    else:
+        notes.append("Flower not run: pass --flower-python (an interpreter with flwr[simulation], its own venv).")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
     _plot(rows, a.out.with_suffix(".png"))
@@ -232,7 +325,13 @@ def main() -> None:
     inline = {(r.workload, r.clients): r.round_s for r in rows if r.backend == "inline"}
     ratios = [f"- {r.backend} vs inline, {r.workload}, {r.clients:,} clients: "
               f"{inline[(r.workload, r.clients)] / r.round_s:.2f}x" for r in rows
-              if r.backend != "inline" and (r.workload, r.clients) in inline and r.round_s > 0]
+              if r.backend not in ("inline", "flower") and (r.workload, r.clients) in inline and r.round_s > 0]
+    flower = {r.clients: r for r in rows if r.backend == "flower"}
+    for r in rows:
+        f = flower.get(r.clients)
+        if f is not None and r.backend == "ray" and r.workload == "tiny step" and r.round_s > 0:
+            ratios.append(f"- ray vs Flower's engine, {r.clients:,} clients: {f.round_s / r.round_s:.1f}x faster, "
+                          f"{r.peak_pss_mb / f.peak_pss_mb:.2f}x the memory")
     if ratios:
         md.append("\nSpeed-up over InlineBackend (same run):\n\n" + "\n".join(ratios) + "\n")
     if notes:

@@ -79,10 +79,11 @@ class RayBackend:
         self._ray: Any = None
         self._actors: list[Any] = []
         self._owns_ray = False
+        self._started = 0  # actors started (kept after close, for reports)
 
     @property
     def num_workers(self) -> int:
-        return len(self._actors) if self._actors else (self._requested or 0)
+        return self._started or self._requested or 0
 
     def start(self, client_fn: ClientFn, settings: Settings) -> None:
         ray = self._ray = _import_ray()
@@ -100,6 +101,7 @@ class RayBackend:
         actor_cls = ray.remote(num_cpus=self._cpus, num_gpus=self._gpus)(_Actor)
         threads = max(1, int(self._cpus))
         self._actors = [actor_cls.remote(client_fn, settings, threads) for _ in range(k)]
+        self._started = k
         ray.get([a.ready.remote() for a in self._actors], timeout=300)
 
     def run_round(self, plan: RoundPlan, tasks: Sequence[Task]) -> Iterator[ChunkResult]:
