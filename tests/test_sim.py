@@ -227,7 +227,9 @@ def test_demo_setting_simulated_reaches_the_demo_band() -> None:
 
 
 @pytest.mark.slow
-def test_two_hundred_clients_learn_digits() -> None:
-    """200 clients of ~6 samples each (so a full local batch, more local epochs and rounds)."""
-    acc = _digits(200, 20, local_epochs=5, lr=0.1, batch_size=8)
-    assert acc[-1] >= 0.87 and acc[-1] > acc[0] + 0.5, acc
+def test_two_hundred_clients_approach_the_demo_accuracy() -> None:
+    """200 clients of ~6 samples each (a full local batch, more local epochs and rounds than the
+    demo's 3 clients of ~380): measured 0.944 after 30 rounds against the demo setting's ≈0.96."""
+    demo = _digits(3, 5)[-1]
+    acc = _digits(200, 30, local_epochs=10, lr=0.1, batch_size=8)
+    assert acc[-1] >= demo - 0.03, (demo, acc)
