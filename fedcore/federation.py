@@ -71,7 +71,7 @@ from fedcore.operations import (
 from fedcore.registry import ClientRecord, ClientRegistry
 from fedcore.rounds import RoundController, RoundState
 from fedcore.states import Action, ClientState
-from fedcore.strategy import FedAvg, Strategy, is_finite_state
+from fedcore.strategy import FedAvg, Strategy, WeightedSum, is_finite_state
 from fedcore.uploads import UpdateBuffer, UploadSlots
 from fedcore import wire
 from fedcore.wire import canonical_dtype, is_untrained
@@ -424,25 +424,49 @@ class Federation(FederationOperations):
             sink.write(payload)
 
     def _check_norm(self, state: StateDict) -> None:
-        """Refuse an update far from the global model (relative L2 bound): one bad client cannot
-        drag the average to 1e38."""
-        bound = self.config.max_update_norm
-        if bound is None:
-            return
-        diff_sq, ref_sq = 0.0, 0.0
-        glob = self._model.state
-        for name, t in state.items():
-            if not t.is_floating_point() or is_untrained(name):
-                continue
-            g = glob[name].double()
-            diff_sq += float((t.double() - g).square().sum())
-            ref_sq += float(g.square().sum())
-        norm, ref = math.sqrt(diff_sq), math.sqrt(ref_sq)
-        if norm > bound * (ref + 1.0):
-            raise PayloadError(
-                f"update is {norm:.3g} away from the global model, over the bound "
-                f"max_update_norm × (‖global‖ + 1) = {bound * (ref + 1.0):.3g}; refused"
-            )
+        check_update_norm(state, self._model.state, self.config.max_update_norm)
+
+    def accept_folded(self, round_number: int, updates: Sequence[FoldedUpdate], partial: WeightedSum,
+                      refused: Sequence[Refusal] = ()) -> None:
+        """Updates folded outside the server into one of the strategy's partial sums (a
+        simulation worker ran these clients and checked each update as ``accept_update`` would,
+        with :func:`check_update_norm` and ``is_finite_state``). The same per-client checks and
+        bookkeeping as the upload gate, then one ``strategy.merge``: all of them count or none."""
+        if self.strategy.needs_every_update:
+            raise RoundStateError(f"strategy {self.strategy.name!r} needs every update: use accept_update per client")
+        checked = [(u, _check_metrics(u.metrics)) for u in updates]
+        with self._cond:
+            cur = self._rounds.current
+            rows: list[tuple[ClientRecord, FoldedUpdate, dict[str, float], bool]] = []
+            for u, metrics in checked:
+                rec = self._registry.auth(u.caller.client_id, u.caller.token)
+                cur = self._rounds.check_open(rec.client_id, round_number)
+                samples, clipped = self._registry.clip_samples(u.num_samples)
+                if samples != u.num_samples or samples <= 0:
+                    raise PayloadError(f"client {rec.name}: folded with weight {u.num_samples}, the server counts "
+                                       f"{samples} (clip num_samples to max_num_samples before folding)")
+                rows.append((rec, u, metrics, clipped))
+            if len({rec.client_id for rec, *_ in rows}) != len(rows):
+                raise PayloadError("a client appears twice in one partial sum")
+            if sum(u.num_samples for _, u, _, _ in rows) != partial.total or len(rows) != partial.count:
+                raise PayloadError("the partial sum does not match the clients it claims")
+            if cur is not None and cur.number == round_number:
+                cur.refused.extend(refused)
+            if not rows:
+                return
+            assert cur is not None
+            self.strategy.merge(partial)
+            for rec, u, metrics, clipped in rows:
+                self._touch(rec)
+                cur.submitted.add(rec.client_id)
+                cur.bytes_in += u.payload_bytes
+                cur.client_metrics[rec.name] = metrics
+                if clipped:
+                    cur.clipped.add(rec.name)
+                rec.num_samples = u.num_samples
+                rec.state = ClientState.UPDATE
+                rec.rounds.append(round_number)
+                self._emit_client(rec)
 
     def split_submit(self, caller: Caller, round_number: int, message: bytes | bytearray | memoryview) -> Future[bytes]:
         """Split mode: one micro-batch message for the edge; the future resolves to its reply.
@@ -745,6 +769,36 @@ class Federation(FederationOperations):
                     return False
                 self._cond.wait(timeout=min(left, 0.5))
             return True
+
+
+@dataclass(frozen=True)
+class FoldedUpdate:
+    """One client's share of a partial sum handed to :meth:`Federation.accept_folded`."""
+
+    caller: Caller
+    num_samples: int  # the weight it was folded with
+    metrics: Mapping[str, float]
+    payload_bytes: int = 0  # what its upload would have weighed (bytes_in accounting)
+
+
+def check_update_norm(state: StateDict, global_state: StateDict, bound: float | None) -> None:
+    """Refuse an update far from the global model (relative L2 bound): one bad client cannot
+    drag the average to 1e38."""
+    if bound is None:
+        return
+    diff_sq, ref_sq = 0.0, 0.0
+    for name, t in state.items():
+        if not t.is_floating_point() or is_untrained(name):
+            continue
+        g = global_state[name].double()
+        diff_sq += float((t.double() - g).square().sum())
+        ref_sq += float(g.square().sum())
+    norm, ref = math.sqrt(diff_sq), math.sqrt(ref_sq)
+    if norm > bound * (ref + 1.0):
+        raise PayloadError(
+            f"update is {norm:.3g} away from the global model, over the bound "
+            f"max_update_norm × (‖global‖ + 1) = {bound * (ref + 1.0):.3g}; refused"
+        )
 
 
 def _opt_float(v: Any) -> float | None:

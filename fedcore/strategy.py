@@ -3,6 +3,12 @@
 A strategy sees updates one at a time (``accumulate``) and produces the next global model at
 the end of the round (``finish``), so the server holds O(1) models whatever the number of
 clients: the running weighted sum, not the list of updates.
+
+A strategy whose running state is a sum can also hand out a mergeable accumulator
+(``new_accumulator``): a simulation worker folds its share of a round's clients into one, and
+the server merges the shares (``merge``), so the round's result is the same as folding every update on
+the server. A strategy that needs every update by itself (robust aggregation, per-client
+studies) keeps ``needs_every_update = True`` and gets them one by one.
 """
 from __future__ import annotations
 
@@ -15,10 +21,55 @@ import torch
 StateDict = Mapping[str, torch.Tensor]
 
 
+def fold_weighted(sums: dict[str, torch.Tensor], state: StateDict, num_samples: int) -> None:
+    """Add ``num_samples`` × ``state`` into the float64 sums (allocated on first use)."""
+    if num_samples <= 0:
+        raise ValueError("num_samples must be positive")
+    for name, t in state.items():
+        acc = sums.get(name)
+        if acc is None:  # the accumulator itself is the only float64 copy ever allocated
+            sums[name] = t.detach().to(torch.float64).mul_(num_samples)
+        else:
+            acc.add_(t.detach(), alpha=num_samples)
+
+
+class WeightedSum:
+    """Σ n_k w_k (float64) and Σ n_k over some clients: FedAvg's running state as a value that
+    can be built anywhere (a simulation worker), sent (it pickles) and merged."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.total = 0
+        self.count = 0
+
+    def add(self, state: StateDict, num_samples: int) -> None:
+        fold_weighted(self.sums, state, num_samples)
+        self.total += num_samples
+        self.count += 1
+
+    def merge(self, other: WeightedSum) -> None:
+        """Fold another share into this one (an empty share changes nothing)."""
+        if not other.count:
+            return
+        if self.sums and set(self.sums) != set(other.sums):
+            raise ValueError("partial sums over different tensors cannot be merged")
+        for name, t in other.sums.items():
+            acc = self.sums.get(name)
+            if acc is None:
+                self.sums[name] = t.to(torch.float64, copy=True)
+            else:
+                acc.add_(t)
+        self.total += other.total
+        self.count += other.count
+
+
 class Strategy(ABC):
     """Subclass this to write your own; register it with :func:`register_strategy`."""
 
     name: str = "custom"
+    #: True: the strategy must see every client's update through ``accumulate`` (robust
+    #: aggregation, per-client studies); False: ``new_accumulator``/``merge`` work.
+    needs_every_update: bool = True
 
     @abstractmethod
     def begin_round(self, global_state: StateDict) -> None:
@@ -36,11 +87,21 @@ class Strategy(ABC):
         """Settings sent to clients with each training instruction (e.g. FedProx's ``mu``)."""
         return {}
 
+    def new_accumulator(self) -> WeightedSum:
+        """An empty partial sum that ``merge`` accepts (only when ``needs_every_update`` is False)."""
+        raise NotImplementedError(f"strategy {self.name!r} needs every update; it has no mergeable accumulator")
+
+    def merge(self, partial: WeightedSum) -> None:
+        """Fold a partial sum built elsewhere into this round, as if each of its clients had been
+        accumulated here."""
+        raise NotImplementedError(f"strategy {self.name!r} needs every update; it cannot merge partial sums")
+
 
 class FedAvg(Strategy):
     """w = Σ n_k w_k / Σ n_k (the REST paper's formula (1)), as a streaming float64 sum."""
 
     name = "fedavg"
+    needs_every_update = False
 
     def __init__(self) -> None:
         self._sum: dict[str, torch.Tensor] = {}
@@ -53,16 +114,20 @@ class FedAvg(Strategy):
         self.count = 0
 
     def accumulate(self, state: StateDict, num_samples: int) -> None:
-        if num_samples <= 0:
-            raise ValueError("num_samples must be positive")
-        for name, t in state.items():
-            acc = self._sum.get(name)
-            if acc is None:  # the accumulator itself is the only float64 copy ever allocated
-                self._sum[name] = t.detach().to(torch.float64).mul_(num_samples)
-            else:
-                acc.add_(t.detach(), alpha=num_samples)
+        fold_weighted(self._sum, state, num_samples)
         self._total += num_samples
         self.count += 1
+
+    def new_accumulator(self) -> WeightedSum:
+        return WeightedSum()
+
+    def merge(self, partial: WeightedSum) -> None:
+        if not isinstance(partial, WeightedSum):
+            raise TypeError(f"{self.name} merges WeightedSum partials, not {type(partial).__name__}")
+        mine = WeightedSum()
+        mine.sums, mine.total, mine.count = self._sum, self._total, self.count
+        mine.merge(partial)
+        self._sum, self._total, self.count = mine.sums, mine.total, mine.count
 
     def average(self, global_state: StateDict) -> dict[str, torch.Tensor]:
         if not self._total:
@@ -149,4 +214,7 @@ def is_finite_state(state: StateDict) -> bool:
     return True
 
 
-__all__ = ["FedAdam", "FedAvg", "FedProx", "Strategy", "is_finite_state", "make_strategy", "register_strategy"]
+__all__ = [
+    "FedAdam", "FedAvg", "FedProx", "Strategy", "WeightedSum", "fold_weighted", "is_finite_state", "make_strategy",
+    "register_strategy",
+]

@@ -1,0 +1,346 @@
+"""Simulation benchmark (issue 15): rounds of 100 / 1,000 / 10,000 clients of a 1M-float model
+with a tiny local step on each backend, plus CPU-bound clients, measured side by side in one run.
+
+Each (backend, size) runs in a fresh interpreter so start-up and memory are its own; Ray runs
+inside ``unshare -n -p`` (a private network namespace with only ``lo``: Ray binds every
+interface) and everything it started dies with that namespace. Reported: start-up (backend
+start incl. ``ray.init`` and the clients' registrations), round time (first and steady), peak
+memory as the PSS summed over the benchmark process and all its descendants (sampled every
+50 ms). Figures are for the machine it runs on (``nproc`` and load average are printed).
+
+    python experiments/sim_bench.py [--sizes 100,1000,10000] [--backends inline,process,ray]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "experiments" / "results"
+DIM = 1_000_000
+
+
+@dataclass(frozen=True)
+class Row:
+    backend: str
+    workload: str
+    clients: int
+    workers: int
+    startup_s: float
+    first_round_s: float
+    round_s: float  # steady state: the best later round (the first when only one ran)
+    peak_pss_mb: float
+    participants: int
+
+
+# ---------------------------------------------------------------- memory
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+class PeakPss:
+    """Peak of the PSS summed over this process and its descendants."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _descendants(os.getpid())))
+
+    def __enter__(self) -> PeakPss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- one measurement (child)
+def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, cpu_work: int, dim: int) -> Row:
+    import logging
+
+    logging.getLogger("fedcore").setLevel(logging.WARNING)
+    from fedcore.config import Settings
+    from fedcore.sim import Backend, InlineBackend, ProcessBackend, SimClock, VectorClients, sim_federation, simulate
+
+    backend: Backend
+    if backend_name == "inline":
+        backend = InlineBackend()
+    elif backend_name == "process":
+        backend = ProcessBackend(num_workers=workers)
+    else:
+        from fedcore.sim.ray_backend import RayBackend
+
+        backend = RayBackend(num_workers=workers)
+    vc = VectorClients(dim=dim, cpu_work=cpu_work)
+    clock = SimClock()
+    # fp32 on the wire and no norm bound: the workload Flower's engine runs too.
+    settings = Settings(dtype="fp32", max_update_norm=None)
+    fed = sim_federation(vc.initial_state(), clients, settings=settings, clock=clock)
+    with PeakPss() as mem:
+        result = simulate(fed, vc, clients, clients, rounds, backend, clock=clock)
+    later = result.round_s[1:] or result.round_s
+    return Row(backend_name, f"cpu_work={cpu_work}" if cpu_work else "tiny step", clients, result.num_workers,
+               round(result.startup_s, 3), round(result.round_s[0], 3), round(min(later), 3),
+               round(mem.peak_kb / 1024, 1), result.history[-1].num_participants)
+
+
+# ---------------------------------------------------------------- Flower's engine (its own venv)
+def run_flower(clients: int, rounds: int, dim: int) -> dict[str, float]:
+    """The same workload on Flower's simulation engine: every client moves the model towards
+    its own target; FedAvg over all clients each round. Needs only flwr and numpy."""
+    import numpy as np
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.common import Context, ndarrays_to_parameters
+    from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.simulation import run_simulation
+
+    marks: list[float] = []
+    t0 = time.perf_counter()
+
+    class Step(NumPyClient):  # type: ignore[misc]
+        def __init__(self, cid: int) -> None:
+            self.cid = cid
+
+        def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict[str, Any]]:
+            target = float(np.random.default_rng(self.cid).random()) * 2 - 1
+            w = parameters[0] * np.float32(0.95) + np.float32(0.05 * target)
+            return [w], 10 + self.cid % 50, {}
+
+    def client_fn(context: Context) -> Any:
+        return Step(int(context.node_config["partition-id"])).to_client()
+
+    class Timed(FedAvg):  # type: ignore[misc]
+        def configure_fit(self, *a: Any, **k: Any) -> Any:
+            marks.append(time.perf_counter())
+            return super().configure_fit(*a, **k)
+
+        def aggregate_fit(self, *a: Any, **k: Any) -> Any:
+            out = super().aggregate_fit(*a, **k)
+            marks.append(time.perf_counter())
+            return out
+
+    def server_fn(context: Context) -> Any:
+        strategy = Timed(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=clients,
+                         min_available_clients=clients,
+                         initial_parameters=ndarrays_to_parameters([np.zeros(dim, np.float32)]))
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
+
+    with PeakPss() as mem:
+        run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
+                       num_supernodes=clients, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    rounds_s = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]
+    return {"startup_s": marks[0] - t0 if marks else -1.0, "first_round_s": rounds_s[0] if rounds_s else -1.0,
+            "round_s": min(rounds_s[1:] or rounds_s or [-1.0]), "peak_pss_mb": mem.peak_kb / 1024,
+            "rounds_done": len(rounds_s)}
+
+
+# ---------------------------------------------------------------- orchestration (parent)
+def measure(backend: str, clients: int, rounds: int, workers: int | None, cpu_work: int, dim: int,
+            timeout_s: float) -> Row | str:
+    args = [sys.executable, str(Path(__file__).resolve()), "--one", backend, str(clients), str(rounds),
+            str(workers or 0), str(cpu_work), str(dim)]
+    if backend == "ray":  # never in the host's network namespace
+        cmd = ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c",
+               "ip link set lo up && exec " + " ".join(args)]
+    else:
+        cmd = args
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               RAY_USAGE_STATS_ENABLED="0")
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout_s:.0f}s"
+    wall = time.monotonic() - started
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            row = Row(**json.loads(line))
+            print(f"  {backend:8s} {clients:6d} clients: start-up {row.startup_s:.2f}s, round {row.round_s:.3f}s "
+                  f"(first {row.first_round_s:.3f}s), peak {row.peak_pss_mb:.0f} MB  [{wall:.0f}s wall]", flush=True)
+            return row
+    return f"failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
+
+
+def measure_flower(python: str, clients: int, timeout_s: float) -> Row | str:
+    """Flower's simulation engine on the same workload, in its own interpreter and namespace."""
+    cmd = ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c",
+           f"ip link set lo up && exec {python} {Path(__file__).resolve()} --flower-one {clients} 2"]
+    try:
+        proc = subprocess.run(cmd, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"), capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout_s:.0f}s"
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            r = json.loads(line)
+            if r["rounds_done"] < 1:
+                break
+            # Flower starts its actors inside the first round: no separate start-up figure.
+            row = Row("flower", "tiny step", clients, 0, -1.0,
+                      round(r["first_round_s"], 3), round(r["round_s"], 3), round(r["peak_pss_mb"], 1), clients)
+            print(f"  flower   {clients:6d} clients: round {row.round_s:.3f}s (first {row.first_round_s:.3f}s), "
+                  f"peak {row.peak_pss_mb:.0f} MB", flush=True)
+            return row
+    return f"failed (rc {proc.returncode})"
+
+
+def _table(rows: list[Row]) -> str:
+    head = ("| backend | workload | clients/round | workers | start-up (s) | first round (s) | round (s) | "
+            "peak PSS (MB) |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+    return head + "".join(
+        f"| {r.backend} | {r.workload} | {r.clients:,} | {r.workers or 'n/a'} | "
+        f"{f'{r.startup_s:.2f}' if r.startup_s >= 0 else 'in 1st round'} | {r.first_round_s:.3f} | "
+        f"{r.round_s:.3f} | {r.peak_pss_mb:.0f} |\n" for r in rows)
+
+
+def _plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    for backend in sorted({r.backend for r in rows}):
+        pts = sorted((r.clients, r.round_s, r.peak_pss_mb) for r in rows if r.backend == backend and
+                     r.workload == "tiny step")
+        if pts:
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
+            ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=backend)
+    for ax, label in ((ax1, "round time (s)"), (ax2, "peak PSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("clients per round (1M-float model)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax1.set_yscale("log")
+    fig.suptitle(f"fedcore simulate, {os.cpu_count()} cores")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
+    p.add_argument("--flower-one", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--flower-python", default=os.environ.get("FEDCORE_FLOWER_PYTHON"),
+                   help="interpreter with flwr[simulation] (its own venv); default FEDCORE_FLOWER_PYTHON")
+    p.add_argument("--flower-sizes", default="100,1000")
+    p.add_argument("--sizes", default="100,1000,10000")
+    p.add_argument("--backends", default="inline,process,ray")
+    p.add_argument("--cpu-clients", type=int, default=200, help="clients of the CPU-bound round (0: skip)")
+    p.add_argument("--cpu-work", type=int, default=150, help="128x128 matrix products per CPU-bound client")
+    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--out", type=Path, default=OUT / "sim_bench")
+    a = p.parse_args()
+    if a.flower_one:
+        clients, rounds = (int(x) for x in a.flower_one)
+        print(json.dumps(run_flower(clients, rounds, DIM)))
+        return
+    if a.one:
+        backend, clients, rounds, workers, cpu_work, dim = a.one
+        row = run_one(backend, int(clients), int(rounds), int(workers) or None, int(cpu_work), int(dim))
+        print(json.dumps(asdict(row)))
+        return
+    backends = [b for b in a.backends.split(",") if b]
+    sizes = [int(x) for x in a.sizes.split(",") if x]
+    if "ray" in backends and (shutil.which("unshare") is None or os.geteuid() != 0):
+        print("ray skipped: needs root and unshare to run inside a private network namespace")
+        backends.remove("ray")
+    load = os.getloadavg()
+    print(f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", flush=True)
+    rows: list[Row] = []
+    notes: list[str] = []
+    for clients in sizes:
+        rounds = 3 if clients <= 1000 else 1
+        for backend in backends:
+            got = measure(backend, clients, rounds, None, 0, DIM, a.timeout)
+            if isinstance(got, Row):
+                rows.append(got)
+            else:
+                notes.append(f"{backend}, {clients} clients: {got}")
+                print(f"  {backend} {clients}: {got}", flush=True)
+    if a.cpu_clients and backends:
+        for backend in backends:
+            got = measure(backend, a.cpu_clients, 2, None, a.cpu_work, 10_000, a.timeout)
+            if isinstance(got, Row):
+                rows.append(got)
+            else:
+                notes.append(f"{backend}, CPU-bound: {got}")
+    if a.flower_python:
+        for clients in (int(x) for x in a.flower_sizes.split(",") if x):
+            got = measure_flower(a.flower_python, clients, a.timeout)
+            if isinstance(got, Row):
+                rows.append(got)
+            else:
+                notes.append(f"flower, {clients} clients: {got}")
+                print(f"  flower {clients}: {got}", flush=True)
+    else:
+        notes.append("Flower not run: pass --flower-python (an interpreter with flwr[simulation], its own venv).")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
+    _plot(rows, a.out.with_suffix(".png"))
+    md = [f"# fedcore simulate benchmark\n\n{os.cpu_count()} cores (shared machine; load average at start "
+          f"{load[0]:.1f}). 1M-float model, tiny local step, every client of the round trains; fp32 wire.\n",
+          _table(rows)]
+    inline = {(r.workload, r.clients): r.round_s for r in rows if r.backend == "inline"}
+    ratios = [f"- {r.backend} vs inline, {r.workload}, {r.clients:,} clients: "
+              f"{inline[(r.workload, r.clients)] / r.round_s:.2f}x" for r in rows
+              if r.backend not in ("inline", "flower") and (r.workload, r.clients) in inline and r.round_s > 0]
+    flower = {r.clients: r for r in rows if r.backend == "flower"}
+    for r in rows:
+        f = flower.get(r.clients)
+        if f is not None and r.backend == "ray" and r.workload == "tiny step" and r.round_s > 0:
+            ratios.append(f"- ray vs Flower's engine, {r.clients:,} clients: {f.round_s / r.round_s:.1f}x faster, "
+                          f"{r.peak_pss_mb / f.peak_pss_mb:.2f}x the memory")
+    if ratios:
+        md.append("\nSpeed-up over InlineBackend (same run):\n\n" + "\n".join(ratios) + "\n")
+    if notes:
+        md.append("\nNot measured:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    a.out.with_suffix(".md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""``simulate``: many clients on a few workers, driving the real Federation.
+
+The driver plays the transport: each simulated client registers, signals READY, receives its
+TRAIN instruction and fetches the global model through the operations interface, so the
+Federation's selection, deadlines, drop-outs, stragglers, strategy and evaluation run unchanged.
+Only the training and the folding of updates happen on the backend's workers; their partial sums
+enter the round through ``Federation.accept_folded`` (``accept_update`` per client for
+strategies that need every update).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedcore import wire
+from fedcore.config import Settings
+from fedcore.errors import FedcoreError, PayloadError
+from fedcore.federation import EvaluateFn, Federation, FederationConfig, FoldedUpdate
+from fedcore.operations import Caller, Refusal, RoundRecord
+from fedcore.sim.backends import Backend, InlineBackend
+from fedcore.sim.faults import Faults, SimClock
+from fedcore.sim.plan import ChunkResult, RoundPlan, Task, to_plain
+from fedcore.sim.worker import ClientFn
+from fedcore.states import Action, ClientState
+from fedcore.strategy import Strategy, make_strategy
+
+TRANSPORT = "sim"
+OnRound = Callable[[RoundRecord, float], None]
+
+
+class SimulationError(FedcoreError):
+    """The simulated federation could not run a round (misconfiguration, not a client failure)."""
+
+
+@dataclass(frozen=True)
+class SimResult:
+    history: tuple[RoundRecord, ...]
+    final_state: Mapping[str, torch.Tensor]
+    backend: str
+    num_workers: int
+    startup_s: float  # backend start (workers, ray.init) + registrations
+    round_s: tuple[float, ...]  # wall time of each round as the driver saw it
+
+
+def sim_federation(initial_state: Mapping[str, torch.Tensor], clients_per_round: int, *,
+                   settings: Settings | None = None, strategy: Strategy | None = None,
+                   evaluate_fn: EvaluateFn | None = None, clock: SimClock | None = None) -> Federation:
+    """A Federation configured for in-process simulated clients: every round needs the whole
+    cohort (min_clients), no registration rate limit, idle clients never time out."""
+    s = settings or Settings()
+    config = FederationConfig.from_settings(
+        s, min_clients=clients_per_round, register_limit=0, client_timeout_s=math.inf,
+        prune_left_after_s=math.inf, checkpoint_dir=None,
+    )
+    strategy = strategy or make_strategy(s.strategy, mu=s.proximal_mu, lr=s.server_lr)
+    return Federation(initial_state, config, strategy=strategy, evaluate_fn=evaluate_fn, clock=clock or SimClock())
+
+
+def _settings_federation(settings: Settings, clients_per_round: int, clock: SimClock,
+                         strategy: Strategy | None, evaluate_fn: EvaluateFn | None) -> Federation:
+    """The configured zoo model, scored on the configured data set's server split."""
+    from fedcore.app.data import load_federated
+    from fedcore.app.models import build_model
+    from fedcore.loops import make_evaluate_fn
+
+    data = load_federated(settings.dataset, settings.num_partitions, partition=settings.partition,
+                          alpha=settings.alpha, seed=settings.seed, data_dir=settings.data_dir)
+    model = build_model(settings.model, settings.dataset, data.num_classes, seed=settings.seed)
+    if evaluate_fn is None:
+        evaluate_fn = make_evaluate_fn(build_model(settings.model, settings.dataset, data.num_classes, seed=None),
+                                       data.server_test)
+    return sim_federation(model.state_dict(), clients_per_round, settings=settings, strategy=strategy,
+                          evaluate_fn=evaluate_fn, clock=clock)
+
+
+def split(items: Sequence[int], parts: int) -> list[list[int]]:
+    """Contiguous, balanced chunks (empty ones dropped)."""
+    n = max(1, parts)
+    bounds = np.linspace(0, len(items), n + 1).round().astype(int)
+    return [list(items[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+class _Driver:
+    def __init__(self, fed: Federation, backend: Backend, num_clients: int, clients_per_round: int, faults: Faults,
+                 seed: int, clock: SimClock | None) -> None:
+        self.fed, self.backend, self.faults, self.seed, self.clock = fed, backend, faults, seed, clock
+        self.n, self.c = num_clients, clients_per_round
+        self.callers: list[Caller] = []
+        self.names: list[str] = []
+
+    def register(self) -> None:
+        with _quiet("fedcore.federation"):  # thousands of "joined" lines say nothing
+            self._register()
+
+    def _register(self) -> None:
+        for cid in range(self.n):
+            name = f"client_{cid}"
+            reg = self.fed.register(Caller(peer=TRANSPORT), name, 0, TRANSPORT)
+            self.callers.append(Caller(token=reg.token, client_id=reg.client_id, peer=TRANSPORT))
+            self.names.append(name)
+
+    def cohort(self, round_number: int) -> list[int]:
+        if self.c == self.n:
+            return list(range(self.n))
+        picked = np.random.default_rng([self.seed, round_number]).choice(self.n, self.c, replace=False)
+        return sorted(int(i) for i in picked)
+
+    def run_round(self) -> RoundRecord:
+        fed = self.fed
+        number = fed.round + 1
+        cohort = self.cohort(number)
+        for cid in cohort:
+            fed.signal(self.callers[cid], ClientState.READY, 0)
+        fed.tick()
+        status = fed.status()
+        if status.current_round != number:
+            raise SimulationError(f"round {number} did not start: {status.ready} client(s) ready, the federation "
+                                  f"needs {status.min_clients} (min_clients ≤ clients_per_round)")
+        config: Mapping[str, object] = {}
+        payload = b""
+        for cid in cohort:
+            instr = fed.signal(self.callers[cid], ClientState.READY, 0)
+            if instr.action is not Action.TRAIN or instr.round != number:
+                raise SimulationError(f"client_{cid} was not told to train round {number}: {instr.action}")
+            config = instr.config
+            payload = fed.fetch_global(self.callers[cid]).payload
+        fates = self.faults.fates(number, cohort)
+        for cid in cohort:
+            if fates[cid] == "drop":
+                fed.signal(self.callers[cid], ClientState.LEFT, 0)
+        runnable = [cid for cid in cohort if fates[cid] == "ok"]
+        cfg = fed.config
+        every = fed.strategy.needs_every_update
+        plan = RoundPlan(number, to_plain(wire.decode_state(payload, max_size=cfg.max_decoded_bytes)), dict(config),
+                         cfg.wire, cfg.max_update_norm, cfg.max_num_samples, every)
+        size = 16 if every else max(1, math.ceil(len(runnable) / max(1, self.backend.num_workers)))
+        tasks = [Task(tuple(ch), tuple(self.names[c] for c in ch)) for ch in split(runnable, math.ceil(len(runnable) / size))]
+        results = self.backend.run_round(plan, tasks)
+        if every:
+            self._submit_each(number, results)
+        else:
+            self._submit_folded(number, results, len(payload))
+        if any(f == "late" for f in fates.values()):
+            if self.clock is None:
+                raise SimulationError("stragglers need the Federation's clock: pass clock= the SimClock it was built with")
+            self.clock.advance(cfg.round_deadline_s)
+        fed.tick()
+        if fed.round != number:
+            raise SimulationError(f"round {number} did not close")
+        # A finished client counts as ready for the next round; a simulated one is idle until
+        # it is drawn again, so it says JOIN (online, not available).
+        for cid in runnable:
+            fed.signal(self.callers[cid], ClientState.JOIN, 0)
+        return fed.history()[-1]
+
+    def _fail(self, cid: int) -> None:
+        """A client whose code raised or whose update was refused: it drops, as a crashed process would."""
+        self.fed.signal(self.callers[cid], ClientState.LEFT, 0)
+
+    def _submit_folded(self, number: int, results: Iterator[ChunkResult], payload_bytes: int) -> None:
+        total = self.fed.strategy.new_accumulator()
+        updates: list[FoldedUpdate] = []
+        refused: list[Refusal] = []
+        for res in results:
+            if res.partial is not None:
+                total.merge(res.partial)
+            for o in res.outcomes:
+                if o.status == "ok":
+                    updates.append(FoldedUpdate(self.callers[o.cid], o.num_samples, o.metrics, payload_bytes))
+                else:
+                    if o.status == "refused":
+                        refused.append(Refusal(self.names[o.cid], o.reason))
+                    self._fail(o.cid)
+        self.fed.accept_folded(number, updates, total, refused)
+
+    def _submit_each(self, number: int, results: Iterator[ChunkResult]) -> None:
+        for res in results:
+            oks = [o for o in res.outcomes if o.status == "ok"]
+            for o, payload in zip(oks, res.payloads):
+                try:
+                    self.fed.submit_update(self.callers[o.cid], number, payload, o.num_samples, o.metrics)
+                except PayloadError:  # refused by the upload gate (recorded in the round)
+                    self._fail(o.cid)
+            for o in res.outcomes:
+                if o.status != "ok":
+                    self._fail(o.cid)
+
+
+def simulate(
+    federation: Federation | Settings,
+    client_fn: ClientFn,
+    num_clients: int,
+    clients_per_round: int,
+    rounds: int,
+    backend: Backend | None = None,
+    *,
+    faults: Faults | None = None,
+    seed: int = 0,
+    clock: SimClock | None = None,
+    strategy: Strategy | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    on_round: OnRound | None = None,
+) -> SimResult:
+    """Run ``rounds`` rounds of ``clients_per_round`` clients drawn (per round, from ``seed``)
+    out of ``num_clients``; ``client_fn(cid)`` builds client ``cid`` (an FLClient or a
+    ClientApp) inside a worker. Given Settings, the federation is the configured zoo model and
+    data set's server-side evaluation; given a Federation, pass ``clock=`` the SimClock it was
+    built with when ``faults`` has stragglers. Returns the Federation's history."""
+    if not 1 <= clients_per_round <= num_clients:
+        raise ValueError("clients_per_round must be in 1..num_clients")
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    settings = federation if isinstance(federation, Settings) else Settings()
+    if isinstance(federation, Settings):
+        clock = clock or SimClock()
+        federation = _settings_federation(federation, clients_per_round, clock, strategy, evaluate_fn)
+    fed = federation
+    backend = backend or InlineBackend()
+    started = time.perf_counter()
+    backend.start(client_fn, settings)
+    try:
+        driver = _Driver(fed, backend, num_clients, clients_per_round, faults or Faults(), seed, clock)
+        driver.register()
+        startup = time.perf_counter() - started
+        fed.start_autorun(rounds)
+        times: list[float] = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            record = driver.run_round()
+            times.append(time.perf_counter() - t0)
+            if on_round is not None:
+                on_round(record, times[-1])
+    finally:
+        backend.close()
+    return SimResult(tuple(fed.history()), fed.global_state, backend.name, backend.num_workers, startup, tuple(times))
