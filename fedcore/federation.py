@@ -289,7 +289,7 @@ class Federation(FederationOperations):
         rec.state = ClientState.LEFT
         rec.left_at = self._clock()
         cur = self._rounds.current
-        if cur is not None and rec.client_id in cur.waiting:
+        if cur is not None and cur.waits_for(rec.client_id):
             cur.dropped.add(rec.client_id)
         if self.edge is not None:
             self.edge.drop(rec.client_id)  # its unfinished mini-batch never steps the edge
@@ -359,7 +359,7 @@ class Federation(FederationOperations):
         if self._rounds.finished or rec.kicked:
             return Instruction(Action.STOP, self.round, reason="federation finished" if not rec.kicked else "removed")
         cur = self._rounds.current
-        if cur is not None and rec.client_id in cur.waiting:
+        if cur is not None and cur.waits_for(rec.client_id):
             if rec.state is not ClientState.TRAINING:
                 rec.state = ClientState.TRAINING
                 self._emit_client(rec)

@@ -27,6 +27,7 @@ from fedcore.app.errors_cli import (
     warn,
 )
 from fedcore.config import Settings
+from fedcore.sim.cli import simulate_command
 from fedcore.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -428,6 +429,8 @@ def status(
         table.add_row(c.name, c.client_id, c.state, c.transport + switch, str(len(c.rounds)), ",".join(c.tags))
     console.print(table)
 
+
+app.command("simulate")(simulate_command)
 
 admin_app = typer.Typer(help="Round control of a running server (needs the admin token).", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
