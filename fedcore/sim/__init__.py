@@ -3,7 +3,7 @@
 ``simulate(settings | federation, client_fn, num_clients, clients_per_round, rounds, backend=...)``
 returns the Federation's history. Backends: ``InlineBackend`` (reference), ``ProcessBackend``
 (``concurrent.futures``) and ``RayBackend`` (``fedcore.sim.ray_backend``; the ``fedcore[sim]``
-extra). The core never imports Ray. See docs/simulation.md.
+extra). The core never imports Ray. See the README's 'Many clients' section.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Per round the plan (the global model) is put into Ray's object store once and every actor
 reads it from there; each of the K long-lived actors runs its chunk of clients one after another
 and returns one partial sum. Ray binds every interface: run it inside a network namespace or
-on a trusted network (docs/simulation.md).
+on a trusted network (the README's 'Many clients' section).
 """
 from __future__ import annotations
 
