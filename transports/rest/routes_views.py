@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fedcore.operations import ClientInfo, FederationOperations, Health, RoundRecord, Status
 from transports.rest.bridge import while_connected
+from transports.rest.views import error_responses
 
 STATIC_DIR = Path(__file__).parent / "static"
 EVENT_POLL_S = 5.0
@@ -39,7 +40,10 @@ def views_router(ops: FederationOperations) -> APIRouter:
         h = ops.health()
         return JSONResponse(asdict(h), status_code=200 if h.ready else 503)
 
-    @r.get("/events", summary="Live events (server-sent events)")
+    @r.get("/events", summary="Live events (server-sent events)", response_class=StreamingResponse,
+           responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            "description": "a snapshot event, then events as they happen (never ends)"}}
+           | error_responses(422))
     async def events(request: Request, since: int = Query(0, ge=0)) -> StreamingResponse:
         async def stream() -> AsyncIterator[str]:
             # One atomic snapshot and the sequence number it is current at: no event between
