@@ -9,7 +9,7 @@ refused here (401) before the core looks anything up, as the schema promises.
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -68,4 +68,4 @@ OptionalCallerDep = Annotated[Caller, Depends(optional_caller)]
 AdminCallerDep = Annotated[Caller, Depends(admin_caller)]
 OpenCallerDep = Annotated[Caller, Depends(open_caller)]
 # Registration: the bearer token is optional (it only resumes a registration).
-OPTIONAL_AUTH = {"security": [{}]}
+OPTIONAL_AUTH: dict[str, Any] = {"security": [{}]}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
@@ -21,7 +21,7 @@ from transports.rest.deps import (
 from transports.rest.schemas import METRICS_HEADER_SCHEMA, RegisterRequest, SignalRequest, UpdateAccepted
 from transports.rest.views import ERROR_RESPONSES, json_header, parse_metrics
 
-_PARAMS = {200: {"content": {PARAMS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+_PARAMS: dict[int | str, dict[str, Any]] = {200: {"content": {PARAMS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
                  "description": "the wire format's bytes",
                  "headers": {HEADER_ROUND: {"schema": {"type": "integer", "minimum": 0},
                                             "description": "the round the parameters complete"}}}}

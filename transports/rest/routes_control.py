@@ -35,7 +35,7 @@ def control_router(ops: FederationOperations, transports: list[str], open_contro
     @r.post("/client/{client_id}/transport/{transport}",
             summary="Ask a client to switch transport before its next round")
     def switch_transport(client_id: Annotated[str, Path(max_length=MAX_CLIENT_ID_CHARS)],
-                         transport: Transport,  # type: ignore[valid-type]
+                         transport: Transport,
                          caller: CallerDep) -> ControlResult:
         return ops.request_transport(client_id, transport.value, caller=caller)
 

@@ -14,7 +14,8 @@ VALIDATION_STATUS = 422  # FastAPI's request validation, answered with the same 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": kind.value.replace("_", " ")}
     for kind, code in STATUS_FOR_KIND.items() if code != 500
-} | {VALIDATION_STATUS: {"model": ErrorBody, "description": "the request does not match this schema"}}
+}
+ERROR_RESPONSES[VALIDATION_STATUS] = {"model": ErrorBody, "description": "the request does not match this schema"}
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
