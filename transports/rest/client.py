@@ -41,7 +41,9 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
 
 def parse(tp: type[T] | Any, data: Any) -> T:
     """A core dataclass (or a list of them) from the JSON the server sent."""
-    return _adapter(tp).validate_python(data)  # type: ignore[no-any-return]
+    key: Any = tp  # a type or a list[...] alias: hashable, as the cache needs
+    adapter: TypeAdapter[T] = _adapter(key)
+    return adapter.validate_python(data)
 
 
 class RestSplitChannel:
@@ -107,7 +109,7 @@ class RestClientTransport(ClientTransport):
                  tags: Sequence[str] = ()) -> Registration:
         body = {"name": name, "num_samples": num_samples, "client_id": client_id, "token": token,
                 "transport": self.name, "tags": list(tags)}
-        reg = parse(Registration, self._call("POST", "/client", json=body, use_client_token=False).json())
+        reg: Registration = parse(Registration, self._call("POST", "/client", json=body, use_client_token=False).json())
         self.set_credentials(reg.client_id, reg.token)
         self.client_name = name
         return reg

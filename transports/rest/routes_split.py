@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from fedcore.constants import PARAMS_MEDIA_TYPE
 from fedcore.errors import PayloadError, PayloadTooLargeError, UploadTimeoutError
 from fedcore.operations import FederationOperations
-from transports.rest.deps import CallerDep
+from transports.rest.deps import ClientCallerDep
 from transports.rest.views import ERROR_RESPONSES
 
 MESSAGE_TIMEOUT_S = 60.0
@@ -45,10 +45,11 @@ def split_router(ops: FederationOperations, max_message_bytes: int) -> APIRouter
 
     @r.post("/split/{round}", summary="Split mode: a micro-batch for the edge; answers the activation gradients",
             response_class=Response,
-            responses={200: {"content": {PARAMS_MEDIA_TYPE: {}}, "description": "the edge's reply (wire format)"}},
+            responses={200: {"content": {PARAMS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+                            "description": "the edge's reply (wire format)"}},
             openapi_extra={"requestBody": {"required": True, "content": {
-                PARAMS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}})
-    async def split_message(round: Annotated[int, Path(ge=1)], request: Request, caller: CallerDep) -> Response:
+                PARAMS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "minLength": 1}}}}})
+    async def split_message(round: Annotated[int, Path(ge=1)], request: Request, caller: ClientCallerDep) -> Response:
         message = await _read(request, max_message_bytes)
         future = ops.split_submit(caller, round, message)
         reply = await asyncio.wrap_future(future)

@@ -5,17 +5,24 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from fedcore.operations import ClientInfo, FederationOperations, Health, RoundRecord, Status
 from transports.rest.bridge import while_connected
+from transports.rest.views import error_responses
 
 STATIC_DIR = Path(__file__).parent / "static"
 EVENT_POLL_S = 5.0
+
+
+_EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = error_responses(422)
+_EVENTS_RESPONSES[200] = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                          "description": "a snapshot event, then events as they happen (never ends)"}
 
 
 def views_router(ops: FederationOperations) -> APIRouter:
@@ -39,7 +46,8 @@ def views_router(ops: FederationOperations) -> APIRouter:
         h = ops.health()
         return JSONResponse(asdict(h), status_code=200 if h.ready else 503)
 
-    @r.get("/events", summary="Live events (server-sent events)")
+    @r.get("/events", summary="Live events (server-sent events)", response_class=StreamingResponse,
+           responses=_EVENTS_RESPONSES)
     async def events(request: Request, since: int = Query(0, ge=0)) -> StreamingResponse:
         async def stream() -> AsyncIterator[str]:
             # One atomic snapshot and the sequence number it is current at: no event between
@@ -62,12 +70,13 @@ def views_router(ops: FederationOperations) -> APIRouter:
     return r
 
 
-def mount_dashboard(app: "FastAPI") -> None:  # noqa: F821 - FastAPI imported by the caller
+def mount_dashboard(app: FastAPI) -> None:
     index = STATIC_DIR / "index.html"
     if not index.exists():
         return
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
         return FileResponse(index)
+
+    app.add_api_route("/", dashboard, methods=["GET"], include_in_schema=False)

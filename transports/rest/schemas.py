@@ -1,22 +1,56 @@
-"""Request bodies of the REST API (responses are the core's dataclasses, serialised as is)."""
+"""Request and error bodies of the REST API (responses are the core's dataclasses, serialised as
+is). Limits here describe what the core enforces, so the OpenAPI schema tells the truth: the core
+stays the one place that checks them (e.g. printable names), the schema only states them."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import sys
+from typing import Annotated, Any
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from fedcore.constants import MAX_METRICS
+from fedcore.errors import ErrorKind
+from fedcore.registry import MAX_NAME_CHARS, MAX_TAG_CHARS, MAX_TAGS
 from fedcore.states import ClientState
 
 MAX_LONG_POLL_S = 30.0
+MAX_METRIC_NAME_CHARS = 64  # fedcore.federation._check_metrics
+_LARGEST_FLOAT = sys.float_info.max
+PRINTABLE_FORMAT = "printable"
+
+
+def _printable(description: str) -> dict[str, Any]:
+    """A string of printable characters (``str.isprintable``: Unicode categories L, M, N, P, S
+    and the space), what the core checks names and tags with. Stated as a format: the same set
+    as a regular expression is 700 ranges, which generators (schemathesis) take seconds to
+    compile each time; tests register a generator for the format (tests/openapi_hooks.py)."""
+    return {"format": PRINTABLE_FORMAT,
+            "description": f"{description}; printable: Unicode categories L, M, N, P, S or the space"}
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 3.0 as an integer: accept integral floats, nothing else lax."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+SampleCount = Annotated[int, Field(ge=0, strict=True), BeforeValidator(_integral)]
+Tag = Annotated[str, Field(min_length=1, max_length=MAX_TAG_CHARS,
+                           json_schema_extra=_printable("a tag"))]
 
 
 class RegisterRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
-    num_samples: int = Field(0, ge=0, strict=True)
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS,
+                      json_schema_extra=_printable("the client's name"))
+    num_samples: SampleCount = Field(0, description="local training samples; the server clips large counts")
     client_id: str | None = Field(None, max_length=64, description="set with token to resume a registration")
     token: str | None = Field(None, max_length=256)
-    transport: str = Field("rest", max_length=32)
-    tags: list[str] = Field(default_factory=list, max_length=8, description="e.g. ['browser']")
+    transport: str = Field("rest", max_length=32,
+                           description="informational: the server records the transport the request arrived on")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description="e.g. ['browser']")
 
 
 class SignalRequest(BaseModel):
@@ -26,6 +60,26 @@ class SignalRequest(BaseModel):
     wait_s: float = Field(0.0, ge=0.0, le=MAX_LONG_POLL_S, strict=True)
 
 
+class UpdateAccepted(BaseModel):
+    """The answer to an uploaded update: it was folded into the round."""
+
+    accepted: bool
+    round: int
+    bytes: int
+
+
 class ErrorBody(BaseModel):
+    """Every error answer: a one-line message and the fedcore error kind (fedcore.errors.ErrorKind)."""
+
     detail: str
-    error: str
+    error: ErrorKind
+
+
+# X-Fedcore-Metrics: a JSON object in a header, described by content (OpenAPI 3.1) so a
+# generator sends JSON; the core checks the same bounds.
+METRICS_HEADER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": MAX_METRICS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_METRIC_NAME_CHARS},
+    "additionalProperties": {"type": "number", "minimum": -_LARGEST_FLOAT, "maximum": _LARGEST_FLOAT},
+}
