@@ -123,6 +123,8 @@ class ClientRegistry:
     def auth(self, client_id: str | None, token: str | None) -> ClientRecord:
         if not client_id:
             raise AuthError("missing client id (REST: X-Fedcore-Client header)")
+        if not token:  # before the lookup: an unauthenticated caller cannot probe which ids exist
+            raise AuthError("missing client token")
         rec = self.records.get(client_id)
         if rec is None:
             raise UnknownClientError(f"unknown client {client_id!r}")

@@ -65,7 +65,7 @@ def seed_torch(seed: int) -> None:
     """``torch.manual_seed`` without its per-call cost for accelerators nobody initialised
     (it records a stack trace for each lazy CUDA/XPU/MTIA seed: ~2 ms a client)."""
     torch.default_generator.manual_seed(seed)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         torch.cuda.manual_seed_all(seed)
 
 

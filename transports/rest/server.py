@@ -29,7 +29,8 @@ class RestServerTransport(ServerTransport):
 
     def __init__(self, ops: FederationOperations, settings: Settings) -> None:
         super().__init__(ops, settings)
-        self.app = create_app(ops, settings.transports, extra_routers=[device_router(partition_shards(settings))])
+        self.app = create_app(ops, settings.transports, extra_routers=[device_router(partition_shards(settings))],
+                              open_control=settings.admin_token is None)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
