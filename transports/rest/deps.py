@@ -1,7 +1,7 @@
 """Read the caller of a request (bearer token, client id header, source address).
 
 One shape per kind of operation, so the OpenAPI schema says exactly what each operation needs:
-``ClientCallerDep`` (a client's own operations: bearer token and X-Fedcore-Client required),
+``ClientCallerDep`` (a client's own operations: bearer token and X-Fedcore-Client required, 401 without),
 ``BearerCallerDep`` (disconnect: a client's or the admin's token, client header optional),
 ``OptionalCallerDep`` (registration: credentials only to resume), and ``AdminCallerDep`` or, on a
 server without an admin token, ``OpenCallerDep`` for round control. A missing required token is
@@ -21,8 +21,6 @@ MAX_CLIENT_ID_CHARS = 64
 
 bearer = HTTPBearer(auto_error=False, description="a client's token, or the admin token for round control")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-ClientHeader = Annotated[str, Header(min_length=1, max_length=MAX_CLIENT_ID_CHARS,
-                                     description="the client id the server gave at registration")]
 OptionalClientHeader = Annotated[str | None, Header(max_length=MAX_CLIENT_ID_CHARS,
                                                     description="the caller's client id, if it is a client")]
 
@@ -38,7 +36,12 @@ def _token(credentials: HTTPAuthorizationCredentials | None, required: bool) -> 
     return token
 
 
-def client_caller(request: Request, credentials: Credentials, x_fedcore_client: ClientHeader) -> Caller:
+def client_caller(request: Request, credentials: Credentials,
+                  x_fedcore_client: OptionalClientHeader = None) -> Caller:
+    """A client's own operation: a missing id or token is 401 (not a validation error), so every
+    client library maps it to the same AuthError."""
+    if not x_fedcore_client:
+        raise AuthError("missing X-Fedcore-Client header (the client id from registration)")
     return Caller(token=_token(credentials, True), client_id=x_fedcore_client, peer=_peer(request))
 
 
