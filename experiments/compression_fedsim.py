@@ -2,9 +2,9 @@
 
 Every client update travels through ``fedcore.wire`` exactly as on the network: the client
 encodes its local weights (``lossless`` fp32, the ``bf16`` default, or the int8 ``update``
-codec against the global weights it received), the server decodes and averages (FedAvg,
-weighted by samples). Same data order and seeds in every variant, so the only difference is
-the codec. ``python -m experiments.compression_fedsim`` writes ``compression_fedsim.md``.
+codec against the global weights it received), the server decodes and averages with
+fedcore.strategy.FedAvg (weighted by samples). Same data order and seeds in every variant, so the
+only difference is the codec. ``python -m experiments.compression_fedsim`` writes ``compression_fedsim.md``.
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ VARIANTS = {
 
 
 def _data(seed: int) -> tuple[Any, Any, Any, Any]:
+    """fedcore.app.data's digits arrays, shuffled and split as in the committed results (seed 0)."""
     import torch
-    from sklearn.datasets import load_digits
 
-    x, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(y))
-    x = torch.tensor(x[idx] / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
-    y = torch.tensor(y[idx], dtype=torch.int64)
+    from fedcore.app.data import load_digits_arrays
+
+    x, y = load_digits_arrays()
+    idx = np.random.default_rng(0).permutation(len(y))
+    xt = torch.from_numpy(x[idx]).view(-1, 1, 8, 8)
+    yt = torch.from_numpy(y[idx])
     n_test = len(y) // 5
-    return x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+    return xt[n_test:], yt[n_test:], xt[:n_test], yt[:n_test]
 
 
 def _model() -> Any:
@@ -53,6 +54,7 @@ def run(variant: str, seed: int, clients: int, rounds: int, local_steps: int) ->
     import torch
 
     from fedcore import wire
+    from fedcore.strategy import FedAvg
 
     opts = VARIANTS[variant]
     torch.manual_seed(seed)
@@ -63,9 +65,9 @@ def run(variant: str, seed: int, clients: int, rounds: int, local_steps: int) ->
     accs: list[float] = []
     sent = 0
     gen = torch.Generator().manual_seed(seed)
+    strategy = FedAvg()  # the server's own aggregation, not a copy of it
     for _ in range(rounds):
-        total = None
-        n_total = 0
+        strategy.begin_round(global_sd)
         for xs, ys in parts:
             model.load_state_dict(global_sd)
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -80,15 +82,8 @@ def run(variant: str, seed: int, clients: int, rounds: int, local_steps: int) ->
             blob = wire.encode_state(local, reference=ref, **opts)
             sent += len(blob)
             got = wire.decode_state(blob, reference=ref)
-            n = len(ys)
-            n_total += n
-            if total is None:
-                total = {k: v.double() * n for k, v in got.items()}
-            else:
-                for k, v in got.items():
-                    total[k] += v.double() * n
-        assert total is not None
-        global_sd = {k: (v / n_total).to(global_sd[k].dtype) for k, v in total.items()}
+            strategy.accumulate(got, len(ys))
+        global_sd = strategy.finish(global_sd)
         model.load_state_dict(global_sd)
         model.eval()
         with torch.no_grad():

@@ -5,7 +5,7 @@ centralised training, on CIFAR-10, through the real fedcore server and client pr
     python -m experiments.fl_accuracy --model resnet18 --fraction 1 --eval-size 10000   # the paper's set-up
 
 Each federated setting starts a FederationServer (REST by default; --transport grpc) in this
-process and one ``python -m experiments.fl_client`` process per client; the server aggregates
+process and one ``fedcore client --app experiments.fl_apps:make_app`` process per client; the server aggregates
 with FedAvg and scores every new global model on a fixed set of CIFAR-10 test images. The
 centralised baseline trains the same model with the same loop on all the clients' images
 together for rounds x local epochs epochs.
@@ -212,31 +212,13 @@ def run_centralised(cfg: Config, data_dir: str | None, csv_path: Path, work: Pat
 
 
 # --------------------------------------------------------------------------------- federated
-def _client_cmd(spec_json: str, cfg: Config, name: str, index: int, ports: dict[str, int], val: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "experiments.fl_client", "--name", name, "--index", str(index), "--spec", spec_json,
-           "--model", cfg.model, "--transport", cfg.transport, "--epochs", str(cfg.epochs),
-           "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--threads", "1",
-           "--set", f"dtype={cfg.dtype}", "--set", f"codec={cfg.codec}", "--set", "heartbeat_s=2"]
-    if "rest" in ports:
-        cmd += ["--rest-port", str(ports["rest"])]
-    if "grpc" in ports:
-        cmd += ["--grpc-port", str(ports["grpc"])]
-    return cmd + ([] if val else ["--no-val"])
+def _client_env(spec_json: str, cfg: Config, val: bool) -> dict[str, str]:
+    """What experiments.fl_apps reads, plus this checkout on the children's import path."""
+    from experiments.fl_apps import MODEL_VAR, NO_VAL_VAR, SPEC_VAR, THREADS_VAR
 
-
-def _stop_procs(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
-    end = time.monotonic() + grace_s
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=10)
+    return {SPEC_VAR: spec_json, MODEL_VAR: cfg.model, THREADS_VAR: "1", NO_VAL_VAR: "" if val else "1",
+            "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 
 def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_path: Path, work: Path,
@@ -244,11 +226,12 @@ def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_pat
     """One setting through real server + client processes; returns its wall time (this run)."""
     from experiments.models_small import make_model
     from experiments.partitions import client_splits, server_eval_set
+    from fedcore.app.launcher import spawn_client, stop_all, wait_ready
     from fedcore.config import Settings
     from fedcore.federation import Federation
+    from fedcore.loops import make_evaluate_fn
     from fedcore.server import FederationServer
     from fedcore.strategy import FedAvg
-    from fedcore.loops import make_evaluate_fn
 
     key = setting_key(split, n)
     spec = spec_for(cfg, split, n, data_dir)
@@ -260,64 +243,55 @@ def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_pat
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
 
+    # The server decides each round's training config (epochs, batch size, lr) and sends it along.
+    settings = Settings(transport=cfg.transport, rest_port=0, grpc_port=0, min_clients=n, dataset="cifar10",
+                        dtype=cfg.dtype, codec=cfg.codec, seed=spec.seed, heartbeat_s=2,
+                        round_deadline_s=round_timeout, client_timeout_s=180.0, checkpoint_dir=folder / "checkpoint",
+                        local_epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
     model = make_model(cfg.model, seed=cfg.seed)
-    fed = Federation(
-        model.state_dict(), strategy=FedAvg(), min_clients=n, round_deadline_s=round_timeout,
-        client_timeout_s=180.0, evaluate_fn=make_evaluate_fn(model, server_eval_set(spec)),
-        checkpoint_dir=folder / "checkpoint", dtype=cfg.dtype, codec=cfg.codec, stop_when_done=True,
-    )
+    fed = Federation.from_settings(settings, model.state_dict(), strategy=FedAvg(),
+                                   evaluate_fn=make_evaluate_fn(model, server_eval_set(spec)), stop_when_done=True)
     sizes = [len(client_splits(spec, k).train) for k in range(n)]
-    history = fed.get_history()
-    if have > len(history):
-        raise RuntimeError(f"{key}: CSV has {have} rounds, checkpoint only {len(history)}; use --fresh")
+    if have > len(fed.history()):
+        raise RuntimeError(f"{key}: CSV has {have} rounds, checkpoint only {len(fed.history())}; use --fresh")
 
     start = time.monotonic()
     written = have
 
     def flush_rows() -> None:
         nonlocal written
-        for h in fed.get_history()[written:]:
+        for h in fed.history()[written:]:
+            acc, loss = h.accuracy or 0.0, h.loss or 0.0
             append_row(csv_path, {
-                "setting": key, "split": split, "num_clients": n, "round": h["round"],
-                "epochs_done": h["round"] * cfg.epochs, "accuracy": round(h["accuracy"], 5),
-                "loss": round(h["loss"], 5), "round_s": h["duration_s"], "elapsed_s": round(time.monotonic() - start, 2),
-                "bytes_in": h["bytes_in"], "bytes_out": h["bytes_out"], "participants": h["num_participants"]})
-            print(f"[{key}] round {h['round']}/{cfg.rounds}: accuracy {h['accuracy']:.4f}, loss {h['loss']:.4f}, "
-                  f"{h['num_participants']} clients, {h['duration_s']:.1f}s, bytes in {h['bytes_in']:,} / "
-                  f"out {h['bytes_out']:,} (load {load_avg()})", flush=True)
-            written = h["round"]
+                "setting": key, "split": split, "num_clients": n, "round": h.round,
+                "epochs_done": h.round * cfg.epochs, "accuracy": round(acc, 5),
+                "loss": round(loss, 5), "round_s": h.duration_s, "elapsed_s": round(time.monotonic() - start, 2),
+                "bytes_in": h.bytes_in, "bytes_out": h.bytes_out, "participants": h.num_participants})
+            print(f"[{key}] round {h.round}/{cfg.rounds}: accuracy {acc:.4f}, loss {loss:.4f}, "
+                  f"{h.num_participants} clients, {h.duration_s:.1f}s, bytes in {h.bytes_in:,} / "
+                  f"out {h.bytes_out:,} (load {load_avg()})", flush=True)
+            written = h.round
 
     flush_rows()  # rounds the checkpoint has and the CSV lacks
     if fed.round >= cfg.rounds:
         return 0.0
     print(f"[{key}] {n} client processes over {cfg.transport}; train images per client {sizes}; "
           f"rounds {fed.round + 1}..{cfg.rounds}", flush=True)
-    settings = Settings(transport=cfg.transport, rest_port=0, grpc_port=0, min_clients=n, dataset="cifar10",
-                        dtype=cfg.dtype, codec=cfg.codec)
     procs: list[subprocess.Popen[bytes]] = []
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FEDCORE_LOG_LEVEL="WARNING",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     logs = folder / "logs"
-    logs.mkdir(exist_ok=True)
+    env = _client_env(spec.to_json(), cfg, client_val)
     with FederationServer(fed, settings) as srv:
         # Set the target before any client is ready, so a resumed checkpoint's own autorun target
         # cannot start a round first and shift it: rounds run up to exactly cfg.rounds.
         fed.start_autorun(cfg.rounds - fed.round)
+        child = srv.client_settings()  # the ports the server really bound
         try:
             for k in range(n):
-                with open(logs / f"client_{k + 1}.log", "ab") as log:
-                    procs.append(subprocess.Popen(
-                        _client_cmd(spec.to_json(), cfg, f"client_{k + 1}", k, srv.ports, client_val),
-                        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-            end = time.monotonic() + READY_TIMEOUT_S
-            first_round = fed.round
+                procs.append(spawn_client(child, f"client_{k + 1}", k, cfg.transport, logs,
+                                          app="experiments.fl_apps:make_app", env=env))
             # Autorun is already on: with small data the rounds can start (and even all finish,
-            # the clients leaving) before this loop looks, so a started round also ends the wait.
-            while fed.status()["ready"] < n and fed.round == first_round and fed.status()["current_round"] is None:
-                _check_alive(procs, logs)
-                if time.monotonic() > end:
-                    raise TimeoutError(f"{key}: only {fed.status()['ready']} of {n} clients became ready")
-                time.sleep(0.2)
+            # the clients leaving) before the wait looks; a started round also ends it.
+            wait_ready(fed, n, procs, timeout_s=READY_TIMEOUT_S, where=f"{logs}/*.log")
             end = time.monotonic() + round_timeout * (cfg.rounds - fed.round)
             while fed.round < cfg.rounds:
                 fed.wait_for_round(fed.round + 1, timeout_s=1.0)
@@ -333,14 +307,14 @@ def run_federated(cfg: Config, split: str, n: int, data_dir: str | None, csv_pat
                     p.send_signal(signal.SIGTERM)
             raise
         finally:
-            _stop_procs(procs)
+            stop_all(procs)
             flush_rows()
     return time.monotonic() - start
 
 
 def _check_alive(procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
     """A client that failed stops the setting at once. One that exited cleanly has pushed its
-    last update (it leaves after --rounds) while the server may still be closing that round."""
+    last update (it leaves after the last round) while the server may still be closing that round."""
     for p in procs:
         if p.poll() is not None and p.returncode != 0:
             raise RuntimeError(f"a client process exited early (code {p.returncode}); see {logs}/*.log")
@@ -491,7 +465,7 @@ def write_report(out: Path, tag: str, meta: dict[str, Any], rows: list[dict[str,
              f"batch {cfg['batch_size']}, no augmentation), 1 torch thread per process. Aggregation: FedAvg "
              f"weighted by sample count. All clients take part in every round.")
     L.append(f"- System: real fedcore `FederationServer` over **{cfg['transport'].upper()}** on 127.0.0.1 and one "
-             f"`python -m experiments.fl_client` process per client (fedcore.client.FLClient); parameters on the "
+             f"`fedcore client --app experiments.fl_apps:make_app` process per client (fedcore.client.FLClient); parameters on the "
              f"wire as {cfg['dtype']} + {cfg['codec']} (fedcore.wire), so clients start each round from the "
              f"{cfg['dtype']}-rounded global model.")
     L.append(f"- Machine: {m['cpu']}, {m['cores']} cores shared with other jobs (load average at start / end: "
