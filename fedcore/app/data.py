@@ -94,9 +94,13 @@ def load_cifar10_arrays(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray, n
 
 
 def default_cifar_dir() -> Path | None:
-    """../shared/data/cifar10 beside the checkout, when it is there."""
-    here = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
-    return here if here.is_dir() else None
+    """../shared/data/cifar10 beside the checkout (or shared/ inside it), when it is there."""
+    checkout = Path(__file__).resolve().parents[2]  # fedcore/app/data.py -> the checkout
+    for root in (checkout.parent, checkout):
+        here = root / "shared" / "data" / "cifar10"
+        if here.is_dir():
+            return here
+    return None
 
 
 def iid_partition(n: int, num_clients: int, seed: int) -> list[np.ndarray]:
