@@ -347,7 +347,7 @@ class FLClient:
                     self.summary.stop_reason = instr.reason or "the server said stop"
                     break
                 if instr.action is Action.RECONNECT:
-                    log.info("%s: server stopping; reconnecting when it is back", self.name)
+                    log.warning("%s: server stopping; reconnecting when it is back", self.name)
                     self._stop.wait(BACKOFF_MAX_S / 2)
                     self.connect()
                     continue

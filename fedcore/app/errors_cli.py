@@ -25,7 +25,13 @@ from fedcore.errors import AuthError, ConfigError, FedcoreError, TransportError
 EXIT_FAILURE = 2
 ENV_PREFIX = "FEDCORE_"
 # FEDCORE_* variables read outside Settings (the logger, the launcher's children).
-OTHER_ENV = {"LOG_LEVEL"}
+# FEDCORE_* variables that are not settings but are read elsewhere: the extension's build
+# switches (cuda_ext/build.py), the experiments' client app (experiments/fl_apps.py), the
+# benchmarks' Flower interpreter. They are not typos.
+OTHER_ENV = {
+    "LOG_LEVEL", "BUILD_CUDA", "BUILD_EXT", "BUILD_MODE", "CUDA_ARCHS", "CUDA_EXT_FALLBACK",
+    "EXP_SPEC", "EXP_MODEL", "EXP_THREADS", "EXP_NO_VAL", "FLOWER_PYTHON",
+}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,21 @@ ROUNDS_S = 240.0
 ADMIN = "device-admin-token"
 
 
+def _plain(value):  # a core dataclass as the JSON the REST views serve (tuples as lists)
+    import dataclasses
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(value)))
+
+
+def _hist(fed):
+    return [_plain(h) for h in fed.history()]
+
+
+def _clients(fed):
+    return [_plain(c) for c in fed.clients()]
+
+
 def _url(srv: Any) -> str:
     return str(srv.transports["rest"].url)
 
@@ -48,10 +63,10 @@ def test_two_browsers_and_a_python_client_reach_90_percent(browser: Any, harness
     try:
         for d in devices:
             d.wait_for("s.state === 'ready'")
-        wait_until(lambda: sum(c["state"] == "ready" for c in fed.clients()) == 3, 120, "three ready clients")
+        wait_until(lambda: sum(c["state"] == "ready" for c in _clients(fed)) == 3, 120, "three ready clients")
         _autorun(url, 5)
         wait_until(lambda: fed.round >= 5, ROUNDS_S, "five rounds")
-        history = fed.get_history()
+        history = _hist(fed)
         assert [h["participants"] for h in history] == [["py_3", "web_1", "web_2"]] * 5
         assert history[-1]["accuracy"] >= 0.90, [h["accuracy"] for h in history]
         for d in devices:
@@ -60,7 +75,7 @@ def test_two_browsers_and_a_python_client_reach_90_percent(browser: Any, harness
             assert s is not None and s["rounds"] == [1, 2, 3, 4, 5] and s["error"] is None, s
             assert s["model"] == "digits_mlp" and s["metrics"]["train_accuracy"] > 0.8, s
             d.watch.assert_clean()
-        rows = {c["name"]: c for c in fed.clients()}
+        rows = {c["name"]: c for c in _clients(fed)}
         for name in ("web_1", "web_2"):
             assert rows[name]["transport"] == "rest"
             if "tags" in rows[name]:  # the server keeps tags once registration accepts them
@@ -98,13 +113,13 @@ def test_closed_tab_is_dropped_a_late_tab_joins_the_next_round_and_the_admin_can
         doomed.wait_for("s.state === 'training'", 60_000)
         doomed.close()  # mid-round: no update, no heartbeats
         wait_until(lambda: fed.round >= 1, 60, "round 1 to finish without the closed tab")
-        first = fed.get_history()[0]
+        first = _hist(fed)[0]
         assert first["participants"] == ["web_steady"] and first["dropped"] == ["web_doomed"], first
-        assert {c["name"]: c["state"] for c in fed.clients()}["web_doomed"] == "left"
+        assert {c["name"]: c["state"] for c in _clients(fed)}["web_doomed"] == "left"
 
         late = DevicePage(browser, url, "web_late", 2)  # round 2 waits for a second ready client
         wait_until(lambda: fed.round >= 3, ROUNDS_S, "rounds 2 and 3 with the late tab")
-        history = fed.get_history()
+        history = _hist(fed)
         assert _names(history, 2) == ["web_late", "web_steady"] and _names(history, 3) == ["web_late", "web_steady"]
         late.wait_for("s.rounds.length === 2", 10_000)
         assert late.status()["rounds"] == [2, 3]  # type: ignore[index]
@@ -116,7 +131,7 @@ def test_closed_tab_is_dropped_a_late_tab_joins_the_next_round_and_the_admin_can
         httpx.delete(f"{url}/client/{late_id}", headers={"Authorization": f"Bearer {ADMIN}"},
                      timeout=10).raise_for_status()
         late.wait_for("s.state === 'finish'", 30_000)
-        assert {c["name"]: c["state"] for c in fed.clients()}["web_late"] == "left"
+        assert {c["name"]: c["state"] for c in _clients(fed)}["web_late"] == "left"
     finally:
         for page in (steady, doomed, late):
             if page is not None:
@@ -146,7 +161,7 @@ def test_a_corrupt_global_is_refused_and_nothing_is_sent(browser: Any, harness: 
     expect(page.get_by_test_id("error")).to_contain_text("checksum mismatch", timeout=90_000)
     expect(page.get_by_test_id("state")).to_have_text("error")
     assert not posts
-    assert all(not c["rounds"] for c in fed.clients())
+    assert all(not c["rounds"] for c in _clients(fed))
     page.context.close()
     watch.assert_clean()
 
@@ -159,7 +174,7 @@ def test_page_trains_the_cnn_when_the_server_serves_it(browser: Any, harness: Ha
         device.wait_for("s.state === 'ready'")
         _autorun(url, 1)
         wait_until(lambda: fed.round >= 1, 120, "one CNN round")
-        assert fed.get_history()[0]["participants"] == ["web_cnn"]
+        assert _hist(fed)[0]["participants"] == ["web_cnn"]
         s = device.status()
         assert s is not None and s["model"] == "digits_cnn" and s["error"] is None, s
         device.watch.assert_clean()
