@@ -628,6 +628,7 @@ class Federation(FederationOperations):
                     client_metrics=rs.client_metrics, bytes_in=rs.bytes_in, bytes_out=rs.bytes_out,
                     duration_s=round(self._clock() - rs.started_at, 4), finished_at=self._wall(),
                     train_config=rs.train_config, refused=tuple(rs.refused), clipped_samples=tuple(sorted(rs.clipped)),
+                    strategy_metrics=dict(self.strategy.round_metrics()) if rs.submitted else {},
                 )
                 self._history.append(record)
                 self._last_updated = record.finished_at

@@ -127,6 +127,8 @@ class RoundRecord:
     train_config: Mapping[str, Any] = field(default_factory=dict)
     refused: tuple[Refusal, ...] = ()
     clipped_samples: tuple[str, ...] = ()
+    #: What the strategy reports about the round (``Strategy.round_metrics``), e.g. a DP epsilon.
+    strategy_metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ class Strategy(ABC):
         """Settings sent to clients with each training instruction (e.g. FedProx's ``mu``)."""
         return {}
 
+    def round_metrics(self) -> dict[str, float]:
+        """Figures about the round just finished (read after ``finish``), kept in the round's
+        history record as ``strategy_metrics`` (e.g. a privacy accountant's epsilon)."""
+        return {}
+
     def new_accumulator(self) -> WeightedSum:
         """An empty partial sum that ``merge`` accepts (only when ``needs_every_update`` is False)."""
         raise NotImplementedError(f"strategy {self.name!r} needs every update; it has no mergeable accumulator")

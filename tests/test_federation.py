@@ -66,6 +66,29 @@ def test_states_and_weighted_fedavg() -> None:
     assert fed.status().autorun is False  # target reached
 
 
+class _Reporting(FedAvg):
+    """FedAvg that reports how many updates it folded (what a DP accountant's epsilon rides on)."""
+
+    def round_metrics(self) -> dict[str, float]:
+        return {"folded": float(self.count), "eps": 1.5}
+
+
+def test_strategy_round_metrics_land_in_the_history() -> None:
+    clock = FakeClock()
+    fed = _fed(clock, strategy=_Reporting())
+    a, b = _join(fed, "a", 10), _join(fed, "b", 30)
+    fed.start_autorun(2)
+    fed.tick()
+    _update(fed, a, 1, 1.0, 10)
+    _update(fed, b, 1, 3.0, 30)
+    fed.tick()
+    assert fed.history()[0].strategy_metrics == {"folded": 2.0, "eps": 1.5}
+    fed.tick()  # round 2: nobody answers before the deadline, so the strategy reports nothing
+    clock.t += 61
+    fed.tick()
+    assert fed.round == 2 and fed.history()[1].strategy_metrics == {}
+
+
 def test_dropout_mid_round_completes_with_the_others() -> None:
     clock = FakeClock()
     fed = _fed(clock, min_clients=3)
