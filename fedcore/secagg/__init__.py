@@ -19,8 +19,13 @@ from fedcore.secagg.protocol import (
     UnmaskShares,
 )
 
+from fedcore.secagg.strategy import SecAggFedAvg
+from fedcore.strategy import register_strategy
+
+register_strategy("secagg", SecAggFedAvg)
+
 __all__ = [
     "AdvertiseKeys", "Aggregate", "KeyBook", "MaskedInput", "RoundContext", "SecAggClient", "SecAggError",
-    "SecAggParams", "SecAggServer", "ShareDecryptionError", "ShareInbox", "ShareKeys", "Survivors", "UnmaskShares",
+    "SecAggFedAvg", "SecAggParams", "SecAggServer", "ShareDecryptionError", "ShareInbox", "ShareKeys", "Survivors", "UnmaskShares",
     "dequantize_mean", "neighbours", "quantize",
 ]

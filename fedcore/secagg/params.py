@@ -22,6 +22,10 @@ class SecAggError(ValueError):
     """The protocol cannot go on (too many drop-outs, a bad message, a parameter out of range)."""
 
 
+class SecAggMessageError(SecAggError):
+    """A secagg message could not be decoded (malformed, over a bound, wrong version)."""
+
+
 @dataclass(frozen=True)
 class SecAggParams:
     """What every participant of a round agrees on.
