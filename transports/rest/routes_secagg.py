@@ -8,14 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
-from fedcore.constants import SECAGG_MAX_WAIT_S
+from fedcore.constants import PARAMS_MEDIA_TYPE, SECAGG_MAX_WAIT_S
 from fedcore.errors import PayloadTooLargeError, UploadTimeoutError
 from fedcore.operations import FederationOperations
 from transports.rest.bridge import while_connected
 from transports.rest.deps import ClientCallerDep
 from transports.rest.views import ERROR_RESPONSES
 
-SECAGG_MEDIA_TYPE = "application/x-fedcore-secagg"
+SECAGG_MEDIA_TYPE = PARAMS_MEDIA_TYPE  # raw bytes (a secagg frame)
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
