@@ -46,6 +46,15 @@ def _flat(state: dict[str, torch.Tensor]) -> np.ndarray:
     return np.concatenate([state[k].double().reshape(-1).numpy() for k in sorted(state) if state[k].is_floating_point()])
 
 
+def train_fn(model: nn.Module, data: Any, *, seed: int, **kw: Any) -> dict[str, float]:
+    """A stand-in for local training: a seeded perturbation of the weights (fast, deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return {"loss": 0.0}
+
+
 @pytest.fixture
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[Federation, Settings, str]]:
     transport = request.param
@@ -73,13 +82,6 @@ def test_secure_sum_equals_plain_sum(served: tuple[Federation, Settings, str], d
     initial = {k: v.clone() for k, v in fed.global_state.items()}
     trained: dict[str, dict[str, torch.Tensor]] = {}
     received: dict[str, dict[str, torch.Tensor]] = {}
-
-    def train_fn(model: nn.Module, data: Any, *, seed: int, **kw: Any) -> dict[str, float]:
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-        return {"loss": 0.0}
 
     clients = []
     for k in range(N):
@@ -141,3 +143,42 @@ def test_secure_sum_equals_plain_sum(served: tuple[Federation, Settings, str], d
         offset += n
     record = fed.history()[-1]
     assert record.num_participants == N and record.strategy_metrics["secagg_survivors"] == N
+
+
+@pytest.mark.parametrize("served", ["memory"], indirect=True)
+def test_too_many_dropouts_leave_the_global_unchanged(served: tuple[Federation, Settings, str]) -> None:
+    fed, settings, transport = served
+    initial = {k: v.clone() for k, v in fed.global_state.items()}
+    clients = [FLClient(_model(), TensorDataset(torch.randn(4, 30), torch.zeros(4, dtype=torch.long)), name=f"c{k}",
+                        settings=settings, transport=transport, train_fn=train_fn) for k in range(N)]
+    dropping = {"c0", "c1", "c2"}  # N − THRESHOLD + 1: one share short
+
+    def hook_for(c: FLClient) -> Any:
+        def hook(stage: str) -> None:
+            if stage == "masked" and c.name in dropping:
+                c.stop()
+                raise Dropped(c.name)
+        return hook
+
+    for c in clients:
+        c.secagg_after_stage = hook_for(c)
+    threads = [threading.Thread(target=lambda c=c: _quiet_run(c), daemon=True) for c in clients]
+    try:
+        for t in threads:
+            t.start()
+        fed.start_autorun(1)
+        assert fed.wait_for_round(1, 60), fed.status()
+    finally:
+        for c in clients:
+            c.stop()
+            c.close()
+    record = fed.history()[-1]
+    assert record.num_participants == 0 and set(record.dropped) == {c.name for c in clients}
+    assert all(torch.equal(fed.global_state[k], v) for k, v in initial.items())
+
+
+def _quiet_run(c: FLClient) -> None:
+    try:
+        c.run(timeout_s=60)
+    except Dropped:
+        pass
