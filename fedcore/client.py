@@ -108,6 +108,9 @@ class FLClient:
         self._spec = wire.spec_of(self.exchanged.state_dict())
         self._stop = threading.Event()
         self.summary = ClientSummary(None)
+        #: Called after each secure-aggregation stage's reply (its name): a hook for tests and
+        #: experiments that make a client drop out mid-protocol.
+        self.secagg_after_stage: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ transport handling
     def use_transport(self, name: str, address: str | None = None) -> None:
@@ -261,12 +264,16 @@ class FLClient:
                 ))
             if self.val_data is not None and len(self.val_data) > 0:  # type: ignore[arg-type]
                 metrics.update({f"val_{k}": v for k, v in self.evaluate_fn(self.model, self.val_data).items()})
-            payload = self._encode(round_number)
+            secagg = "secagg" in cfg  # the server aggregates securely: the update goes through the protocol
+            payload = b"" if secagg else self._encode(round_number)
         finally:
             stop.set()
             beat.join(timeout=5)
         try:
-            self._retry(lambda: self.transport.push_update(round_number, payload, self.num_samples, metrics))
+            if secagg:
+                self._secagg_send(round_number)
+            else:
+                self._retry(lambda: self.transport.push_update(round_number, payload, self.num_samples, metrics))
         except RoundStateError as exc:
             log.warning("%s: round %d update dropped (%s); waiting for the next instruction", self.name,
                         round_number, exc)
@@ -281,6 +288,22 @@ class FLClient:
         log.info("%s: round %d sent (%d B over %s) %s", self.name, round_number, len(payload), self.transport_name,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return True
+
+    def _secagg_send(self, round_number: int) -> None:
+        """Send w − w_global into the round's secure sum (fedcore.secagg); a protocol failure
+        is a dropped update, like a closed round."""
+        from fedcore.secagg import SecAggError
+        from fedcore.secagg.participant import take_part
+        from fedcore.secagg.strategy import flatten_delta
+
+        assert self._received is not None
+        values = flatten_delta(self.exchanged.state_dict(), self._received)
+        transport = self.transport
+        try:
+            take_part(lambda stage, body, wait: transport.secagg_exchange(round_number, stage, body, wait_s=wait),
+                      values, max_bytes=self.settings.max_payload_bytes, after_stage=self.secagg_after_stage)
+        except SecAggError as exc:
+            raise RoundStateError(f"secure aggregation: {exc}") from exc
 
     def _train_split(self, round_number: int, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
         """One round of split training: the device part against the edge over this transport,

@@ -42,6 +42,7 @@ DEFAULT_CLIENT_TIMEOUT_S = 30.0
 DEFAULT_HEARTBEAT_S = 2.0
 DEFAULT_LONG_POLL_S = 10.0
 MONITOR_TICK_S = 0.1
+SECAGG_MAX_WAIT_S = 30.0  # the longest one secagg exchange long-polls before answering PENDING
 LONG_POLL_SLICE_S = 0.5  # a long-poll re-checks its peer and the clock this often
 DEFAULT_BODY_TIMEOUT_S = 120.0  # an update body must arrive within this (slow senders are cut off)
 

@@ -40,6 +40,7 @@ from fedcore.constants import (
     DEFAULT_REGISTER_WINDOW_S,
     DEFAULT_ROUND_DEADLINE_S,
     LONG_POLL_SLICE_S,
+    SECAGG_MAX_WAIT_S,
     MAX_CONCURRENT_UPDATES,
     MAX_METRICS,
     MONITOR_TICK_S,
@@ -73,6 +74,10 @@ from fedcore.rounds import RoundController, RoundState
 from fedcore.states import Action, ClientState
 from fedcore.strategy import FedAvg, Strategy, WeightedSum, is_finite_state
 from fedcore.uploads import UpdateBuffer, UploadSlots
+from fedcore.secagg import codec as secagg_codec
+from fedcore.secagg.coordinator import SecAggRound
+from fedcore.secagg.params import SecAggError, SecAggMessageError
+from fedcore.secagg.strategy import SecAggFedAvg
 from fedcore import wire
 from fedcore.wire import canonical_dtype, is_untrained
 
@@ -517,6 +522,65 @@ class Federation(FederationOperations):
                 self._leave(rec, "disconnected")
             return self._control("disconnect", client_id=client_id)
 
+    # ------------------------------------------------------------------ secure aggregation
+    def secagg_exchange(self, caller: Caller, round_number: int, stage: str, body: bytes, wait_s: float,
+                        still_connected: StillConnected | None = None) -> bytes:
+        if len(body) > self.config.max_payload_bytes:
+            raise PayloadTooLargeError(f"secagg message of {len(body)} bytes is over {self.config.max_payload_bytes}")
+        deadline = self._clock() + max(0.0, min(wait_s, SECAGG_MAX_WAIT_S))
+        with self._cond:
+            rec = self._registry.auth(caller.client_id, caller.token)
+            self._touch(rec)
+            sa, rs = self._secagg_round(rec.client_id, round_number)
+            try:
+                sa.submit(rec.client_id, stage, bytes(body), self._clock())
+            except SecAggMessageError as exc:
+                raise PayloadError(f"secure aggregation: {exc}") from None
+            except SecAggError as exc:
+                raise RoundStateError(f"secure aggregation: {exc}") from None
+            rs.bytes_in += len(body)
+            while True:
+                self._secagg_advance(rs)
+                reply = sa.reply(rec.client_id, stage)
+                remaining = deadline - self._clock()
+                if reply is not None or remaining <= 0 or self._stopped.is_set():
+                    reply = reply if reply is not None else secagg_codec.simple(secagg_codec.Kind.PENDING)
+                    rs.bytes_out += len(reply)
+                    return reply
+                self._cond.wait(timeout=min(remaining, LONG_POLL_SLICE_S))
+                if still_connected is not None and not still_connected():
+                    return secagg_codec.simple(secagg_codec.Kind.PENDING)
+                self._touch(rec)
+
+    def _secagg_round(self, client_id: str, round_number: int) -> tuple[SecAggRound, RoundState]:
+        if not isinstance(self.strategy, SecAggFedAvg):
+            raise RoundStateError("this federation does not aggregate securely (strategy is not 'secagg')")
+        cur = self._rounds.current
+        if cur is None or cur.number != round_number:
+            raise RoundStateError(f"round {round_number} is not open (open round: {cur.number if cur else None})")
+        if client_id not in cur.selected:
+            raise RoundStateError(f"client is not selected for round {round_number}")
+        return self.strategy.open_round(cur.number, cur.selected), cur
+
+    def _secagg_advance(self, rs: RoundState) -> None:
+        """Close due protocol stages; when the sum is out, the survivors count as submitted and
+        the rest as dropped, so the round closes (a failed protocol drops everyone)."""
+        sa = self.strategy.round if isinstance(self.strategy, SecAggFedAvg) else None
+        if sa is None or sa.number != rs.number or not sa.advance(self._clock(), rs.dropped):
+            return
+        if sa.done:
+            survivors = sa.survivors()
+            if sa.error is not None:
+                log.warning("round %d: secure aggregation failed: %s", rs.number, sa.error)
+            rs.submitted |= survivors
+            rs.dropped |= rs.selected - survivors
+            for cid in survivors:
+                rec = self._registry.records.get(cid)
+                if rec is not None:
+                    rec.state = ClientState.UPDATE
+                    self._emit_client(rec)
+        self._cond.notify_all()
+
     # ------------------------------------------------------------------ round control
     def start_autorun(self, rounds: int, caller: Caller | None = None) -> ControlResult:
         self._require_admin(caller)
@@ -600,6 +664,8 @@ class Federation(FederationOperations):
                 if rec.state is not ClientState.LEFT and now - rec.last_seen > self.config.client_timeout_s:
                     self._leave(rec, f"silent for {now - rec.last_seen:.1f}s")
             self._registry.prune(now)
+            if self._rounds.current is not None:
+                self._secagg_advance(self._rounds.current)
             to_close = self._rounds.due(now)
             if to_close is not None:
                 if to_close.waiting:

@@ -264,6 +264,16 @@ class FederationOperations(ABC):
     def disconnect(self, client_id: str, caller: Caller | None = None) -> ControlResult:
         """The client leaves (its own token) or the admin removes it (admin token)."""
 
+    def secagg_exchange(self, caller: Caller, round_number: int, stage: str, body: bytes, wait_s: float,
+                        still_connected: StillConnected | None = None) -> bytes:
+        """Secure aggregation (``strategy = "secagg"``): one client message of ``stage`` (hello,
+        keys, shares, masked, unmask; an empty body polls) and the reply, long-polled up to
+        ``wait_s`` (a PENDING reply means ask again). Bodies are versioned secagg frames
+        (:mod:`fedcore.secagg.codec`). Not abstract: an implementation without it refuses."""
+        from fedcore.errors import RoundStateError
+
+        raise RoundStateError("this server does not do secure aggregation")
+
     # ------------------------------------------------------------------ round control (admin)
     # ``caller=None`` is the process that owns the Federation object (embedding code, tests):
     # trusted. Transports always pass the Caller they read from the request.

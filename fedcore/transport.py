@@ -80,6 +80,11 @@ class ClientTransport(ABC):
         """Split mode: a channel to the edge for this round, with up to ``window`` messages in flight."""
         raise NotImplementedError(f"the {self.name} transport does not carry split training")
 
+    def secagg_exchange(self, round_number: int, stage: str, body: bytes, *, wait_s: float = 0.0) -> bytes:
+        """Secure aggregation: one protocol message of ``stage`` and the server's reply
+        (``FederationOperations.secagg_exchange``)."""
+        raise NotImplementedError(f"the {self.name} transport does not carry secure aggregation")
+
     # ------------------------------------------------------------------ views
     @abstractmethod
     def status(self) -> Status: ...

@@ -130,6 +130,12 @@ class GrpcClientTransport(ClientTransport):
         reply = _call(lambda: self._stub.Signal(req, timeout=timeout, metadata=_bearer(self.token)))
         return instruction_from_pb(reply)
 
+    def secagg_exchange(self, round_number: int, stage: str, body: bytes, *, wait_s: float = 0.0) -> bytes:
+        req = pb.SecAggRequest(client_id=self._need_id(), round=round_number, stage=stage, body=body, wait_s=wait_s)
+        timeout = max(0.0, wait_s) + LONG_POLL_MARGIN_S
+        reply = _call(lambda: self._stub.SecAggExchange(req, timeout=timeout, metadata=_bearer(self.token)))
+        return bytes(reply.body)
+
     def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
         info = pb.UpdateInfo(
             client_id=self._need_id(), round=round_number, num_samples=num_samples, total_bytes=len(payload),

@@ -436,3 +436,23 @@ class SplitReply(_message.Message):
     error_kind: str
     error: str
     def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., error_kind: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SecAggRequest(_message.Message):
+    __slots__ = ("client_id", "round", "stage", "body", "wait_s")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    round: int
+    stage: str
+    body: bytes
+    wait_s: float
+    def __init__(self, client_id: _Optional[str] = ..., round: _Optional[int] = ..., stage: _Optional[str] = ..., body: _Optional[bytes] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class SecAggReply(_message.Message):
+    __slots__ = ("body",)
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    def __init__(self, body: _Optional[bytes] = ...) -> None: ...

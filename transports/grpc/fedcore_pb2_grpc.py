@@ -104,6 +104,11 @@ class FederationStub:
                 request_serializer=fedcore__pb2.SplitFrame.SerializeToString,
                 response_deserializer=fedcore__pb2.SplitReply.FromString,
                 _registered_method=True)
+        self.SecAggExchange = channel.unary_unary(
+                '/fedcore.v1.Federation/SecAggExchange',
+                request_serializer=fedcore__pb2.SecAggRequest.SerializeToString,
+                response_deserializer=fedcore__pb2.SecAggReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -214,6 +219,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAggExchange(self, request, context):
+        """POST /secagg/{round}/{stage}: secure aggregation, one protocol message (a versioned secagg
+        frame, fedcore.secagg.codec; empty = poll) and the stage's reply, long-polled up to wait_s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +299,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SplitExchange,
                     request_deserializer=fedcore__pb2.SplitFrame.FromString,
                     response_serializer=fedcore__pb2.SplitReply.SerializeToString,
+            ),
+            'SecAggExchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggExchange,
+                    request_deserializer=fedcore__pb2.SecAggRequest.FromString,
+                    response_serializer=fedcore__pb2.SecAggReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -666,6 +684,33 @@ class Federation:
             '/fedcore.v1.Federation/SplitExchange',
             fedcore__pb2.SplitFrame.SerializeToString,
             fedcore__pb2.SplitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggExchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcore.v1.Federation/SecAggExchange',
+            fedcore__pb2.SecAggRequest.SerializeToString,
+            fedcore__pb2.SecAggReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -157,6 +157,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         return instruction_to_pb(instr)
 
     @abort_on_error
+    def SecAggExchange(self, request: pb.SecAggRequest, context: grpc.ServicerContext) -> pb.SecAggReply:
+        caller = caller_of(context, request.client_id)
+        reply = self.ops.secagg_exchange(caller, int(request.round), request.stage, bytes(request.body),
+                                         float(request.wait_s), context.is_active)
+        return pb.SecAggReply(body=reply)
+
+    @abort_on_error
     def Disconnect(self, request: pb.DisconnectRequest, context: grpc.ServicerContext) -> pb.ControlResult:
         # The client's own token leaves, the admin token kicks: the core tells them apart.
         return control_to_pb(self.ops.disconnect(request.client_id, caller=caller_of(context)))

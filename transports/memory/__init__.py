@@ -97,6 +97,9 @@ class MemoryClientTransport(ClientTransport):
             for chunk in iter_chunks(payload, CHUNK_BYTES):
                 sink.write(chunk)
 
+    def secagg_exchange(self, round_number: int, stage: str, body: bytes, *, wait_s: float = 0.0) -> bytes:
+        return bytes(self._ops().secagg_exchange(self._me(), round_number, stage, bytes(body), wait_s))
+
     def open_split_channel(self, round_number: int, window: int) -> MemorySplitChannel:
         return MemorySplitChannel(self, round_number)
 

@@ -18,6 +18,7 @@ from transports.rest.docs import mount_offline_docs
 from transports.rest.errors import KIND_FOR_STATUS, STATUS_FOR_KIND
 from transports.rest.routes_client import client_router
 from transports.rest.routes_control import control_router
+from transports.rest.routes_secagg import secagg_router
 from transports.rest.routes_split import split_router
 from transports.rest.routes_views import mount_dashboard, views_router
 from transports.rest.views import error_responses
@@ -86,6 +87,7 @@ def create_app(ops: FederationOperations, transports: Sequence[str] = ("rest",),
     app.include_router(client_router(ops))
     app.include_router(views_router(ops))
     app.include_router(split_router(ops, MAX_SPLIT_MESSAGE_BYTES))
+    app.include_router(secagg_router(ops))
     for router in extra_routers:  # e.g. the browser device's: its errors are the same bodies
         app.include_router(router, responses=error_responses(400, 404, 422))
     mount_offline_docs(app)

@@ -121,6 +121,11 @@ class RestClientTransport(ClientTransport):
     def fetch_global(self) -> GlobalModel:
         return self._params("/transmitter")
 
+    def secagg_exchange(self, round_number: int, stage: str, body: bytes, *, wait_s: float = 0.0) -> bytes:
+        resp = self._call("POST", f"/secagg/{round_number}/{stage}", params={"wait_s": wait_s}, content=body,
+                          headers={"Content-Type": PARAMS_MEDIA_TYPE}, timeout=wait_s + _POLL_MARGIN_S)
+        return resp.content
+
     def fetch_initial(self) -> GlobalModel:
         return self._params("/client")
 
