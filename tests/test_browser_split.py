@@ -156,16 +156,52 @@ def write_steps(fix: Path) -> dict[str, Any]:
     return results
 
 
+def write_npz(fix: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Small CIFAR-shaped .npz files as numpy writes them (stored and deflated, with the string
+    column the shared files carry), and malformed ones with the reason the page must give."""
+    import io
+    import zipfile
+
+    rng = np.random.default_rng(2)
+    good: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    x = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 5).astype(np.uint8)
+    np.savez_compressed(fix / "c.npz", x_train=x, y_train=y, src_train=np.array([f"train/cat/{i:04d}.jpg" for i in range(5)]))
+    np.savez(fix / "s.npz", x_test=x[:3], y_test=y[:3])
+    good = {"c.npz": (x, y), "s.npz": (x[:3], y[:3])}
+
+    def npz(path: Path, arrays: dict[str, bytes]) -> None:
+        with zipfile.ZipFile(path, "w") as z:
+            for k, v in arrays.items():
+                z.writestr(f"{k}.npy", v)
+
+    def npy(a: np.ndarray) -> bytes:
+        b = io.BytesIO()
+        np.save(b, a)
+        return b.getvalue()
+
+    npz(fix / "short.npz", {"x_train": npy(x)[:-7], "y_train": npy(y)})
+    npz(fix / "fortran.npz", {"x_train": npy(np.asfortranarray(x)), "y_train": npy(y)})
+    npz(fix / "float.npz", {"x_train": npy(x.astype(np.float32)), "y_train": npy(y)})
+    npz(fix / "labels.npz", {"x_train": npy(x), "y_train": npy(y[:4])})
+    (fix / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    bad = [["short.npz", "needs 15360 bytes"], ["fortran.npz", "Fortran"], ["float.npz", "uint8 \\(N, 32, 32, 3\\)"],
+           ["labels.npz", "y_train has shape"], ["junk.npz", "not a readable .npz"]]
+    (fix / "npz.json").write_text(json.dumps({"good": sorted(good), "bad": bad}))
+    return good
+
+
 def test_page_split_against_fedcore_split(tmp_path: Path) -> None:
     fix, out = tmp_path / "fixtures", tmp_path / "js_out"
     fix.mkdir()
     messages = write_messages(fix)
     steps = write_steps(fix)
+    npzs = write_npz(fix)
     env = {"PATH": str(Path(NODE).parent), "FEDCORE_SPLIT_FIXTURES": str(fix), "FEDCORE_SPLIT_OUT": str(out)}  # type: ignore[arg-type]
     proc = subprocess.run([NODE, "--test", "--test-reporter=tap", "test_split/"], cwd=BROWSER, env=env,  # type: ignore[list-item]
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert "# skipped 0" in proc.stdout and "# pass 3" in proc.stdout, proc.stdout[-3000:]
+    assert "# skipped 0" in proc.stdout and "# pass 4" in proc.stdout, proc.stdout[-3000:]
 
     js_messages = json.loads((out / "messages.json").read_text())
     for name, data in messages.items():
@@ -182,3 +218,12 @@ def test_page_split_against_fedcore_split(tmp_path: Path) -> None:
             moved = (ref - init[pname]).norm()
             err = (js - ref).norm()
             assert moved > 0 and err <= 1e-4 * moved + 1e-6, (name, pname, float(err), float(moved))
+
+    from fedcore.app.data import ArrayDataset
+
+    js_npz = json.loads((out / "npz.json").read_text())
+    for name, (x, y) in npzs.items():
+        ref, labels = ArrayDataset(x, y, "cifar10").tensors()  # fedcore's own normalisation, NCHW
+        got = _unhex(js_npz[name]["x"], (len(y), 32, 32, 3)).permute(0, 3, 1, 2)
+        assert js_npz[name]["y"] == labels.tolist()
+        assert torch.allclose(got, ref, atol=1e-5), (name, float((got - ref).abs().max()))

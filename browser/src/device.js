@@ -4,7 +4,7 @@
 import { HttpError, RestClient, forgotten, retriable } from './client.js';
 import { WireError } from './errors.js';
 import { Model, SPECS } from './model.js';
-import { partFor } from './parts.js';
+import { INPUT_DIM, partFor } from './parts.js';
 import { SplitTrainer } from './split.js';
 import { decodePayload, encodePayload } from './wire.js';
 
@@ -128,11 +128,14 @@ export class Device {
       };
       let splitTimings = {};
       if (split) {
+        const kind = this.model.kind.split('@')[0];
+        const dim = this.data.x.length / this.data.y.length;
+        if (INPUT_DIM[kind] !== dim) throw new WireError(`the server trains ${kind} (inputs of ${INPUT_DIM[kind]} values); this device's data has ${dim} per sample`);
         const trainer = new SplitTrainer(this.model, (bytes) => this.http.splitPost(round, bytes), {
           codecs: this.opts.codecs, microBatches: Number(config.micro_batches ?? 4), window: Number(config.split_window ?? 4),
           dtype: config.split_dtype ?? 'fp32', codec: 'none', lr, round,
         });
-        metrics = await trainer.train(this.data.x, this.data.y, { epochs, batchSize, seed: round, onBatch });
+        metrics = await trainer.train(this.data.x, this.data.y, { epochs, batchSize, seed: round, onBatch, prepare: this.data.prepare });
         const ms = trainer.microMs.slice().sort((a, b) => a - b);
         splitTimings = { micro_ms: ms[Math.floor(ms.length / 2)] ?? 0 };
         this.set({ splitBytesUp: this.status.splitBytesUp + metrics.split_bytes_up, splitBytesDown: this.status.splitBytesDown + metrics.split_bytes_down });

@@ -9,6 +9,7 @@ export { tf };
 export { Model, SPECS } from './model.js';
 export { decodePayload, encodePayload } from './wire.js';
 export { INPUT_DIM, STAGES, devicePart, partFor } from './parts.js';
+export { cifarFromNpz, parseNpy, parseNpz } from './npz.js';
 export { SplitTrainer, decodeMessage, encodeMessage, microSizes } from './split.js';
 export { noneCodec } from './zstd.js';
 

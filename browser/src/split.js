@@ -167,11 +167,12 @@ export class SplitTrainer {
   }
 
   /**
-   * `epochs` passes over (x: Float32Array N*dim, y: Int32Array N) in shuffled mini-batches.
+   * `epochs` passes over (x: Float32Array or Uint8Array N*dim, y: Int32Array N) in shuffled
+   * mini-batches (`prepare(rows)` turns a batch's raw rows into the model's input in place).
    * Returns the last epoch's {train_loss, train_accuracy} (what fedcore.split reports) and the
    * split traffic.
    */
-  async train(x, y, { epochs = 1, batchSize = 32, seed = 0, onBatch = null } = {}) {
+  async train(x, y, { epochs = 1, batchSize = 32, seed = 0, onBatch = null, prepare = null } = {}) {
     const n = y.length;
     const dim = x.length / n;
     const rand = mulberry32(seed);
@@ -191,6 +192,7 @@ export class SplitTrainer {
           bx.set(x.subarray(k * dim, (k + 1) * dim), r * dim);
           by[r] = y[k];
         });
+        if (prepare) prepare(bx); // e.g. CIFAR pixels -> normalised floats, one batch at a time
         const xs = tf.tensor2d(bx, [idx.length, dim]);
         try {
           const r = await this.trainStep(xs, by, { epoch: e, step });

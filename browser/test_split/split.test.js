@@ -90,3 +90,17 @@ describe('split in the page', { skip: FIX && OUT ? false : 'FEDCORE_SPLIT_FIXTUR
     writeFileSync(join(OUT, 'steps.json'), JSON.stringify(out));
   });
 });
+
+describe('CIFAR-10 .npz in the page', { skip: FIX && OUT ? false : 'FEDCORE_SPLIT_FIXTURES / FEDCORE_SPLIT_OUT not set' }, () => {
+  test('numpy\'s savez / savez_compressed files parse; malformed ones are refused', () => {
+    const job = JSON.parse(readFileSync(join(FIX, 'npz.json'), 'utf8'));
+    const out = {};
+    for (const f of job.good) {
+      const d = lib.cifarFromNpz(new Uint8Array(readFileSync(join(FIX, f))));
+      const rows = d.prepare(Float32Array.from(d.x));
+      out[f] = { y: Array.from(d.y), x: f32Hex(rows) };
+    }
+    writeFileSync(join(OUT, 'npz.json'), JSON.stringify(out));
+    for (const [f, why] of job.bad) assert.throws(() => lib.cifarFromNpz(new Uint8Array(readFileSync(join(FIX, f)))), new RegExp(why), f);
+  });
+});
