@@ -135,10 +135,26 @@ class FederationConfig:
             wire=WireOptions(s.dtype, s.codec, s.level, s.filter, "q8" if s.quantize_update else "weights"),
             max_payload_bytes=s.max_payload_bytes, body_timeout_s=s.body_timeout_s,
             max_update_norm=s.max_update_norm, max_num_samples=s.max_num_samples,
-            train_config={"epochs": s.local_epochs, "batch_size": s.batch_size, "lr": s.lr},
+            train_config={"epochs": s.local_epochs, "batch_size": s.batch_size, "lr": s.lr, **split_train_config(s)},
         )
         values.update(overrides)
         return cls(**values)
+
+
+def split_train_config(s: Settings) -> dict[str, Any]:
+    """In split mode, what a device must know that it cannot learn from the global payload: the
+    cut (its name decides e.g. whether a ReLU after the last device layer is the device's), the
+    micro-batching the edge expects and the wire dtype of activations. A Python client reads
+    these from its own settings; a browser device reads them from the train instruction."""
+    if s.mode != "split":
+        return {}
+    out: dict[str, Any] = {"mode": "split", "micro_batches": s.micro_batches, "split_window": s.split_window,
+                           "split_dtype": s.split_dtype}
+    if s.split_at is not None:
+        out["split_at"] = s.split_at
+    if s.split_head_at is not None:
+        out["split_head_at"] = s.split_head_at
+    return out
 
 
 class Federation(FederationOperations):

@@ -82,6 +82,12 @@ export class RestClient {
     });
   }
 
+  /** Split mode: one micro-batch message to the edge; resolves to the edge's reply bytes. */
+  async splitPost(round, bytes) {
+    const resp = await this.call('POST', `/split/${round}`, { body: bytes, headers: { 'Content-Type': 'application/octet-stream' } });
+    return new Uint8Array(await resp.arrayBuffer());
+  }
+
   async disconnect() {
     if (this.clientId) await this.call('DELETE', `/client/${this.clientId}`);
   }

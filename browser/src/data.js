@@ -2,6 +2,7 @@
 // per row; the UCI optdigits layout), or, for the demo, a partition fetched from the server.
 
 import { WireError } from './errors.js';
+import { cifarData } from './npz.js';
 import { decodePayload } from './wire.js';
 
 /** Parse a digits CSV into {x: Float32Array N*64 (scaled to 0..1), y: Int32Array N}. */
@@ -25,11 +26,19 @@ export function parseDigitsCsv(text) {
   return { x: Float32Array.from(xs.flat(), (p) => p / scale), y: Int32Array.from(ys) };
 }
 
-/** Decode a shard payload (tensors x: float32 (N, 64) and y: int64 (N,)) from /device/shard/{i}. */
+/**
+ * Decode a shard payload from /device/shard/{i}: digits (x float32 (N, 64), y int64 (N,)) or
+ * CIFAR-10 (x uint8 (N, 32, 32, 3) NHWC pixels, y int64 (N,)).
+ */
 export function shardFromPayload(bytes, codecs) {
-  const { tensors } = decodePayload(bytes, { codecs, maxSize: 64 * 1024 * 1024 });
+  const { tensors } = decodePayload(bytes, { codecs, maxSize: 256 * 1024 * 1024 });
   const x = tensors.find((t) => t.name === 'x');
   const y = tensors.find((t) => t.name === 'y');
+  if (x && y && x.dtype === 'uint8' && x.shape.length === 4 && x.shape[1] === 32 && x.shape[2] === 32 && x.shape[3] === 3 && y.shape[0] === x.shape[0]) {
+    const labels = Int32Array.from(y.values, Number);
+    if (labels.some((l) => l < 0 || l > 9)) throw new WireError('the CIFAR shard holds labels outside 0-9');
+    return cifarData(x.values, labels);
+  }
   if (!x || !y || x.shape.length !== 2 || x.shape[1] !== 64 || y.shape[0] !== x.shape[0]) {
     throw new WireError('the shard is not digits data (x: (N, 64), y: (N,))');
   }

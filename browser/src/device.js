@@ -4,6 +4,8 @@
 import { HttpError, RestClient, forgotten, retriable } from './client.js';
 import { WireError } from './errors.js';
 import { Model, SPECS } from './model.js';
+import { INPUT_DIM, partFor } from './parts.js';
+import { SplitTrainer } from './split.js';
 import { decodePayload, encodePayload } from './wire.js';
 
 const LONG_POLL_S = 10;
@@ -37,7 +39,7 @@ export class Device {
     this.globalVersion = -1;
     this.lastRound = 0;
     this.stopped = false;
-    this.status = { state: 'join', round: 0, rounds: [], error: null, model: null, samples: data.y.length, metrics: null, timings: {}, bytesSent: 0, bytesReceived: 0, clientId: null };
+    this.status = { state: 'join', round: 0, rounds: [], error: null, model: null, samples: data.y.length, metrics: null, timings: {}, bytesSent: 0, bytesReceived: 0, splitBytesUp: 0, splitBytesDown: 0, clientId: null };
   }
 
   set(patch) {
@@ -71,14 +73,32 @@ export class Device {
     await this.pullGlobal();
   }
 
-  async pullGlobal() {
+  /**
+   * Fetch and load the global model. `config` is the train instruction's: in split mode
+   * (`config.mode === 'split'`) the global is the device part of a cut model. Before the first
+   * instruction a global this page cannot place without it (a device part) is checked and kept
+   * for later.
+   */
+  async pullGlobal(config = null) {
     const [version, payload] = await this.retry(() => this.http.fetchGlobal());
     this.set({ bytesReceived: this.status.bytesReceived + payload.length });
     if (version === this.globalVersion) return;
     const t0 = performance.now();
     const { header, tensors } = decodePayload(payload, { codecs: this.opts.codecs, maxSize: MAX_GLOBAL_BYTES, expected: this.model ? this.model.expected() : null });
     if (!this.model) {
-      this.model = new Model(modelFor(header));
+      if (config && config.mode === 'split') {
+        const { kind, at, part } = partFor(header, config);
+        this.model = new Model(`${kind}@${at}`, part);
+      } else if (config) {
+        this.model = new Model(modelFor(header));
+      } else {
+        try {
+          this.model = new Model(modelFor(header));
+        } catch (e) {
+          if (!(e instanceof WireError)) throw e;
+          return; // a device part (split mode): placed when the train instruction names the cut
+        }
+      }
       this.set({ model: this.model.kind });
     }
     this.model.load(tensors);
@@ -88,7 +108,8 @@ export class Device {
 
   async trainRound(round, config) {
     this.set({ state: 'training', round });
-    await this.pullGlobal();
+    await this.pullGlobal(config);
+    const split = config.mode === 'split';
     let beating = true;
     const beat = setInterval(() => {
       if (beating) this.http.signal('training', 0).catch(() => {}); // a missed heartbeat is not fatal
@@ -101,17 +122,30 @@ export class Device {
       const lr = Number(config.lr ?? this.opts.lr);
       const t0 = performance.now();
       let n = 0;
-      metrics = await this.model.train(this.data.x, this.data.y, {
-        epochs, batchSize, lr, seed: round,
-        onBatch: async () => {
-          if (++n % 4 === 0) await yieldNow();
-          if (this.stopped) throw new Error('stopped');
-        },
-      });
+      const onBatch = async () => {
+        if (++n % 4 === 0) await yieldNow();
+        if (this.stopped) throw new Error('stopped');
+      };
+      let splitTimings = {};
+      if (split) {
+        const kind = this.model.kind.split('@')[0];
+        const dim = this.data.x.length / this.data.y.length;
+        if (INPUT_DIM[kind] !== dim) throw new WireError(`the server trains ${kind} (inputs of ${INPUT_DIM[kind]} values); this device's data has ${dim} per sample`);
+        const trainer = new SplitTrainer(this.model, (bytes) => this.http.splitPost(round, bytes), {
+          codecs: this.opts.codecs, microBatches: Number(config.micro_batches ?? 4), window: Number(config.split_window ?? 4),
+          dtype: config.split_dtype ?? 'fp32', codec: 'none', lr, round,
+        });
+        metrics = await trainer.train(this.data.x, this.data.y, { epochs, batchSize, seed: round, onBatch, prepare: this.data.prepare });
+        const ms = trainer.microMs.slice().sort((a, b) => a - b);
+        splitTimings = { micro_ms: ms[Math.floor(ms.length / 2)] ?? 0 };
+        this.set({ splitBytesUp: this.status.splitBytesUp + metrics.split_bytes_up, splitBytesDown: this.status.splitBytesDown + metrics.split_bytes_down });
+      } else {
+        metrics = await this.model.train(this.data.x, this.data.y, { epochs, batchSize, lr, seed: round, onBatch });
+      }
       const epochMs = (performance.now() - t0) / epochs;
       const t1 = performance.now();
       payload = encodePayload(await this.model.state(), { codecs: this.opts.codecs, dtype: this.opts.dtype, codec: this.opts.codec, meta: { round, client: this.opts.name } });
-      this.set({ metrics, timings: { ...this.status.timings, epoch_ms: epochMs, encode_ms: performance.now() - t1 } });
+      this.set({ metrics, timings: { ...this.status.timings, ...splitTimings, epoch_ms: epochMs, encode_ms: performance.now() - t1 } });
     } finally {
       beating = false;
       clearInterval(beat);

@@ -8,6 +8,7 @@ import { setWasmPaths } from '@tensorflow/tfjs-backend-wasm';
 import { parseDigitsCsv, shardFromPayload } from './data.js';
 import { Device } from './device.js';
 import { Model } from './model.js';
+import { cifarFromNpz } from './npz.js';
 import { decodePayload, encodePayload } from './wire.js';
 import { noneCodec } from './zstd.js';
 import { loadZstd } from './zstd_web.js';
@@ -30,8 +31,8 @@ function show(status) {
   $('metrics').textContent = m ? `loss ${m.train_loss.toFixed(4)} · accuracy ${(100 * m.train_accuracy).toFixed(1)} %` : '–';
   const t = status.timings;
   const ms = (v) => (v === undefined ? '–' : `${v.toFixed(1)} ms`);
-  $('timings').textContent = `epoch ${ms(t.epoch_ms)} · decode ${ms(t.decode_ms)} · encode ${ms(t.encode_ms)}`;
-  $('bytes').textContent = `${status.bytesSent} B sent · ${status.bytesReceived} B received`;
+  $('timings').textContent = `epoch ${ms(t.epoch_ms)} · decode ${ms(t.decode_ms)} · encode ${ms(t.encode_ms)}${t.micro_ms === undefined ? '' : ` · split micro-batch ${ms(t.micro_ms)}`}`;
+  $('bytes').textContent = `${status.bytesSent} B sent · ${status.bytesReceived} B received${status.splitBytesUp ? ` · split ${status.splitBytesUp} B up, ${status.splitBytesDown} B down` : ''}`;
   $('error').textContent = status.error || '';
   $('error').hidden = !status.error;
 }
@@ -61,7 +62,8 @@ async function setup() {
 }
 
 async function loadShard(index) {
-  const resp = await fetch(`/device/shard/${encodeURIComponent(index)}`, { cache: 'no-store' });
+  const limit = params.has('max_samples') ? `?limit=${encodeURIComponent(params.get('max_samples'))}` : '';
+  const resp = await fetch(`/device/shard/${encodeURIComponent(index)}${limit}`, { cache: 'no-store' });
   if (!resp.ok) throw new Error(`shard ${index}: HTTP ${resp.status} ${await resp.text()}`);
   return shardFromPayload(new Uint8Array(await resp.arrayBuffer()), view.codecs);
 }
@@ -134,7 +136,10 @@ async function main() {
     const f = ev.target.files[0];
     if (!f) return;
     try {
-      setData(parseDigitsCsv(await f.text()), f.name);
+      const data = f.name.toLowerCase().endsWith('.npz')
+        ? cifarFromNpz(new Uint8Array(await f.arrayBuffer()), { maxSamples: params.has('max_samples') ? Number(params.get('max_samples')) : Infinity })
+        : parseDigitsCsv(await f.text());
+      setData(data, f.name);
     } catch (e) {
       fail(`${f.name}: ${e.message}`);
     }

@@ -25,7 +25,7 @@ export const SPECS = {
  * a · bᵀ with its gradient written out with explicit transposes: tfjs-wasm's matMul is ~25x
  * slower with a transpose flag (which the built-in gradient uses) than on plain operands.
  */
-const matMulBT = tf.customGrad((a, bT, save) => {
+export const matMulBT = tf.customGrad((a, bT, save) => {
   save([a, bT]);
   return {
     value: tf.matMul(a, tf.transpose(bT)),
@@ -33,7 +33,7 @@ const matMulBT = tf.customGrad((a, bT, save) => {
   };
 });
 
-const linear = (x, w, b) => tf.add(matMulBT(x, w), b);
+export const linear = (x, w, b) => tf.add(matMulBT(x, w), b);
 
 /** 3x3 convolution, stride 1, padding 1, as im2col + matMul. x: NHWC, w: (out, in, 3, 3). */
 function conv3x3(x, w, b) {
@@ -84,10 +84,12 @@ let instances = 0;
 
 /** A model: tfjs variables named like the torch state dict, plus SGD as fedcore.loops.train does it. */
 export class Model {
-  constructor(kind) {
-    if (!SPECS[kind]) throw new Error(`unknown model ${kind}; choose ${Object.keys(SPECS).join(' or ')}`);
+  /** `part` ({spec, forward}) makes this the device part of a cut model (see parts.js). */
+  constructor(kind, part = null) {
+    if (!part && !SPECS[kind]) throw new Error(`unknown model ${kind}; choose ${Object.keys(SPECS).join(' or ')}`);
     this.kind = kind;
-    this.spec = SPECS[kind];
+    this.spec = part ? part.spec : SPECS[kind];
+    this.forward = part ? part.forward : FORWARD[kind];
     this.prefix = `${kind}#${++instances}`; // tfjs variable names are global
     this.vars = Object.fromEntries(this.spec.map(([name, shape]) => [name, tf.variable(tf.zeros(shape), true, `${this.prefix}/${name}`)]));
   }
@@ -110,7 +112,7 @@ export class Model {
   }
 
   logits(x) {
-    return FORWARD[this.kind](this.vars, x);
+    return this.forward(this.vars, x);
   }
 
   /** An SGD optimizer with torch.optim.SGD's update (momentum 0.9, weight decay 5e-4). */

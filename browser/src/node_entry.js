@@ -8,6 +8,9 @@ import { dirname } from 'node:path';
 export { tf };
 export { Model, SPECS } from './model.js';
 export { decodePayload, encodePayload } from './wire.js';
+export { INPUT_DIM, STAGES, devicePart, partFor } from './parts.js';
+export { cifarFromNpz, parseNpy, parseNpz } from './npz.js';
+export { SplitTrainer, decodeMessage, encodeMessage, microSizes } from './split.js';
 export { noneCodec } from './zstd.js';
 
 /** Select the wasm backend (single thread, SIMD when the CPU has it). */

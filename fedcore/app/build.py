@@ -53,6 +53,8 @@ def _split_federation(settings: Settings, model: nn.Module, test_data: object, n
     from fedcore.split.setup import split_setup
 
     example = test_data[0][0].unsqueeze(0)  # type: ignore[index]
+    if settings.split_at is None and getattr(model, "cut_at", None):  # name the cut in the train instruction
+        settings = settings.model_copy(update={"split_at": getattr(model, "cut_at")})
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setup = split_setup(model, example, at=settings.split_at, head_at=settings.split_head_at,
                         batch_size=settings.batch_size, micro_batches=settings.micro_batches,

@@ -9,10 +9,11 @@ START_MS = 90_000  # the first page of a session compiles tfjs' wasm: slow on a 
 
 
 class DevicePage:
-    def __init__(self, browser: Any, url: str, name: str, shard: int, *, epochs: int = 1, autostart: bool = True) -> None:
+    def __init__(self, browser: Any, url: str, name: str, shard: int, *, epochs: int = 1, autostart: bool = True,
+                 extra: str = "") -> None:
         self.name = name
         self.page, self.watch = new_page(browser)
-        query = f"name={name}&shard={shard}&epochs={epochs}&autostart={int(autostart)}"
+        query = f"name={name}&shard={shard}&epochs={epochs}&autostart={int(autostart)}" + (f"&{extra}" if extra else "")
         self.page.goto(f"{url.rstrip('/')}/device?{query}")
 
     def status(self) -> dict[str, Any] | None:

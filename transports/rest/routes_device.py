@@ -14,10 +14,11 @@ import functools
 import html
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import numpy
 import torch
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from fedcore import wire
@@ -43,10 +44,12 @@ def is_built(dist: Path = DIST_DIR) -> bool:
 
 
 def encode_shard(x: numpy.ndarray, y: numpy.ndarray) -> bytes:
-    """A shard as a wire payload (x float32 (N, 64), y int64 (N,)): the page decodes it with its own codec."""
-    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
-        raise ValueError(f"a shard is x (N, F) and y (N,), got {x.shape} and {y.shape}")
-    state = {"x": torch.from_numpy(numpy.ascontiguousarray(x, numpy.float32)),
+    """A shard as a wire payload (digits: x float32 (N, 64); CIFAR-10: x uint8 (N, 32, 32, 3) pixels,
+    normalised by the page as by ``fedcore.app.data``; y int64 (N,)): the page decodes it with its own codec."""
+    cifar = x.dtype == numpy.uint8 and x.ndim == 4
+    if (x.ndim != 2 and not cifar) or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"a shard is x (N, F) or uint8 (N, H, W, C) and y (N,), got {x.shape} and {y.shape}")
+    state = {"x": torch.from_numpy(numpy.ascontiguousarray(x, numpy.uint8 if cifar else numpy.float32)),
              "y": torch.from_numpy(numpy.ascontiguousarray(y, numpy.int64))}
     return wire.encode_state(state, dtype="fp32", codec="zstd", meta={"kind": "shard"})
 
@@ -64,8 +67,6 @@ def partition_shards(settings: Settings) -> ShardProvider:
 
     def provider(index: int) -> tuple[numpy.ndarray, numpy.ndarray]:
         data = federated()
-        if data.kind != "digits":
-            raise ValueError(f"the browser device trains the digits models; this server serves {data.kind}")
         if not 0 <= index < len(data.clients):
             raise IndexError(f"there are {len(data.clients)} partitions (0..{len(data.clients) - 1}), not {index}")
         share = data.clients[index].train
@@ -97,13 +98,16 @@ def device_router(shard_provider: ShardProvider | None, dist: Path = DIST_DIR) -
 
     @router.get("/device/shard/{index}", summary="Demo only: a partition's training data for a browser device",
                 response_class=Response, responses={200: {"content": {PARAMS_MEDIA_TYPE: {}}}})
-    def shard(index: int) -> Response:
+    def shard(index: int, limit: Annotated[int | None, Query(ge=1, description="at most this many samples (the first ones)")] = None
+              ) -> Response:
         if shard_provider is None:
             raise HTTPException(status_code=404, detail="this server hands out no demo shards")
         try:
             x, y = shard_provider(index)
         except IndexError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
         return Response(encode_shard(x, y), media_type=PARAMS_MEDIA_TYPE)
 
     return router
