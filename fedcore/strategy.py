@@ -32,7 +32,8 @@ def fold_weighted(sums: dict[str, torch.Tensor], state: StateDict, num_samples: 
     for name, t in state.items():
         acc = sums.get(name)
         if acc is None:  # the accumulator itself is the only float64 copy ever allocated
-            sums[name] = t.detach().to(torch.float64).mul_(num_samples)
+            # copy=True: a float64 tensor would otherwise be the caller's own, scaled in place
+            sums[name] = t.detach().to(torch.float64, copy=True).mul_(num_samples)
         else:
             acc.add_(t.detach(), alpha=num_samples)
 
