@@ -29,7 +29,7 @@ from fedcore.states import ClientState
 from fedcore.strategy import FedAvg, Strategy, make_strategy, registered_strategies, strategy_from_settings
 
 N = 11  # clients per round in the synthetic rounds (Bulyan with f = 2 needs 4f + 3 = 11)
-ROUNDS = 3  # rounds run for every strategy (the adaptive ones carry state across them)
+ROUNDS = 3  # rounds run for every strategy (the adaptive ones carry state across them), of N, N + 1, N + 2 updates
 
 #: Parameters each built-in is tested with (non-default where a default would hide a bug).
 PARAMS: dict[str, dict[str, Any]] = {
@@ -64,7 +64,8 @@ def _updates(rng: np.random.Generator, center: Mapping[str, np.ndarray], n: int,
              spread: float = 0.3) -> tuple[list[dict[str, np.ndarray]], list[int]]:
     ups = []
     for _ in range(n):
-        u = {k: v + spread * rng.normal(size=v.shape) for k, v in center.items() if k != "bn.num_batches_tracked"}
+        own = spread * rng.uniform(0.3, 2.0)  # clients differ in how far they stray: Krum's scores spread out
+        u = {k: v + own * rng.normal(size=v.shape) for k, v in center.items() if k != "bn.num_batches_tracked"}
         u["bn.num_batches_tracked"] = np.array(int(center["bn.num_batches_tracked"]) + int(rng.integers(1, 30)))
         ups.append(u)
     return ups, [int(x) for x in rng.integers(5, 60, size=n)]
@@ -79,15 +80,15 @@ def _f32(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32).astype(np.float64) if not k.endswith("tracked") else v for k, v in state.items()}
 
 
-def _run_rounds(strategy: Strategy, seed: int = 0) -> tuple[list[dict[str, torch.Tensor]], list[Any]]:
+def _run_rounds(strategy: Strategy, seed: int) -> tuple[list[dict[str, torch.Tensor]], list[Any]]:
     """ROUNDS rounds of N seeded updates; returns the strategy's globals and the rounds' inputs."""
     rng = np.random.default_rng(seed)
     g = _global(rng)
     center = _global(rng)
     state = _torch(g)
     outs, inputs = [], []
-    for _ in range(ROUNDS):
-        ups, ns = _updates(rng, center, N)
+    for r in range(ROUNDS):
+        ups, ns = _updates(rng, center, N + r)  # 11, 12, 13 updates: odd and even counts
         inputs.append((ups, ns))
         strategy.begin_round(state)
         for u, n in zip(ups, ns):
@@ -235,10 +236,11 @@ def _reference(name: str) -> Callable[..., dict[str, np.ndarray]]:
     return refs[name]()
 
 
+@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", NAMES)
-def test_matches_the_numpy_reference_over_three_rounds(name: str) -> None:
+def test_matches_the_numpy_reference_over_three_rounds(name: str, seed: int) -> None:
     ref = _reference(name)
-    outs, (g, inputs) = _run_rounds(_make(name))
+    outs, (g, inputs) = _run_rounds(_make(name), seed)
     for rnd, ((ups, ns), out) in enumerate(zip(inputs, outs), 1):
         # each round starts from the implementation's float32 global, in the reference too, so
         # float32 rounding does not pile up over the rounds of the comparison
@@ -343,6 +345,23 @@ def test_mergeable_partials_equal_accumulate(name: str) -> None:
     a, b = one.finish(g), merged.finish(g)
     for k in g:
         assert torch.allclose(a[k].double(), b[k].double(), rtol=1e-6, atol=1e-6), k
+
+
+def test_krum_scores_use_n_minus_f_minus_2_neighbours() -> None:
+    """Seven points on a line where the winner depends on the neighbour count: with f = 1, Krum
+    sums the 4 nearest (6 wins), 3 would pick 7 and 5 would pick 5."""
+    xs = [7.0, 9.0, 0.0, 1.0, 3.0, 5.0, 6.0]
+    ups = [{"w": np.array([x])} for x in xs]
+    g = {"w": np.zeros(1)}
+    for name, m, picked, want in (("krum", 1, 1, 6.0), ("multikrum", 99, 6, None)):
+        s = make_strategy(name, {"f": 1, "m": m})
+        s.begin_round(_torch(g))
+        for u in ups:
+            s.accumulate(_torch(u), 1)
+        got = float(s.finish(_torch(g))["w"][0])
+        ref = float(_ref_krum(1, m)(g, ups, [1] * 7)["w"][0])
+        assert got == pytest.approx(ref) and s.round_metrics()["selected"] == picked  # at most n − f averaged
+        assert want is None or got == want
 
 
 # ---------------------------------------------------------------- planted outliers
@@ -479,6 +498,28 @@ def test_federation_keeps_the_global_when_too_few_updates_arrive(caplog: pytest.
     assert "needs at least 5 updates" in caplog.text
     states = {c.name: c.state for c in fed.clients()}
     assert [states[f"c{i}"] for i in range(5)] == ["finish"] * 3 + ["left"] * 2  # the senders are ready again
+
+
+class _Broken(FedAvg):
+    def finish(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise RuntimeError("bug in a custom strategy")
+
+
+def test_a_failing_custom_strategy_keeps_the_global_and_the_server() -> None:
+    clock = FakeClock()
+    fed = Federation({"w": torch.ones(4)}, FederationConfig(min_clients=2, wire=WireOptions("fp32", "zstd", None, "auto")),
+                     clock=clock, strategy=_Broken())
+    a, b = _join(fed, "a"), _join(fed, "b")
+    fed.start_autorun(2)
+    fed.tick()
+    for c in (a, b):
+        fed.submit_update(c, 1, wire.encode_state({"w": torch.zeros(4)}, dtype="fp32"), 10)
+    fed.tick()
+    rec = fed.history()[0]
+    assert rec.aggregation_error == "strategy 'fedavg' failed: RuntimeError: bug in a custom strategy"
+    assert torch.equal(fed.global_state["w"], torch.ones(4)) and fed.round == 1
+    fed.tick()
+    assert fed.status().current_round == 2  # the next round starts with both clients
 
 
 def test_aggregation_error_crosses_grpc() -> None:
