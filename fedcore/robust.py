@@ -25,7 +25,7 @@ from fedcore.strategy import StateDict, Strategy, _check, register_strategy
 #: Bytes of one storage block (rows are appended into blocks this large, never copied).
 BLOCK_BYTES = 64 << 20
 #: Elements of a column chunk (n rows × c columns) an aggregation works on at a time.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 
 
 class UpdateRows:
