@@ -1,6 +1,7 @@
 """One settings object for server, client and demo: TOML file < environment (FEDCORE_*) < CLI flags."""
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +103,17 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown transport {unknown[0]!r}; available: {', '.join(known)}")
         return ",".join(names)
+
+    @field_validator("strategy_options", mode="before")
+    @classmethod
+    def _options_json(cls, v: Any) -> Any:
+        """``--set 'strategy_options={"f": 1}'`` arrives as text: read it as JSON."""
+        if isinstance(v, str):
+            try:
+                return json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f'strategy_options must be a JSON object such as {{"f": 1}}: {exc}') from None
+        return v
 
     @model_validator(mode="after")
     def _strategy_fits(self) -> Settings:

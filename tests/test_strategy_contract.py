@@ -451,6 +451,20 @@ def test_options_come_from_toml_and_environment(tmp_path: Path, monkeypatch: pyt
     assert strategy_from_settings(Settings.load(strategy="fedavgm")).lr == 1.0  # type: ignore[attr-defined]
 
 
+def test_the_cli_says_what_to_change(tmp_path: Path) -> None:
+    from fedcore.app.errors_cli import describe_config_error
+
+    with pytest.raises(ConfigError) as exc:
+        Settings.load(strategy="bulyan", min_clients=3)
+    assert describe_config_error(exc.value, Settings.model_fields, None).message == (
+        "invalid settings: strategy 'bulyan' needs at least 7 updates a round, but min_clients is 3: "
+        "set min_clients >= 7 (or change its options)")
+    # --set hands the table over as text
+    assert Settings.load(strategy="krum", min_clients=7, strategy_options='{"f": 2}').strategy_options == {"f": 2}
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        Settings.load(strategy_options="f=2")
+
+
 def test_too_few_updates_at_finish_is_an_aggregation_error() -> None:
     g = _mixed_global()
     s = Bulyan(f=1)
