@@ -1,11 +1,12 @@
 """One settings object for server, client and demo: TOML file < environment (FEDCORE_*) < CLI flags."""
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from fedcore import constants as C
@@ -66,9 +67,18 @@ class Settings(BaseSettings):
     unified_memory: bool = Field(False, description="split: edge activation buffers in CUDA unified memory (GPU)")
 
     # learning
-    strategy: str = Field("fedavg", description="fedavg | fedprox | fedadam | any registered strategy")
+    strategy: str = Field(
+        "fedavg", description="fedavg | fedprox | fedavgm | fedadam | fedadagrad | fedyogi | fedmedian | "
+        "fedtrimmedavg | krum | multikrum | bulyan | any registered strategy",
+    )
+    strategy_options: dict[str, StrictBool | StrictInt | float] = Field(
+        default_factory=dict,
+        description="the strategy's own parameters, e.g. {f = 1, m = 3} for krum (TOML table [strategy_options])",
+    )
     proximal_mu: float = Field(0.01, ge=0, description="FedProx mu")
-    server_lr: float = Field(0.01, gt=0, description="FedAdam server learning rate")
+    server_lr: float | None = Field(
+        None, gt=0, description="server learning rate of fedavgm/fedadam/fedadagrad/fedyogi (unset: the strategy's default)"
+    )
     dataset: Literal["digits", "cifar10"] = "digits"
     data_dir: Path | None = Field(None, description="CIFAR-10 folder (npz files or torchvision layout)")
     partition: Literal["iid", "dirichlet"] = "iid"
@@ -93,6 +103,32 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown transport {unknown[0]!r}; available: {', '.join(known)}")
         return ",".join(names)
+
+    @field_validator("strategy_options", mode="before")
+    @classmethod
+    def _options_json(cls, v: Any) -> Any:
+        """``--set 'strategy_options={"f": 1}'`` arrives as text: read it as JSON."""
+        if isinstance(v, str):
+            try:
+                return json.loads(v) if v.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f'strategy_options must be a JSON object such as {{"f": 1}}: {exc}') from None
+        return v
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> Settings:
+        """A registered strategy is built once here so a wrong option, an impossible parameter or a
+        min_clients too small for a robust strategy fails at load time (names registered later
+        are checked when the federation is built)."""
+        from fedcore.strategy import registered_strategies, strategy_from_settings
+
+        if self.strategy.lower() not in registered_strategies():
+            return self
+        need = strategy_from_settings(self).min_updates
+        if self.min_clients < need:
+            raise ValueError(f"strategy {self.strategy!r} needs at least {need} updates a round, but min_clients is "
+                             f"{self.min_clients}: set min_clients >= {need} (or change its options)")
+        return self
 
     @property
     def transports(self) -> list[str]:

@@ -68,6 +68,13 @@ class RoundStateError(FedcoreError):
     kind = ErrorKind.CONFLICT
 
 
+class AggregationError(FedcoreError):
+    """The strategy cannot aggregate this round's updates (too few arrived for its robustness
+    guarantee): the federation keeps the global model and records why in the round's history."""
+
+    kind = ErrorKind.CONFLICT
+
+
 class TransportError(FedcoreError, ConnectionError):
     """The server could not be reached, is busy or is stopping; callers may retry."""
 

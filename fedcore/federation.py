@@ -45,7 +45,15 @@ from fedcore.constants import (
     MAX_METRICS,
     MONITOR_TICK_S,
 )
-from fedcore.errors import AuthError, ForbiddenError, PayloadError, PayloadTooLargeError, RoundStateError, TransportError
+from fedcore.errors import (
+    AggregationError,
+    AuthError,
+    ForbiddenError,
+    PayloadError,
+    PayloadTooLargeError,
+    RoundStateError,
+    TransportError,
+)
 from fedcore.events import EventLog
 from fedcore.global_model import GlobalModel
 from fedcore.logger import get_logger
@@ -175,6 +183,9 @@ class Federation(FederationOperations):
         self.config = cfg = config or FederationConfig()
         self.edge = edge  # split mode: the edge part, trained on every device's activations
         self.strategy = strategy or FedAvg()
+        if cfg.min_clients < self.strategy.min_updates:
+            raise ValueError(f"strategy {self.strategy.name!r} needs at least {self.strategy.min_updates} updates a round, "
+                             f"but min_clients is {cfg.min_clients}: raise min_clients (or change its options)")
         self.evaluate_fn = evaluate_fn
         self.fit_config_fn = fit_config_fn
         self._clock = clock
@@ -203,9 +214,9 @@ class Federation(FederationOperations):
                       evaluate_fn: EvaluateFn | None = None, fit_config_fn: FitConfigFn | None = None,
                       edge: EdgeTrainer | None = None, **config_overrides: Any) -> Federation:
         """A Federation configured from a Settings object (file + environment + flags)."""
-        from fedcore.strategy import make_strategy
+        from fedcore.strategy import strategy_from_settings
 
-        strategy = strategy or make_strategy(settings.strategy, mu=settings.proximal_mu, lr=settings.server_lr)
+        strategy = strategy or strategy_from_settings(settings)
         return cls(initial_state, FederationConfig.from_settings(settings, **config_overrides), strategy=strategy,
                    evaluate_fn=evaluate_fn, fit_config_fn=fit_config_fn, edge=edge)
 
@@ -693,11 +704,24 @@ class Federation(FederationOperations):
         if to_close is not None:
             self._close_round(to_close)
 
+    def _aggregate(self, rs: RoundState) -> tuple[dict[str, torch.Tensor], str | None]:
+        """The strategy's next global model, or the current one and why when the strategy cannot
+        aggregate (too few updates for a robust strategy, or a bug in a custom one): a round
+        never loses the global model, and the clients that took part still finish it."""
+        try:
+            return self.strategy.finish(self._model.state), None
+        except AggregationError as exc:
+            log.warning("round %d: %s", rs.number, exc)
+            return self._model.state, str(exc)
+        except Exception as exc:
+            log.exception("round %d: strategy %r failed; the global model is kept", rs.number, self.strategy.name)
+            return self._model.state, f"strategy {self.strategy.name!r} failed: {type(exc).__name__}: {exc}"
+
     def _close_round(self, rs: RoundState) -> None:
         """Aggregate, evaluate and checkpoint outside the lock, then publish the new global."""
         try:
-            new_global = self.strategy.finish(self._model.state)
-            metrics = dict(self.evaluate_fn(new_global)) if self.evaluate_fn and rs.submitted else {}
+            new_global, failure = self._aggregate(rs)
+            metrics = dict(self.evaluate_fn(new_global)) if self.evaluate_fn and rs.submitted and not failure else {}
             with self._cond:
                 names = self._registry.name_of
                 participants = tuple(sorted(names(c) for c in rs.submitted))
@@ -710,7 +734,8 @@ class Federation(FederationOperations):
                     client_metrics=rs.client_metrics, bytes_in=rs.bytes_in, bytes_out=rs.bytes_out,
                     duration_s=round(self._clock() - rs.started_at, 4), finished_at=self._wall(),
                     train_config=rs.train_config, refused=tuple(rs.refused), clipped_samples=tuple(sorted(rs.clipped)),
-                    strategy_metrics=dict(self.strategy.round_metrics()) if rs.submitted else {},
+                    strategy_metrics=dict(self.strategy.round_metrics()) if rs.submitted and not failure else {},
+                    aggregation_error=failure,
                 )
                 self._history.append(record)
                 self._last_updated = record.finished_at

@@ -129,6 +129,9 @@ class RoundRecord:
     clipped_samples: tuple[str, ...] = ()
     #: What the strategy reports about the round (``Strategy.round_metrics``), e.g. a DP epsilon.
     strategy_metrics: Mapping[str, float] = field(default_factory=dict)
+    #: Why the strategy could not aggregate this round (e.g. too few updates for Krum); the
+    #: global model was kept. None when it aggregated.
+    aggregation_error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any
+import inspect
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from fedcore.config import Settings
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -28,7 +32,8 @@ def fold_weighted(sums: dict[str, torch.Tensor], state: StateDict, num_samples: 
     for name, t in state.items():
         acc = sums.get(name)
         if acc is None:  # the accumulator itself is the only float64 copy ever allocated
-            sums[name] = t.detach().to(torch.float64).mul_(num_samples)
+            # copy=True: a float64 tensor would otherwise be the caller's own, scaled in place
+            sums[name] = t.detach().to(torch.float64, copy=True).mul_(num_samples)
         else:
             acc.add_(t.detach(), alpha=num_samples)
 
@@ -71,6 +76,12 @@ class Strategy(ABC):
     #: aggregation, per-client studies); False: ``new_accumulator``/``merge`` work.
     needs_every_update: bool = True
 
+    @property
+    def min_updates(self) -> int:
+        """Updates a round needs for ``finish`` to aggregate (robust strategies need several);
+        a Federation refuses ``min_clients`` below this."""
+        return 1
+
     @abstractmethod
     def begin_round(self, global_state: StateDict) -> None:
         """Reset per-round accumulators."""
@@ -81,7 +92,9 @@ class Strategy(ABC):
 
     @abstractmethod
     def finish(self, global_state: StateDict) -> dict[str, torch.Tensor]:
-        """The next global model; ``global_state`` if no update arrived."""
+        """The next global model; ``global_state`` if no update arrived. Raises
+        :class:`fedcore.errors.AggregationError` when the updates that did arrive cannot be
+        aggregated (the federation then keeps the global model and records why)."""
 
     def client_config(self) -> dict[str, Any]:
         """Settings sent to clients with each training instruction (e.g. FedProx's ``mu``)."""
@@ -164,49 +177,188 @@ class FedProx(FedAvg):
         return {"proximal_mu": self.mu}
 
 
-class FedAdam(FedAvg):
-    """Server-side Adam on the pseudo-gradient (global − FedAvg mean), Reddi et al. 2021."""
+def _is_statistic(name: str) -> bool:
+    """BatchNorm running statistics: averaged as they are, never stepped by a server optimiser."""
+    return name.endswith(("running_mean", "running_var"))
 
-    name = "fedadam"
 
-    def __init__(self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-3) -> None:
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+class ServerOptimizer(FedAvg):
+    """FedAvg's weighted mean, then one server optimiser step per float tensor on
+    Δ = mean − global (the negative pseudo-gradient of Reddi et al. 2021 / Hsu et al. 2019):
+    w ← w + ``step(Δ)``. Streaming and mergeable like FedAvg (the round's state is the weighted
+    sum); the optimiser's own state (momentum, second moments) is O(model) and lives across
+    rounds (not checkpointed: a restarted server starts it afresh). Integer tensors and BatchNorm
+    running statistics take the plain mean."""
+
+    def __init__(self, lr: float) -> None:
         super().__init__()
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
-        self._m: dict[str, torch.Tensor] = {}
-        self._v: dict[str, torch.Tensor] = {}
+        _check(lr > 0, f"{self.name} lr (server learning rate) must be > 0, got {lr}")
+        self.lr = lr
+        self._slots: dict[str, dict[str, torch.Tensor]] = {}
+
+    @abstractmethod
+    def step(self, delta: torch.Tensor, slots: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The change to add to one tensor of the global model, given its Δ; ``slots`` is that
+        tensor's optimiser state (empty on the first round), updated in place."""
 
     def finish(self, global_state: StateDict) -> dict[str, torch.Tensor]:
         if not self._total:
             return super().finish(global_state)
-        mean = super().finish(global_state)
         out: dict[str, torch.Tensor] = {}
         for name, g in global_state.items():
-            if not g.is_floating_point() or name.endswith(("running_mean", "running_var")):
-                out[name] = mean[name]
+            mean = self._sum[name] / self._total  # float64
+            if not g.is_floating_point() or _is_statistic(name):
+                out[name] = mean.to(g.dtype) if g.is_floating_point() else mean.round().to(g.dtype)
                 continue
-            delta = mean[name].float() - g.float()
-            m = self._m.get(name, torch.zeros_like(delta)).mul_(self.beta1).add_(delta, alpha=1 - self.beta1)
-            v = self._v.get(name, torch.zeros_like(delta)).mul_(self.beta2).addcmul_(delta, delta, value=1 - self.beta2)
-            self._m[name], self._v[name] = m, v
-            out[name] = (g.float() + self.lr * m / (v.sqrt() + self.eps)).to(g.dtype)
+            work = torch.float64 if g.dtype == torch.float64 else torch.float32
+            delta = (mean - g.detach().to(torch.float64)).to(work)
+            change = self.step(delta, self._slots.setdefault(name, {}))
+            out[name] = (g.detach().to(work) + change).to(g.dtype)
+        self._sum = {}
         return out
 
 
-_STRATEGIES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam}
+def _slot(slots: dict[str, torch.Tensor], key: str, like: torch.Tensor) -> torch.Tensor:
+    t = slots.get(key)
+    if t is None:
+        t = slots[key] = torch.zeros_like(like)
+    return t
 
 
-def register_strategy(name: str, cls: type[Strategy]) -> None:
-    _STRATEGIES[name] = cls
+class FedAvgM(ServerOptimizer):
+    """Server momentum (Hsu et al. 2019): v ← β v + Δ_H with Δ_H = w − mean, w ← w − η v.
+    lr = 1 and momentum = 0 is FedAvg."""
+
+    name = "fedavgm"
+
+    def __init__(self, lr: float = 1.0, momentum: float = 0.9) -> None:
+        super().__init__(lr)
+        _check(0 <= momentum < 1, f"fedavgm momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+
+    def step(self, delta: torch.Tensor, slots: dict[str, torch.Tensor]) -> torch.Tensor:
+        v = _slot(slots, "v", delta).mul_(self.momentum).add_(delta)  # v here is −v of the paper: Δ = −Δ_H
+        return self.lr * v
 
 
-def make_strategy(name: str, **kwargs: Any) -> Strategy:
-    """Strategy by name; unknown names list the choices."""
+class _AdaptiveOptimizer(ServerOptimizer):
+    """Reddi et al. 2021, Algorithm 2: m ← β1 m + (1 − β1) Δ, v ← ``second_moment``,
+    w ← w + η m / (√v + τ); the three differ only in how v moves."""
+
+    def __init__(self, lr: float, beta1: float, beta2: float, eps: float) -> None:
+        super().__init__(lr)
+        _check(0 <= beta1 < 1, f"{self.name} beta1 must be in [0, 1), got {beta1}")
+        _check(0 <= beta2 < 1, f"{self.name} beta2 must be in [0, 1), got {beta2}")
+        _check(eps > 0, f"{self.name} eps (tau) must be > 0, got {eps}")
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    @abstractmethod
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> None:
+        """Move v (in place) given Δ²."""
+
+    def step(self, delta: torch.Tensor, slots: dict[str, torch.Tensor]) -> torch.Tensor:
+        m = _slot(slots, "m", delta).mul_(self.beta1).add_(delta, alpha=1 - self.beta1)
+        v = _slot(slots, "v", delta)
+        self.second_moment(v, delta * delta)
+        return self.lr * m / (v.sqrt() + self.eps)
+
+
+class FedAdam(_AdaptiveOptimizer):
+    """Server-side Adam: v ← β2 v + (1 − β2) Δ² (Reddi et al. 2021)."""
+
+    name = "fedadam"
+
+    def __init__(self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-3) -> None:
+        super().__init__(lr, beta1, beta2, eps)
+
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> None:
+        v.mul_(self.beta2).add_(delta_sq, alpha=1 - self.beta2)
+
+
+class FedAdagrad(_AdaptiveOptimizer):
+    """Server-side Adagrad: v ← v + Δ² (Reddi et al. 2021); beta2 is unused."""
+
+    name = "fedadagrad"
+
+    def __init__(self, lr: float = 0.01, beta1: float = 0.0, eps: float = 1e-3) -> None:
+        super().__init__(lr, beta1, 0.0, eps)
+
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> None:
+        v.add_(delta_sq)
+
+
+class FedYogi(_AdaptiveOptimizer):
+    """Server-side Yogi: v ← v − (1 − β2) Δ² sign(v − Δ²) (Reddi et al. 2021): v grows no faster
+    than Adam's and shrinks slowly, so a rare large Δ does not reset the step size."""
+
+    name = "fedyogi"
+
+    def __init__(self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, eps: float = 1e-3) -> None:
+        super().__init__(lr, beta1, beta2, eps)
+
+    def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> None:
+        v.sub_(torch.sign(v - delta_sq).mul_(delta_sq), alpha=1 - self.beta2)
+
+
+_STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedAdagrad, FedYogi)
+}
+
+
+def register_strategy(name: str, cls: type[Strategy], *, replace: bool = True) -> None:
+    """Make ``cls`` selectable as ``Settings(strategy=name)``; ``replace=False`` keeps an existing one."""
+    if replace or name.lower() not in _STRATEGIES:
+        _STRATEGIES[name.lower()] = cls
+
+
+def registered_strategies() -> dict[str, type[Strategy]]:
+    """Every strategy selectable by name (the built-in robust ones included)."""
+    _load_builtins()
+    return dict(_STRATEGIES)
+
+
+def _load_builtins() -> None:
+    # The robust strategies build on this module, so they register themselves on first use
+    # rather than being imported at the top (a cycle).
+    import fedcore.robust  # noqa: F401
+
+
+def strategy_options(cls: type[Strategy]) -> set[str] | None:
+    """The keyword options a strategy's constructor takes (None: it takes any, via ``**kwargs``)."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+
+
+def make_strategy(name: str, options: Mapping[str, Any] | None = None, **defaults: Any) -> Strategy:
+    """Strategy by name; unknown names list the choices. ``options`` are the strategy's own
+    (``Settings.strategy_options``): each must be a parameter of its constructor. ``defaults``
+    are shared settings (``mu``, ``lr``) passed only to strategies that take them; ``None``
+    values are left out so the strategy's own default applies."""
+    _load_builtins()
     try:
         cls = _STRATEGIES[name.lower()]
     except KeyError:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(_STRATEGIES)}") from None
-    accepted = {k: v for k, v in kwargs.items() if v is not None and k in cls.__init__.__code__.co_varnames}
-    return cls(**accepted)
+    accepted = strategy_options(cls)
+    kwargs = {k: v for k, v in defaults.items() if v is not None and (accepted is None or k in accepted)}
+    for key, value in (options or {}).items():
+        if accepted is not None and key not in accepted:
+            takes = ", ".join(sorted(accepted)) or "none"
+            raise ValueError(f"strategy {name!r} has no option {key!r}; its options: {takes}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def strategy_from_settings(settings: Settings) -> Strategy:
+    """The configured strategy: ``strategy``, ``strategy_options``, ``proximal_mu``, ``server_lr``."""
+    return make_strategy(settings.strategy, settings.strategy_options, mu=settings.proximal_mu, lr=settings.server_lr)
 
 
 def is_finite_state(state: StateDict) -> bool:
@@ -220,6 +372,7 @@ def is_finite_state(state: StateDict) -> bool:
 
 
 __all__ = [
-    "FedAdam", "FedAvg", "FedProx", "Strategy", "WeightedSum", "fold_weighted", "is_finite_state", "make_strategy",
-    "register_strategy",
+    "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "FedYogi", "ServerOptimizer", "Strategy", "WeightedSum",
+    "fold_weighted", "is_finite_state", "make_strategy", "register_strategy", "registered_strategies",
+    "strategy_from_settings", "strategy_options",
 ]

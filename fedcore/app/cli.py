@@ -99,14 +99,14 @@ def _check_names(s: Settings) -> None:
     """Model and strategy names are free strings (users register their own): check them now,
     before anything is built or bound."""
     from fedcore.app.models import MODELS
-    from fedcore.strategy import make_strategy
+    from fedcore.strategy import strategy_from_settings
 
     if s.model != "auto" and s.model not in MODELS:
         guess = closest(s.model, MODELS)
         raise CliFailure(f"unknown model {s.model!r}; choose auto or one of {', '.join(sorted(MODELS))}",
                          f"did you mean {guess}?" if guess else "")
     try:
-        make_strategy(s.strategy)
+        strategy_from_settings(s)
     except ValueError as exc:
         raise CliFailure(str(exc)) from exc
 

@@ -132,8 +132,10 @@ def describe_config_error(exc: ConfigError, field_names: Iterable[str], config: 
     if not errors:
         return Failure(f"invalid settings: {_first_line(exc)}")
     err = errors[0]
-    key = ".".join(str(p) for p in err.get("loc", ())) or "?"
+    key = ".".join(str(p) for p in err.get("loc", ()))
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if not key:  # a check across settings (e.g. the strategy against min_clients): its message names them
+        return Failure(f"invalid settings: {str(err.get('msg', '')).removeprefix('Value error, ')}{more}")
     where = _where(key, config, set_keys)
     if err.get("type") == "extra_forbidden":
         guess = closest(key, names)

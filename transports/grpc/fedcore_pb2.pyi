@@ -322,7 +322,7 @@ class Metrics(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RoundRecord(_message.Message):
-    __slots__ = ("round", "participants", "num_participants", "selected", "dropped", "stragglers", "accuracy", "loss", "client_metrics", "bytes_in", "bytes_out", "duration_s", "finished_at", "train_config_json", "refused", "clipped_samples", "strategy_metrics")
+    __slots__ = ("round", "participants", "num_participants", "selected", "dropped", "stragglers", "accuracy", "loss", "client_metrics", "bytes_in", "bytes_out", "duration_s", "finished_at", "train_config_json", "refused", "clipped_samples", "strategy_metrics", "aggregation_error")
     class ClientMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +354,7 @@ class RoundRecord(_message.Message):
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     CLIPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_METRICS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_ERROR_FIELD_NUMBER: _ClassVar[int]
     round: int
     participants: _containers.RepeatedScalarFieldContainer[str]
     num_participants: int
@@ -371,7 +372,8 @@ class RoundRecord(_message.Message):
     refused: _containers.RepeatedCompositeFieldContainer[Refusal]
     clipped_samples: _containers.RepeatedScalarFieldContainer[str]
     strategy_metrics: _containers.ScalarMap[str, float]
-    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., num_participants: _Optional[int] = ..., selected: _Optional[int] = ..., dropped: _Optional[_Iterable[str]] = ..., stragglers: _Optional[_Iterable[str]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., client_metrics: _Optional[_Mapping[str, Metrics]] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., duration_s: _Optional[float] = ..., finished_at: _Optional[float] = ..., train_config_json: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ..., clipped_samples: _Optional[_Iterable[str]] = ..., strategy_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    aggregation_error: str
+    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., num_participants: _Optional[int] = ..., selected: _Optional[int] = ..., dropped: _Optional[_Iterable[str]] = ..., stragglers: _Optional[_Iterable[str]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., client_metrics: _Optional[_Mapping[str, Metrics]] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., duration_s: _Optional[float] = ..., finished_at: _Optional[float] = ..., train_config_json: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ..., clipped_samples: _Optional[_Iterable[str]] = ..., strategy_metrics: _Optional[_Mapping[str, float]] = ..., aggregation_error: _Optional[str] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ()

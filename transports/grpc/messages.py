@@ -191,6 +191,7 @@ def round_record_to_pb(r: RoundRecord) -> pb.RoundRecord:
         bytes_in=r.bytes_in, bytes_out=r.bytes_out, duration_s=r.duration_s, finished_at=r.finished_at,
         train_config_json=_json(r.train_config), refused=[pb.Refusal(client=x.client, reason=x.reason) for x in r.refused],
         clipped_samples=list(r.clipped_samples), strategy_metrics=dict(r.strategy_metrics),
+        aggregation_error=r.aggregation_error,
     )
 
 
@@ -203,7 +204,7 @@ def round_record_from_pb(m: pb.RoundRecord) -> RoundRecord:
         bytes_in=int(m.bytes_in), bytes_out=int(m.bytes_out), duration_s=m.duration_s, finished_at=m.finished_at,
         train_config=_from_json(m.train_config_json, "round train config"),
         refused=tuple(Refusal(x.client, x.reason) for x in m.refused), clipped_samples=tuple(m.clipped_samples),
-        strategy_metrics=dict(m.strategy_metrics),
+        strategy_metrics=dict(m.strategy_metrics), aggregation_error=_opt(m, "aggregation_error"),
     )
 
 
