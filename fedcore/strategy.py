@@ -75,6 +75,9 @@ class Strategy(ABC):
     #: True: the strategy must see every client's update through ``accumulate`` (robust
     #: aggregation, per-client studies); False: ``new_accumulator``/``merge`` work.
     needs_every_update: bool = True
+    #: True: updates never reach ``accumulate``; a protocol of the strategy's own delivers the
+    #: round's aggregate (secure aggregation: the server only ever sees the sum).
+    updates_via_protocol: bool = False
 
     @property
     def min_updates(self) -> int:

@@ -43,7 +43,19 @@ PARAMS: dict[str, dict[str, Any]] = {
     "multikrum": {"f": 2, "m": 4},
     "bulyan": {"f": 2},
 }
-NAMES = sorted(registered_strategies())
+# Strategies whose updates arrive through a protocol of their own, never ``accumulate``: each is
+# checked against a numpy reference by its own end-to-end suite, named here (a new one fails below).
+PROTOCOL_SUITES = {"secagg": ("tests/test_secagg_federation.py", "SecAggFedAvg")}
+NAMES = sorted(n for n, cls in registered_strategies().items() if not cls.updates_via_protocol)
+
+
+def test_every_protocol_strategy_has_its_own_reference_suite() -> None:
+    protocol = {n for n, cls in registered_strategies().items() if cls.updates_via_protocol}
+    assert protocol == set(PROTOCOL_SUITES), f"write a reference suite for {sorted(protocol - set(PROTOCOL_SUITES))}"
+    root = Path(__file__).resolve().parent.parent
+    for name, (suite, cls_name) in PROTOCOL_SUITES.items():
+        assert registered_strategies()[name].__name__ == cls_name, f"{name!r} is not {cls_name}"
+        assert cls_name in (root / suite).read_text(), f"{suite} does not run strategy {name!r}"
 
 
 def _make(name: str) -> Strategy:

@@ -33,6 +33,7 @@ def flatten_delta(state: StateDict, reference: StateDict) -> np.ndarray:
 class SecAggFedAvg(Strategy):
     name = "secagg"
     needs_every_update = True  # no mergeable partial sums: the server never holds one update
+    updates_via_protocol = True
 
     def __init__(self, bits: int = 16, clip: float = 1.0, threshold: int | None = None,
                  neighbours: int | None = None, rounding: str = "stochastic", stage_timeout_s: float = 60.0,
