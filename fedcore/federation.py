@@ -184,7 +184,8 @@ class Federation(FederationOperations):
         """A Federation configured from a Settings object (file + environment + flags)."""
         from fedcore.strategy import make_strategy
 
-        strategy = strategy or make_strategy(settings.strategy, mu=settings.proximal_mu, lr=settings.server_lr)
+        strategy = strategy or make_strategy(settings.strategy, mu=settings.proximal_mu, lr=settings.server_lr,
+                                             settings=settings)
         return cls(initial_state, FederationConfig.from_settings(settings, **config_overrides), strategy=strategy,
                    evaluate_fn=evaluate_fn, fit_config_fn=fit_config_fn, edge=edge)
 

@@ -200,11 +200,18 @@ def register_strategy(name: str, cls: type[Strategy]) -> None:
 
 
 def make_strategy(name: str, **kwargs: Any) -> Strategy:
-    """Strategy by name; unknown names list the choices."""
+    """Strategy by name; unknown names list the choices. ``dp-<name>`` wraps the named strategy
+    in central differential privacy (fedcore.privacy.central; pass ``settings=`` for its dp_* fields)."""
+    key = name.lower()
+    if key.startswith("dp-") and key not in _STRATEGIES:
+        from fedcore.privacy.central import make_dp_strategy
+
+        return make_dp_strategy(key[3:], **kwargs)
     try:
-        cls = _STRATEGIES[name.lower()]
+        cls = _STRATEGIES[key]
     except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(_STRATEGIES)}") from None
+        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(_STRATEGIES)}, "
+                         f"or dp-<one of them> for central differential privacy") from None
     accepted = {k: v for k, v in kwargs.items() if v is not None and k in cls.__init__.__code__.co_varnames}
     return cls(**accepted)
 

@@ -59,7 +59,7 @@ def sim_federation(initial_state: Mapping[str, torch.Tensor], clients_per_round:
         s, min_clients=clients_per_round, register_limit=0, client_timeout_s=math.inf,
         prune_left_after_s=math.inf, checkpoint_dir=None,
     )
-    strategy = strategy or make_strategy(s.strategy, mu=s.proximal_mu, lr=s.server_lr)
+    strategy = strategy or make_strategy(s.strategy, mu=s.proximal_mu, lr=s.server_lr, settings=s)
     return Federation(initial_state, config, strategy=strategy, evaluate_fn=evaluate_fn, clock=clock or SimClock())
 
 
