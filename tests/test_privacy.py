@@ -67,7 +67,7 @@ def test_every_accumulated_update_is_clipped_and_the_mean_is_unweighted() -> Non
                 state[name] = torch.tensor(1000 + k)  # a client's counter never reaches the model
         strat.accumulate(state, num_samples=10 ** k)  # wildly different weights: ignored
         now = _flat({n: strat.partial.sums[n] for n in glob if glob[n].is_floating_point()})
-        accumulated = now - prev - g  # what this client added, less the global it is relative to
+        accumulated = now - prev  # what this client added to the round's sum of updates
         prev = now
         ref = _np_clip(flat - g, c)
         assert np.linalg.norm(accumulated) <= c * (1 + 1e-9)

@@ -129,7 +129,7 @@ class DPStrategy(Strategy):
 
     @property
     def partial(self) -> WeightedSum:
-        """The round's running sum of clipped updates (Σ (w_global + clip(Δ_k)), weight 1 each)."""
+        """The round's running sum of clipped updates Σ clip(Δ_k) (floating tensors, weight 1 each)."""
         return self._partial
 
     def client_config(self) -> dict[str, Any]:
@@ -144,8 +144,7 @@ class DPStrategy(Strategy):
     def accumulate(self, state: StateDict, num_samples: int) -> None:
         c = self._clip.clip_norm
         delta, norm = clip_delta(state, self._global, c)
-        clipped = {k: g.to(torch.float64) + delta[k] if k in delta else g for k, g in self._global.items()}
-        self._partial.add(clipped, 1)  # unweighted: one client, one vote of norm <= C
+        self._partial.add(delta, 1)  # unweighted: one client, one vote of norm <= C
         if norm <= c:
             self._unclipped += 1
 
@@ -175,12 +174,17 @@ class DPStrategy(Strategy):
             noised = (self._unclipped - m / 2) + float(torch.randn((), dtype=torch.float64,
                                                                   generator=self._generator)) * sigma_b
             unclipped = noised + m / 2
-        if z_update > 0:
-            for k, g in global_state.items():
-                if g.is_floating_point():
-                    s = self._partial.sums[k]
-                    s.add_(gaussian_like(s, z_update * c, self._generator))
-        self.inner.merge(self._partial)
+        # The wrapped strategy folds states: Σ (w_global + clip(Δ_k)) + noise, with weight 1 each.
+        states = WeightedSum()
+        for k, g in global_state.items():
+            total = g.detach().to(torch.float64) * m
+            if g.is_floating_point():
+                total.add_(self._partial.sums[k])
+                if z_update > 0:
+                    total.add_(gaussian_like(total, z_update * c, self._generator))
+            states.sums[k] = total
+        states.total = states.count = m
+        self.inner.merge(states)
         out = self.inner.finish(global_state)
         q = sampling_rate(m, cfg.population)
         metrics = {"dp_delta": cfg.delta, "dp_clip_norm": c, "dp_noise_multiplier": z, "dp_sampling_rate": q,
