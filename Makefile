@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml setup.py $(EXT_SOURCES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 ninja
-	$(BIN)/pip install -q --no-build-isolation -e '.[test,deploy,sim]'
+	$(BIN)/pip install -q --no-build-isolation -e '.[test,deploy,sim,privacy]'
 	# checkov lives in its own venv: it pins packaging/networkx versions fedcore's tools cannot use.
 	test -x $(VENV)/checkov/bin/checkov || ($(PY) -m venv $(VENV)/checkov && $(VENV)/checkov/bin/pip install -q checkov==3.3.30)
 	touch $(STAMP)

@@ -23,6 +23,7 @@ from fedcore.constants import BACKOFF_INITIAL_S, BACKOFF_MAX_S, DEFAULT_LONG_POL
 from fedcore.errors import AuthError, RoundStateError, TransportError, UnknownClientError
 from fedcore.logger import get_logger
 from fedcore.operations import Endpoint, Instruction, WireOptions
+from fedcore.privacy.local import local_dp
 from fedcore.states import Action, ClientState
 from fedcore.loops import evaluate as default_evaluate
 from fedcore.loops import train as default_train
@@ -231,8 +232,10 @@ class FLClient:
     def _encode(self, round_number: int) -> bytes:
         w = self.wire or WireOptions(self.settings.dtype, self.settings.codec, self.settings.level,
                                      self.settings.filter, "q8" if self.settings.quantize_update else "weights")
+        state = local_dp(self.exchanged.state_dict(), self._received, self.settings, client=self.name,
+                         round_number=round_number)  # unchanged unless local_dp_clip is set
         return wire.encode_state(
-            self.exchanged.state_dict(), dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter,
+            state, dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter,
             reference=self._received, quantize_update=w.update == "q8",
             meta={"round": round_number, "client": self.name},
         )

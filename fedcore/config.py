@@ -90,6 +90,19 @@ class Settings(BaseSettings):
     lr: float = Field(0.05, gt=0)
     seed: int = 0
 
+    # differential privacy (fedcore/privacy): central with strategy dp-fedavg | dp-fedprox | dp-fedadam
+    dp_clip_norm: float = Field(1.0, gt=0, description="central DP: clip each update (whole-model L2) to this")
+    dp_noise_multiplier: float = Field(1.0, ge=0, description="central DP: noise std on the mean = this x clip / clients")
+    dp_target_epsilon: float | None = Field(None, gt=0, description="central DP: pick the noise for this epsilon after `rounds`")
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="delta of the reported (epsilon, delta)")
+    dp_adaptive_clip: bool = Field(False, description="central DP: the clip norm tracks a quantile of update norms")
+    dp_target_quantile: float = Field(0.5, gt=0, lt=1, description="adaptive clipping: target quantile")
+    dp_clip_lr: float = Field(0.2, gt=0, description="adaptive clipping: geometric step size")
+    dp_population: int | None = Field(None, ge=1, description="all clients (sampling rate = clients per round / this)")
+    dp_seed: int | None = Field(None, description="seed of DP noise, for reproducible experiments (unset: OS randomness)")
+    local_dp_clip: float | None = Field(None, gt=0, description="local DP: clients clip their update to this (unset: off)")
+    local_dp_noise: float = Field(1.0, ge=0, description="local DP: noise std = this x local_dp_clip per coordinate")
+
     @field_validator("transport")
     @classmethod
     def _transports(cls, v: str) -> str:

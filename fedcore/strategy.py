@@ -339,14 +339,22 @@ def strategy_options(cls: type[Strategy]) -> set[str] | None:
     return {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
 
 
-def make_strategy(name: str, options: Mapping[str, Any] | None = None, **defaults: Any) -> Strategy:
+def make_strategy(name: str, options: Mapping[str, Any] | None = None, *, settings: Settings | None = None,
+                  **defaults: Any) -> Strategy:
     """Strategy by name; unknown names list the choices. ``options`` are the strategy's own
     (``Settings.strategy_options``): each must be a parameter of its constructor. ``defaults``
     are shared settings (``mu``, ``lr``) passed only to strategies that take them; ``None``
-    values are left out so the strategy's own default applies."""
+    values are left out so the strategy's own default applies. ``dp-<name>`` wraps the named
+    strategy in central differential privacy (fedcore.privacy.central), configured from the
+    ``dp_*`` fields of ``settings``."""
     _load_builtins()
+    key = name.lower()
+    if key.startswith("dp-") and key not in _STRATEGIES:
+        from fedcore.privacy.central import make_dp_strategy
+
+        return make_dp_strategy(key[3:], options, settings=settings, **defaults)
     try:
-        cls = _STRATEGIES[name.lower()]
+        cls = _STRATEGIES[key]
     except KeyError:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(_STRATEGIES)}") from None
     accepted = strategy_options(cls)
@@ -361,7 +369,8 @@ def make_strategy(name: str, options: Mapping[str, Any] | None = None, **default
 
 def strategy_from_settings(settings: Settings) -> Strategy:
     """The configured strategy: ``strategy``, ``strategy_options``, ``proximal_mu``, ``server_lr``."""
-    return make_strategy(settings.strategy, settings.strategy_options, mu=settings.proximal_mu, lr=settings.server_lr)
+    return make_strategy(settings.strategy, settings.strategy_options, settings=settings, mu=settings.proximal_mu,
+                         lr=settings.server_lr)
 
 
 def is_finite_state(state: StateDict) -> bool:

@@ -19,6 +19,7 @@ from fedcore.config import Settings
 from fedcore.errors import PayloadError
 from fedcore.federation import check_update_norm
 from fedcore.operations import WireOptions
+from fedcore.privacy.local import local_dp
 from fedcore.sim.plan import ChunkResult, ClientOutcome, RoundPlan, Task, to_torch
 from fedcore.strategy import WeightedSum, is_finite_state
 
@@ -123,7 +124,7 @@ class SimWorker:
                 samples = min(int(client.num_samples), plan.max_num_samples)
                 if samples <= 0:
                     raise ValueError(f"client {name} has no training samples")
-                state = client.model.state_dict()
+                state = local_dp(client.model.state_dict(), glob, client.settings, client=name, round_number=plan.round)
             except Exception as exc:  # the user's code failed: the server sees the client drop
                 outcomes.append(ClientOutcome(cid, "failed", reason=f"{type(exc).__name__}: {exc}"))
                 continue
