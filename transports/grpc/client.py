@@ -16,6 +16,8 @@ from fedcore.config import Settings
 from fedcore.constants import CHUNK_BYTES
 from fedcore.errors import AuthError, PayloadError
 from fedcore.operations import (
+    EvaluationReceipt,
+    EvaluationReport,
     ClientInfo,
     ControlResult,
     GlobalModel,
@@ -32,6 +34,8 @@ from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
 from .chunking import BoundedBuffer, iter_chunks
 from .messages import (
+    evaluation_to_pb,
+    receipt_from_pb,
     client_info_from_pb,
     control_from_pb,
     health_from_pb,
@@ -142,6 +146,11 @@ class GrpcClientTransport(ClientTransport):
                 yield pb.UpdateChunk(data=chunk)
 
         _call(lambda: self._stub.PushUpdate(messages(), timeout=STREAM_TIMEOUT_S, metadata=_bearer(self.token)))
+
+    def submit_evaluation(self, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
+        req = evaluation_to_pb(self._need_id(), round_number, report)
+        reply = _call(lambda: self._stub.SubmitEvaluation(req, timeout=RPC_TIMEOUT_S, metadata=_bearer(self.token)))
+        return receipt_from_pb(reply)
 
     def disconnect(self) -> None:
         req = pb.DisconnectRequest(client_id=self._need_id())

@@ -27,6 +27,8 @@ from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
 from .chunking import iter_chunks
 from .messages import (
+    evaluation_from_pb,
+    receipt_to_pb,
     client_info_to_pb,
     control_to_pb,
     health_to_pb,
@@ -155,6 +157,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         caller = caller_of(context, request.client_id)
         instr = self.ops.signal(caller, state_from_pb(request.state), float(request.wait_s), context.is_active)
         return instruction_to_pb(instr)
+
+    @abort_on_error
+    def SubmitEvaluation(self, request: pb.EvaluationRequest, context: grpc.ServicerContext) -> pb.EvaluationReceipt:
+        caller = caller_of(context, request.client_id)
+        return receipt_to_pb(self.ops.submit_evaluation(caller, int(request.round), evaluation_from_pb(request)))
 
     @abort_on_error
     def Disconnect(self, request: pb.DisconnectRequest, context: grpc.ServicerContext) -> pb.ControlResult:

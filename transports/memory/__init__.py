@@ -18,6 +18,8 @@ from fedcore.operations import (
     Caller,
     ClientInfo,
     ControlResult,
+    EvaluationReceipt,
+    EvaluationReport,
     FederationOperations,
     GlobalModel,
     Health,
@@ -96,6 +98,10 @@ class MemoryClientTransport(ClientTransport):
         with self._ops().accept_update(self._me(), round_number, len(payload), num_samples, metrics) as sink:
             for chunk in iter_chunks(payload, CHUNK_BYTES):
                 sink.write(chunk)
+
+    def submit_evaluation(self, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
+        return self._ops().submit_evaluation(self._me(), round_number,
+                                             EvaluationReport(report.num_examples, report.loss, dict(report.metrics)))
 
     def open_split_channel(self, round_number: int, window: int) -> MemorySplitChannel:
         return MemorySplitChannel(self, round_number)
