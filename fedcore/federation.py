@@ -170,6 +170,7 @@ class Federation(FederationOperations):
         self.edge = edge  # split mode: the edge part, trained on every device's activations
         if edge is not None and cfg.sampling.evaluates:
             raise ValueError("federated evaluation (fraction_evaluate > 0) is not available in split mode")
+        self._own_selector = selector is None  # built from the config: re-seeded by set_sampling
         self.selector = selector or make_selector(cfg.selector, cfg.sampling.seed)
         self.fit_metrics_aggregation: MetricsAggregationFn = fit_metrics_aggregation or weighted_mean
         self.evaluate_metrics_aggregation: MetricsAggregationFn = evaluate_metrics_aggregation or weighted_mean
@@ -640,6 +641,8 @@ class Federation(FederationOperations):
             if sampling.evaluates and self.edge is not None:
                 raise ValueError("federated evaluation (fraction_evaluate > 0) is not available in split mode")
             self.config = replace(self.config, sampling=sampling)
+            if self._own_selector:
+                self.selector = make_selector(self.config.selector, sampling.seed)
 
     def _select(self, ids: list[str], number: int, stage: Stage) -> list[str]:
         """The clients of ``ids`` that take part: all of them at the default fraction 1.0,
