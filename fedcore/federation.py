@@ -712,8 +712,8 @@ class Federation(FederationOperations):
                     train_config=rs.train_config, refused=tuple(rs.refused), clipped_samples=tuple(sorted(rs.clipped)),
                     strategy_metrics=dict(self.strategy.round_metrics()) if rs.submitted else {},
                     selected_clients=tuple(sorted(names(c) for c in rs.selected)),
-                    fit_metrics=aggregate(self.fit_metrics_aggregation, [
-                        (rs.client_samples.get(p, 0), rs.client_metrics.get(p, {})) for p in participants], "fit metrics"),
+                    fit_metrics=self._aggregate(self.fit_metrics_aggregation, [
+                        (rs.client_samples.get(p, 0), rs.client_metrics.get(p, {})) for p in participants], "fit"),
                 )
                 self._history.append(record)
                 self._last_updated = record.finished_at
@@ -764,6 +764,15 @@ class Federation(FederationOperations):
         log.info("round %d: %d client(s) evaluate the new global model", record.round, len(chosen))
         return True
 
+    @staticmethod
+    def _aggregate(fn: MetricsAggregationFn, results: list[tuple[int, Mapping[str, float]]], what: str) -> dict[str, float]:
+        """A metrics hook's result; a failing user hook costs its metrics, never the round."""
+        try:
+            return aggregate(fn, results, f"{what} metrics")
+        except Exception:
+            log.exception("%s metrics aggregation failed; the round records none", what)
+            return {}
+
     def _close_evaluation(self, ev: EvalState) -> None:
         """Aggregate the evaluations (weighted by examples) into the round's record; called under the lock."""
         names = self._registry.name_of
@@ -771,13 +780,11 @@ class Federation(FederationOperations):
         total = sum(r.num_examples for _, r in counted)
         if ev.waiting:
             log.warning("round %d evaluation deadline: %d client(s) did not answer", ev.number, len(ev.waiting))
-        try:
-            federated = aggregate(self.evaluate_metrics_aggregation, [(r.num_examples, r.metrics) for _, r in counted],
-                                  "evaluate metrics")
-        finally:
-            if self._stop_after_evaluation:
-                self._stop_after_evaluation = False
-                self._rounds.finished = True
+        federated = self._aggregate(self.evaluate_metrics_aggregation,
+                                    [(r.num_examples, r.metrics) for _, r in counted], "evaluate")
+        if self._stop_after_evaluation:
+            self._stop_after_evaluation = False
+            self._rounds.finished = True
         record = replace(
             ev.record, evaluated=tuple(n for n, _ in counted), federated_metrics=federated,
             federated_loss=sum(r.num_examples * r.loss for _, r in counted) / total if total else None,

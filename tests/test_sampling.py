@@ -341,3 +341,16 @@ def test_federated_evaluation_over_transport(harness: Harness, transport: str) -
     for c in cs:
         c.thread.join(30)
         assert c.error is None and c.client.summary.evaluated_rounds == [1]
+
+
+def test_failing_metrics_hook_costs_its_metrics_not_the_round() -> None:
+    def broken(results: Sequence[tuple[int, Mapping[str, float]]]) -> dict[str, float]:
+        raise RuntimeError("user bug")
+
+    clock = FakeClock()
+    fed = _fed(clock, fit_metrics_aggregation=broken)
+    callers = {n: _join(fed, n) for n in FIT}
+    fed.start_autorun(1)
+    _run_round(fed, callers, FIT)
+    rec = fed.history()[0]
+    assert rec.fit_metrics == {} and rec.client_metrics == FIT and fed.round == 1
