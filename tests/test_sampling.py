@@ -354,3 +354,19 @@ def test_failing_metrics_hook_costs_its_metrics_not_the_round() -> None:
     _run_round(fed, callers, FIT)
     rec = fed.history()[0]
     assert rec.fit_metrics == {} and rec.client_metrics == FIT and fed.round == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_fedcore_client_process_evaluates(harness: Harness) -> None:
+    """A `fedcore client` process (the CLI's app-built client) answers evaluate instructions."""
+    srv = harness.server(make_settings("grpc", min_clients=2, fraction_evaluate=1.0), stop_when_done=True)
+    harness.client(srv, "thread", 0, transport="grpc")
+    harness.client_process(srv, "proc", 1, transport="grpc")
+    wait_until(lambda: srv.federation.status().ready == 2, 150, "2 ready clients (one is a process)")
+    srv.federation.start_autorun(1)
+    wait_until(lambda: bool(srv.federation.history() and srv.federation.history()[-1].evaluated), 90,
+               what="round 1 evaluated")
+    rec = srv.federation.history()[-1]
+    assert rec.evaluated == ("proc", "thread") and rec.federated_loss is not None
+    assert 0.0 <= rec.federated_metrics["accuracy"] <= 1.0
