@@ -459,11 +459,11 @@ class Federation(FederationOperations):
 
     def submit_evaluation(self, caller: Caller, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
         """A selected client's evaluation of the round's published global model."""
-        clean = _check_report(report, self.config.max_num_samples)
         with self._cond:
             rec = self._registry.auth(caller.client_id, caller.token)
             if caller.name is not None and caller.name != rec.name:
                 raise ForbiddenError("the name in the request does not match the client's registered name")
+            clean = _check_report(report, self.config.max_num_samples)
             self._touch(rec)
             ev = self._rounds.check_evaluating(rec.client_id, round_number)
             ev.reports[rec.client_id] = clean
@@ -950,11 +950,12 @@ def _opt_float(v: Any) -> float | None:
 
 
 def _check_report(report: EvaluationReport, max_examples: int) -> EvaluationReport:
-    """An evaluation as a client sent it: a count in 0..max_num_samples (0: nothing to score
-    with), a finite loss and checked metrics."""
+    """An evaluation as a client sent it: a count ≥ 0 (0: nothing to score with; clipped to
+    max_num_samples like an update's sample count), a finite loss and checked metrics."""
     n, loss = report.num_examples, report.loss
-    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= max_examples:
-        raise PayloadError(f"num_examples must be an integer in 0..{max_examples}, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise PayloadError(f"num_examples must be a non-negative integer, got {n!r}")
+    n = min(n, max_examples)
     if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(float(loss)):
         raise PayloadError(f"loss must be a finite number, got {loss!r}")
     return EvaluationReport(n, float(loss), _check_metrics(report.metrics))

@@ -258,7 +258,7 @@ def test_evaluation_policy() -> None:
     clock = FakeClock()
     fed, callers = _eval_fed(clock)
     me = callers["c0"]
-    for bad in (EvaluationReport(10, math.nan), EvaluationReport(-1, 1.0), EvaluationReport(10**12, 1.0),
+    for bad in (EvaluationReport(10, math.nan), EvaluationReport(-1, 1.0), EvaluationReport(10, -math.inf),
                 EvaluationReport(10, 1.0, {"acc": math.inf}), EvaluationReport(True, 1.0)):  # type: ignore[arg-type]
         with pytest.raises(PayloadError):
             fed.submit_evaluation(me, 1, bad)
@@ -266,9 +266,15 @@ def test_evaluation_policy() -> None:
         fed.submit_evaluation(me, 2, EVALS["c0"])
     with pytest.raises(AuthError):
         fed.submit_evaluation(Caller("wrong", me.client_id), 1, EVALS["c0"])
-    fed.submit_evaluation(me, 1, EVALS["c0"])
+    fed.submit_evaluation(me, 1, EvaluationReport(10**12, 1.0))  # counts are clipped, as sample counts are
     with pytest.raises(RoundStateError, match="already"):
         fed.submit_evaluation(me, 1, EVALS["c0"])
+    fed.submit_evaluation(callers["c1"], 1, EvaluationReport(10, 3.0))
+    fed.submit_evaluation(callers["c2"], 1, EvaluationReport(0, 0.0))  # nothing to score: answered, not counted
+    fed.tick()
+    rec = fed.history()[0]
+    cap = fed.config.max_num_samples
+    assert rec.evaluated == ("c0", "c1") and rec.federated_loss == pytest.approx((cap * 1.0 + 30.0) / (cap + 10))
 
 
 def test_evaluation_is_off_by_default() -> None:

@@ -69,8 +69,8 @@ class EvaluationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    round: int = Field(ge=0, strict=True, description="the round whose global model was scored")
-    num_examples: SampleCount = Field(description="validation examples scored (0: none; at most max_num_samples)")
+    round: SampleCount = Field(description="the round whose global model was scored")
+    num_examples: SampleCount = Field(description="validation examples scored (0: none; the server clips large counts)")
     loss: FiniteNumber = Field(description="mean loss over those examples")
     metrics: dict[MetricName, FiniteNumber] = Field(default_factory=dict, max_length=MAX_METRICS,
                                                     description="e.g. {'accuracy': 0.93}")
