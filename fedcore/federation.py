@@ -785,9 +785,11 @@ class Federation(FederationOperations):
         if self._stop_after_evaluation:
             self._stop_after_evaluation = False
             self._rounds.finished = True
+        # Σ (nᵢ / N) · lossᵢ: the weights are at most 1, so finite losses do not overflow on the way.
+        loss = math.fsum(r.num_examples / total * r.loss for _, r in counted) if total else None
         record = replace(
             ev.record, evaluated=tuple(n for n, _ in counted), federated_metrics=federated,
-            federated_loss=sum(r.num_examples * r.loss for _, r in counted) / total if total else None,
+            federated_loss=loss if loss is not None and math.isfinite(loss) else None,
         )
         for i in range(len(self._history) - 1, -1, -1):
             if self._history[i].round == record.round:
