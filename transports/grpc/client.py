@@ -16,10 +16,10 @@ from fedcore.config import Settings
 from fedcore.constants import CHUNK_BYTES
 from fedcore.errors import AuthError, PayloadError
 from fedcore.operations import (
-    EvaluationReceipt,
-    EvaluationReport,
     ClientInfo,
     ControlResult,
+    EvaluationReceipt,
+    EvaluationReport,
     GlobalModel,
     Health,
     Instruction,
@@ -34,12 +34,12 @@ from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
 from .chunking import BoundedBuffer, iter_chunks
 from .messages import (
-    evaluation_to_pb,
-    receipt_from_pb,
     client_info_from_pb,
     control_from_pb,
+    evaluation_to_pb,
     health_from_pb,
     instruction_from_pb,
+    receipt_from_pb,
     registration_from_pb,
     round_record_from_pb,
     state_to_pb,

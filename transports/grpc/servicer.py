@@ -27,12 +27,12 @@ from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
 from .chunking import iter_chunks
 from .messages import (
-    evaluation_from_pb,
-    receipt_to_pb,
     client_info_to_pb,
     control_to_pb,
+    evaluation_from_pb,
     health_to_pb,
     instruction_to_pb,
+    receipt_to_pb,
     registration_to_pb,
     round_record_to_pb,
     state_from_pb,
