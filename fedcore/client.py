@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 from fedcore import wire
 from fedcore.config import Settings
 from fedcore.constants import BACKOFF_INITIAL_S, BACKOFF_MAX_S, DEFAULT_LONG_POLL_S, DEFAULT_RECONNECT_TIMEOUT_S
-from fedcore.errors import AuthError, RoundStateError, TransportError, UnknownClientError
+from fedcore.errors import AuthError, PayloadError, RoundStateError, TransportError, UnknownClientError
 from fedcore.logger import get_logger
-from fedcore.operations import Endpoint, Instruction, WireOptions
+from fedcore.operations import Endpoint, EvaluationReport, Instruction, WireOptions
 from fedcore.privacy.local import local_dp
 from fedcore.states import Action, ClientState
 from fedcore.loops import evaluate as default_evaluate
@@ -53,6 +53,7 @@ class ClientSummary:
     bytes_sent: int = 0
     bytes_received: int = 0
     metrics: list[dict[str, float]] = field(default_factory=list)
+    evaluated_rounds: list[int] = field(default_factory=list)  # global models this client scored (federated evaluation)
 
 
 class FLClient:
@@ -92,6 +93,7 @@ class FLClient:
         self.client_id: str | None = None
         self.token: str | None = None
         self.last_round = 0
+        self.last_evaluated = 0
         self._global_version = -1
         self._received: dict[str, torch.Tensor] | None = None
         # Split mode: the device trains the front of the model against the edge, and what goes
@@ -308,6 +310,30 @@ class FLClient:
         except SecAggError as exc:
             raise RoundStateError(f"secure aggregation: {exc}") from exc
 
+    def evaluate_round(self, round_number: int) -> bool:
+        """Federated evaluation: score the global model of ``round_number`` on the local
+        validation split and send loss, example count and metrics. A client without
+        validation data answers with zero examples (so the round does not wait for it)."""
+        self._pull_global()
+        n = len(self.val_data) if self.val_data is not None else 0  # type: ignore[arg-type]
+        metrics: dict[str, float] = {}
+        loss = 0.0
+        if n > 0:
+            assert self.val_data is not None
+            scored = dict(self.evaluate_fn(self.model, self.val_data))
+            loss = float(scored.pop("loss", 0.0))
+            metrics = {k: float(v) for k, v in scored.items()}
+        try:
+            self._retry(lambda: self.transport.submit_evaluation(round_number, EvaluationReport(n, loss, metrics)))
+        except (RoundStateError, PayloadError) as exc:  # the phase closed, or the server refused it
+            log.warning("%s: evaluation of round %d dropped (%s)", self.name, round_number, exc)
+            self.last_evaluated = round_number
+            return False
+        self.last_evaluated = round_number
+        self.summary.evaluated_rounds.append(round_number)
+        log.info("%s: round %d evaluated on %d example(s): loss %.4f", self.name, round_number, n, loss)
+        return True
+
     def _train_split(self, round_number: int, cfg: Mapping[str, Any], seed: int) -> dict[str, float]:
         """One round of split training: the device part against the edge over this transport,
         micro-batches pipelined with a window (GPipe: one step per mini-batch)."""
@@ -381,6 +407,8 @@ class FLClient:
                     self._follow(instr)
                     if self.on_round_end is not None:
                         self.on_round_end(self, instr.round)
+                elif instr.action is Action.EVALUATE and instr.round > self.last_evaluated:
+                    self.evaluate_round(instr.round)
                 state = ClientState.READY
         finally:
             self.summary.client_id = self.client_id

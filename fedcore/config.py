@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     )
     max_num_samples: int = Field(C.DEFAULT_MAX_NUM_SAMPLES, ge=1, description="sample counts are clipped to this")
 
+    # client sampling and federated evaluation (fedcore.selection)
+    fraction_fit: float = Field(1.0, gt=0, le=1, description="share of the ready clients that train each round")
+    min_fit_clients: int = Field(1, ge=1, description="train with at least this many (of those ready)")
+    max_fit_clients: int | None = Field(None, ge=1, description="train with at most this many")
+    fraction_evaluate: float = Field(0.0, ge=0, le=1, description="share of the idle clients that evaluate each new global model (0: off)")
+    min_evaluate_clients: int = Field(1, ge=1, description="skip federated evaluation with fewer clients than this")
+    max_evaluate_clients: int | None = Field(None, ge=1, description="evaluate with at most this many")
+    evaluate_deadline_s: float = Field(60.0, gt=0, description="the next round waits at most this for evaluations")
+    selector: str = Field("uniform", description="client selector: uniform (seeded with seed) or a registered name")
+
     # wire format ("model lightweighting")
     dtype: Literal["fp32", "bf16", "fp16", "float32", "bfloat16", "float16"] = "bf16"
     codec: str = C.DEFAULT_CODEC

@@ -62,6 +62,8 @@ from fedcore.operations import (
     ClientInfo,
     ControlResult,
     Endpoint,
+    EvaluationReceipt,
+    EvaluationReport,
     Event,
     FederationOperations,
     GlobalModel as GlobalModelView,
@@ -78,7 +80,9 @@ from fedcore.operations import (
     WireOptions,
 )
 from fedcore.registry import ClientRecord, ClientRegistry
-from fedcore.rounds import RoundController, RoundState
+from fedcore.metrics import MetricsAggregationFn, aggregate, weighted_mean
+from fedcore.rounds import EvalState, RoundController, RoundState
+from fedcore.selection import Candidate, ClientSelector, Sampling, Stage, check_selection, make_selector
 from fedcore.states import Action, ClientState
 from fedcore.strategy import FedAvg, Strategy, WeightedSum, is_finite_state
 from fedcore.uploads import UpdateBuffer, UploadSlots
@@ -127,6 +131,8 @@ class FederationConfig:
     max_split_message_bytes: int = 64 * 1024**2
     max_split_inflight: int = 32
     stop_when_done: bool = False
+    sampling: Sampling = Sampling()  # how many clients train / evaluate per round (default: all / none)
+    selector: str = "uniform"  # a registered selector (fedcore.selection), seeded with sampling.seed
 
     def __post_init__(self) -> None:
         if self.min_clients < 1:
@@ -144,6 +150,12 @@ class FederationConfig:
             max_payload_bytes=s.max_payload_bytes, body_timeout_s=s.body_timeout_s,
             max_update_norm=s.max_update_norm, max_num_samples=s.max_num_samples,
             train_config={"epochs": s.local_epochs, "batch_size": s.batch_size, "lr": s.lr, **split_train_config(s)},
+            sampling=Sampling(
+                fraction_fit=s.fraction_fit, min_fit_clients=s.min_fit_clients, max_fit_clients=s.max_fit_clients,
+                fraction_evaluate=s.fraction_evaluate, min_evaluate_clients=s.min_evaluate_clients,
+                max_evaluate_clients=s.max_evaluate_clients, evaluate_deadline_s=s.evaluate_deadline_s, seed=s.seed,
+            ),
+            selector=s.selector,
         )
         values.update(overrides)
         return cls(**values)
@@ -179,9 +191,19 @@ class Federation(FederationOperations):
         edge: EdgeTrainer | None = None,
         clock: Clock = time.monotonic,
         wall_clock: Clock = time.time,
+        selector: ClientSelector | None = None,
+        fit_metrics_aggregation: MetricsAggregationFn | None = None,
+        evaluate_metrics_aggregation: MetricsAggregationFn | None = None,
     ) -> None:
         self.config = cfg = config or FederationConfig()
         self.edge = edge  # split mode: the edge part, trained on every device's activations
+        if edge is not None and cfg.sampling.evaluates:
+            raise ValueError("federated evaluation (fraction_evaluate > 0) is not available in split mode")
+        self._own_selector = selector is None  # built from the config: re-seeded by set_sampling
+        self.selector = selector or make_selector(cfg.selector, cfg.sampling.seed)
+        self.fit_metrics_aggregation: MetricsAggregationFn = fit_metrics_aggregation or weighted_mean
+        self.evaluate_metrics_aggregation: MetricsAggregationFn = evaluate_metrics_aggregation or weighted_mean
+        self._stop_after_evaluation = False
         self.strategy = strategy or FedAvg()
         if cfg.min_clients < self.strategy.min_updates:
             raise ValueError(f"strategy {self.strategy.name!r} needs at least {self.strategy.min_updates} updates a round, "
@@ -212,13 +234,18 @@ class Federation(FederationOperations):
     @classmethod
     def from_settings(cls, settings: Settings, initial_state: StateDict, *, strategy: Strategy | None = None,
                       evaluate_fn: EvaluateFn | None = None, fit_config_fn: FitConfigFn | None = None,
-                      edge: EdgeTrainer | None = None, **config_overrides: Any) -> Federation:
+                      edge: EdgeTrainer | None = None, selector: ClientSelector | None = None,
+                      fit_metrics_aggregation: MetricsAggregationFn | None = None,
+                      evaluate_metrics_aggregation: MetricsAggregationFn | None = None,
+                      **config_overrides: Any) -> Federation:
         """A Federation configured from a Settings object (file + environment + flags)."""
         from fedcore.strategy import strategy_from_settings
 
         strategy = strategy or strategy_from_settings(settings)
         return cls(initial_state, FederationConfig.from_settings(settings, **config_overrides), strategy=strategy,
-                   evaluate_fn=evaluate_fn, fit_config_fn=fit_config_fn, edge=edge)
+                   evaluate_fn=evaluate_fn, fit_config_fn=fit_config_fn, edge=edge, selector=selector,
+                   fit_metrics_aggregation=fit_metrics_aggregation,
+                   evaluate_metrics_aggregation=evaluate_metrics_aggregation)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Federation:
@@ -323,6 +350,9 @@ class Federation(FederationOperations):
         cur = self._rounds.current
         if cur is not None and cur.waits_for(rec.client_id):
             cur.dropped.add(rec.client_id)
+        ev = self._rounds.evaluation
+        if ev is not None and ev.waits_for(rec.client_id):
+            ev.dropped.add(rec.client_id)
         if self.edge is not None:
             self.edge.drop(rec.client_id)  # its unfinished mini-batch never steps the edge
         log.info("client %s (%s) left: %s", rec.name, rec.client_id, why)
@@ -399,6 +429,9 @@ class Federation(FederationOperations):
             if rec.wanted_transport and rec.wanted_transport != rec.transport:
                 switch = self._endpoints.get(rec.wanted_transport)
             return Instruction(Action.TRAIN, cur.number, dict(cur.train_config), self.config.wire, switch)
+        ev = self._rounds.evaluation
+        if ev is not None and ev.waits_for(rec.client_id):
+            return Instruction(Action.EVALUATE, ev.number)
         return Instruction(Action.WAIT, self.round)
 
     @contextmanager
@@ -440,6 +473,7 @@ class Federation(FederationOperations):
                 cur.submitted.add(rec.client_id)
                 cur.bytes_in += len(payload)
                 cur.client_metrics[rec.name] = clean_metrics
+                cur.client_samples[rec.name] = samples
                 if clipped:
                     cur.clipped.add(rec.name)
                 rec.num_samples = samples
@@ -454,6 +488,19 @@ class Federation(FederationOperations):
         """The whole upload gate in one call, for in-process transports and tests."""
         with self.accept_update(caller, round_number, len(payload), num_samples, metrics) as sink:
             sink.write(payload)
+
+    def submit_evaluation(self, caller: Caller, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
+        """A selected client's evaluation of the round's published global model."""
+        with self._cond:
+            rec = self._registry.auth(caller.client_id, caller.token)
+            if caller.name is not None and caller.name != rec.name:
+                raise ForbiddenError("the name in the request does not match the client's registered name")
+            clean = _check_report(report, self.config.max_num_samples)
+            self._touch(rec)
+            ev = self._rounds.check_evaluating(rec.client_id, round_number)
+            ev.reports[rec.client_id] = clean
+            self._cond.notify_all()
+            return EvaluationReceipt(round_number, True)
 
     def _check_norm(self, state: StateDict) -> None:
         check_update_norm(state, self._model.state, self.config.max_update_norm)
@@ -493,6 +540,7 @@ class Federation(FederationOperations):
                 cur.submitted.add(rec.client_id)
                 cur.bytes_in += u.payload_bytes
                 cur.client_metrics[rec.name] = metrics
+                cur.client_samples[rec.name] = u.num_samples
                 if clipped:
                     cur.clipped.add(rec.name)
                 rec.num_samples = u.num_samples
@@ -651,7 +699,7 @@ class Federation(FederationOperations):
             ready = self._registry.ready_ids()
             if len(ready) < self.config.min_clients:
                 raise RoundStateError(f"{len(ready)} client(s) ready, the round needs {self.config.min_clients}")
-            rs = self._start_round(ready)
+            rs = self._start_round(self._select(ready, self.round + 1, "fit"))
             return self._control("step", round=rs.number)
 
     def request_transport(self, client_id: str, transport: str, caller: Caller | None = None) -> ControlResult:
@@ -673,6 +721,36 @@ class Federation(FederationOperations):
         if self.fit_config_fn is not None:
             config.update(self.fit_config_fn(number))
         return config
+
+    @property
+    def sampling(self) -> Sampling:
+        return self.config.sampling
+
+    def set_sampling(self, sampling: Sampling) -> None:
+        """Change how many clients the next rounds select (a simulation driver sets its cohort size)."""
+        with self._cond:
+            if sampling.evaluates and self.edge is not None:
+                raise ValueError("federated evaluation (fraction_evaluate > 0) is not available in split mode")
+            self.config = replace(self.config, sampling=sampling)
+            if self._own_selector:
+                self.selector = make_selector(self.config.selector, sampling.seed)
+
+    def _select(self, ids: list[str], number: int, stage: Stage) -> list[str]:
+        """The clients of ``ids`` that take part: all of them at the default fraction 1.0,
+        else the selector's sample of the configured size."""
+        s = self.config.sampling
+        k = s.fit_size(len(ids)) if stage == "fit" else s.evaluate_size(len(ids))
+        if k >= len(ids) and stage == "fit":
+            return ids  # everyone: no draw, exactly the selection before sampling existed
+        records = self._registry.records
+        candidates = [Candidate(c, records[c].name, records[c].num_samples, tuple(records[c].tags)) for c in ids]
+        chosen = self.selector.select(candidates, k, number, stage)
+        return check_selection(chosen, candidates, k, getattr(self.selector, "name", type(self.selector).__name__))
+
+    def _evaluation_candidates(self) -> list[str]:
+        """Connected, idle clients: ready, or done with the round that just closed."""
+        idle = (ClientState.READY, ClientState.FINISH, ClientState.UPDATE)
+        return [r.client_id for r in self._registry.records.values() if r.state in idle and not r.kicked]
 
     def _start_round(self, selected: list[str]) -> RoundState:
         number = self.round + 1
@@ -697,14 +775,18 @@ class Federation(FederationOperations):
             if to_close is not None:
                 if to_close.waiting:
                     log.warning("round %d deadline: leaving out %d straggler(s)", to_close.number, len(to_close.waiting))
-            elif not self._rounds.busy and self._rounds.autorun_wants_round(self.round):
-                ready = self._registry.ready_ids()
-                if len(ready) >= self.config.min_clients:
-                    self._start_round(ready)
+            else:
+                evaluated = self._rounds.evaluation_due(now)
+                if evaluated is not None:
+                    self._close_evaluation(evaluated)
+                if not self._rounds.busy and self._rounds.autorun_wants_round(self.round):
+                    ready = self._registry.ready_ids()
+                    if len(ready) >= self.config.min_clients:
+                        self._start_round(self._select(ready, self.round + 1, "fit"))
         if to_close is not None:
             self._close_round(to_close)
 
-    def _aggregate(self, rs: RoundState) -> tuple[dict[str, torch.Tensor], str | None]:
+    def _aggregate_updates(self, rs: RoundState) -> tuple[dict[str, torch.Tensor], str | None]:
         """The strategy's next global model, or the current one and why when the strategy cannot
         aggregate (too few updates for a robust strategy, or a bug in a custom one): a round
         never loses the global model, and the clients that took part still finish it."""
@@ -720,7 +802,7 @@ class Federation(FederationOperations):
     def _close_round(self, rs: RoundState) -> None:
         """Aggregate, evaluate and checkpoint outside the lock, then publish the new global."""
         try:
-            new_global, failure = self._aggregate(rs)
+            new_global, failure = self._aggregate_updates(rs)
             metrics = dict(self.evaluate_fn(new_global)) if self.evaluate_fn and rs.submitted and not failure else {}
             with self._cond:
                 names = self._registry.name_of
@@ -736,6 +818,9 @@ class Federation(FederationOperations):
                     train_config=rs.train_config, refused=tuple(rs.refused), clipped_samples=tuple(sorted(rs.clipped)),
                     strategy_metrics=dict(self.strategy.round_metrics()) if rs.submitted and not failure else {},
                     aggregation_error=failure,
+                    selected_clients=tuple(sorted(names(c) for c in rs.selected)),
+                    fit_metrics=self._aggregate_metrics(self.fit_metrics_aggregation, [
+                        (rs.client_samples.get(p, 0), rs.client_metrics.get(p, {})) for p in participants], "fit"),
                 )
                 self._history.append(record)
                 self._last_updated = record.finished_at
@@ -744,10 +829,13 @@ class Federation(FederationOperations):
                     if rec is not None and rec.state is ClientState.UPDATE:
                         rec.state = ClientState.FINISH
                         self._emit_client(rec)
+                evaluating = self._open_evaluation(record) if rs.submitted else False
                 if self._rounds.autorun_target is not None and self.round >= self._rounds.autorun_target:
                     log.info("autorun finished %d/%d", self.round, self._rounds.autorun_target)
                     self._rounds.autorun_target = None
-                    self._rounds.finished = self.config.stop_when_done
+                    # Stop the clients only after they evaluated the last model.
+                    self._stop_after_evaluation = evaluating and self.config.stop_when_done
+                    self._rounds.finished = self.config.stop_when_done and not evaluating
                 self._model.save(self._state_json())
                 self._save_edge()
                 self._emit("round_finished", record)
@@ -762,6 +850,63 @@ class Federation(FederationOperations):
             with self._cond:
                 self._rounds.closed()
                 self._cond.notify_all()
+
+    def _open_evaluation(self, record: RoundRecord) -> bool:
+        """Ask a sample of the idle clients to score the new global model (federated evaluation),
+        when configured and enough clients are there. The next round waits for the phase to
+        close: every answer is in, or ``evaluate_deadline_s`` passed (a silent client never
+        blocks training longer than that)."""
+        s = self.config.sampling
+        if not s.evaluates:
+            return False
+        candidates = self._evaluation_candidates()
+        if len(candidates) < s.min_evaluate_clients:
+            log.info("round %d: %d client(s) to evaluate, min_evaluate_clients is %d; no federated evaluation",
+                     record.round, len(candidates), s.min_evaluate_clients)
+            return False
+        chosen = self._select(candidates, record.round, "evaluate")
+        if not chosen:
+            return False
+        self._rounds.evaluation = EvalState(record.round, set(chosen), self._clock() + s.evaluate_deadline_s, record)
+        log.info("round %d: %d client(s) evaluate the new global model", record.round, len(chosen))
+        return True
+
+    @staticmethod
+    def _aggregate_metrics(fn: MetricsAggregationFn, results: list[tuple[int, Mapping[str, float]]], what: str) -> dict[str, float]:
+        """A metrics hook's result; a failing user hook costs its metrics, never the round."""
+        try:
+            return aggregate(fn, results, f"{what} metrics")
+        except Exception:
+            log.exception("%s metrics aggregation failed; the round records none", what)
+            return {}
+
+    def _close_evaluation(self, ev: EvalState) -> None:
+        """Aggregate the evaluations (weighted by examples) into the round's record; called under the lock."""
+        names = self._registry.name_of
+        counted = sorted(((names(c), r) for c, r in ev.reports.items() if r.num_examples > 0), key=lambda x: x[0])
+        total = sum(r.num_examples for _, r in counted)
+        if ev.waiting:
+            log.warning("round %d evaluation deadline: %d client(s) did not answer", ev.number, len(ev.waiting))
+        federated = self._aggregate_metrics(self.evaluate_metrics_aggregation,
+                                    [(r.num_examples, r.metrics) for _, r in counted], "evaluate")
+        if self._stop_after_evaluation:
+            self._stop_after_evaluation = False
+            self._rounds.finished = True
+        # Σ (nᵢ / N) · lossᵢ: the weights are at most 1, so finite losses do not overflow on the way.
+        loss = math.fsum(r.num_examples / total * r.loss for _, r in counted) if total else None
+        record = replace(
+            ev.record, evaluated=tuple(n for n, _ in counted), federated_metrics=federated,
+            federated_loss=loss if loss is not None and math.isfinite(loss) else None,
+        )
+        for i in range(len(self._history) - 1, -1, -1):
+            if self._history[i].round == record.round:
+                self._history[i] = record
+                break
+        self._model.save_state_only(self._state_json())
+        self._emit("round_evaluated", record)
+        self._emit("status", self._status_locked())
+        log.info("round %d evaluated by %d client(s): loss %s", record.round, len(counted),
+                 f"{record.federated_loss:.4f}" if record.federated_loss is not None else "n/a")
 
     # ------------------------------------------------------------------ persistence
     def _state_json(self) -> dict[str, Any]:
@@ -911,6 +1056,18 @@ def check_update_norm(state: StateDict, global_state: StateDict, bound: float | 
 
 def _opt_float(v: Any) -> float | None:
     return float(v) if v is not None else None
+
+
+def _check_report(report: EvaluationReport, max_examples: int) -> EvaluationReport:
+    """An evaluation as a client sent it: a count ≥ 0 (0: nothing to score with; clipped to
+    max_num_samples like an update's sample count), a finite loss and checked metrics."""
+    n, loss = report.num_examples, report.loss
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise PayloadError(f"num_examples must be a non-negative integer, got {n!r}")
+    n = min(n, max_examples)
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)) or not math.isfinite(float(loss)):
+        raise PayloadError(f"loss must be a finite number, got {loss!r}")
+    return EvaluationReport(n, float(loss), _check_metrics(report.metrics))
 
 
 def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:

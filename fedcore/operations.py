@@ -132,6 +132,29 @@ class RoundRecord:
     #: Why the strategy could not aggregate this round (e.g. too few updates for Krum); the
     #: global model was kept. None when it aggregated.
     aggregation_error: str | None = None
+    #: Names of the clients selected to train (``selected`` counts them).
+    selected_clients: tuple[str, ...] = ()
+    #: The participants' fit metrics aggregated (weighted mean by samples unless a hook says otherwise).
+    fit_metrics: Mapping[str, float] = field(default_factory=dict)
+    #: Federated evaluation of the new global model on the clients' validation splits.
+    federated_loss: float | None = None
+    federated_metrics: Mapping[str, float] = field(default_factory=dict)
+    evaluated: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """A client's evaluation of a global model on its local validation split."""
+
+    num_examples: int
+    loss: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvaluationReceipt:
+    round: int
+    accepted: bool
 
 
 @dataclass(frozen=True)
@@ -257,6 +280,11 @@ class FederationOperations(ABC):
         """The one upload gate: ``with ops.accept_update(...) as sink: sink.write(chunk)...``.
         Entering checks credentials, round, declared size, per-client and global concurrency;
         a clean exit decodes, checks and folds the update; an exception inside discards it."""
+
+    @abstractmethod
+    def submit_evaluation(self, caller: Caller, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
+        """A client's evaluation of round ``round_number``'s global model, answering an EVALUATE
+        instruction (credentials, round, bounds and finite values are checked behind it)."""
 
     @abstractmethod
     def split_submit(self, caller: Caller, round_number: int, message: bytes | bytearray | memoryview) -> Future[bytes]:

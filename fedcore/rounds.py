@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcore.errors import RoundStateError
-from fedcore.operations import Refusal
+from fedcore.operations import EvaluationReport, Refusal, RoundRecord
 
 
 @dataclass
@@ -25,6 +25,7 @@ class RoundState:
     bytes_in: int = 0
     bytes_out: int = 0
     client_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    client_samples: dict[str, int] = field(default_factory=dict)  # by name: the weight each update got
     refused: list[Refusal] = field(default_factory=list)
     clipped: set[str] = field(default_factory=set)
 
@@ -37,6 +38,26 @@ class RoundState:
         return client_id in self.selected and client_id not in self.submitted and client_id not in self.dropped
 
 
+@dataclass
+class EvalState:
+    """The evaluation phase of a round: its global model is published, the selected clients
+    score it; the phase closes when all answered (or left) or at its deadline."""
+
+    number: int
+    selected: set[str]
+    deadline: float
+    record: RoundRecord  # the round's record, completed with the evaluation when the phase closes
+    reports: dict[str, EvaluationReport] = field(default_factory=dict)  # by client id
+    dropped: set[str] = field(default_factory=set)
+
+    def waits_for(self, client_id: str) -> bool:
+        return client_id in self.selected and client_id not in self.reports and client_id not in self.dropped
+
+    @property
+    def waiting(self) -> set[str]:
+        return self.selected - set(self.reports) - self.dropped
+
+
 class RoundController:
     """Open round, closing round and the autorun target (absolute: the round number to reach)."""
 
@@ -44,13 +65,14 @@ class RoundController:
         self.deadline_s = deadline_s
         self.current: RoundState | None = None
         self.closing: RoundState | None = None
+        self.evaluation: EvalState | None = None
         self.autorun_target: int | None = None
         self.autorun_stopped = False  # an admin stopped autorun: a restart must not resume it
         self.finished = False
 
     @property
     def busy(self) -> bool:
-        return self.current is not None or self.closing is not None
+        return self.current is not None or self.closing is not None or self.evaluation is not None
 
     def autorun_wants_round(self, completed: int) -> bool:
         return self.autorun_target is not None and completed < self.autorun_target
@@ -80,6 +102,25 @@ class RoundController:
 
     def closed(self) -> None:
         self.closing = None
+
+    def evaluation_due(self, now: float) -> EvalState | None:
+        """The evaluation phase if it must close now (everyone answered, or its deadline passed)."""
+        ev = self.evaluation
+        if ev is not None and (not ev.waiting or now >= ev.deadline):
+            self.evaluation = None
+            return ev
+        return None
+
+    def check_evaluating(self, client_id: str, round_number: int) -> EvalState:
+        ev = self.evaluation
+        if ev is None or ev.number != round_number:
+            now = ev.number if ev else None
+            raise RoundStateError(f"round {round_number} is not being evaluated (evaluating: {now})")
+        if client_id not in ev.selected or client_id in ev.dropped:
+            raise RoundStateError(f"client is not selected to evaluate round {round_number}")
+        if client_id in ev.reports:
+            raise RoundStateError(f"client already sent its evaluation of round {round_number}")
+        return ev
 
     def check_open(self, client_id: str, round_number: int) -> RoundState:
         cur = self.current

@@ -19,4 +19,5 @@ class Action(str, Enum):
     WAIT = "wait"
     TRAIN = "train"
     STOP = "stop"
+    EVALUATE = "evaluate"  # score the global model of ``round`` on the local validation split
     RECONNECT = "reconnect"  # the server is stopping: wait, then reconnect with the same id and token

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from fedcore.operations import (
     ClientInfo,
     ControlResult,
+    EvaluationReceipt,
+    EvaluationReport,
     FederationOperations,
     GlobalModel,
     Health,
@@ -71,6 +73,10 @@ class ClientTransport(ABC):
     @abstractmethod
     def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
         """Send local parameters for a round."""
+
+    @abstractmethod
+    def submit_evaluation(self, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
+        """Send this client's evaluation of round ``round_number``'s global model."""
 
     @abstractmethod
     def disconnect(self) -> None:

@@ -597,6 +597,7 @@ class _BytesOnly(FederationOperations):
         raise NotImplementedError
 
     register = signal = disconnect = start_autorun = stop_autorun = step = request_transport = _unused
+    submit_evaluation = _unused
     status = clients = history = events_since = health = mark_serving = mark_stopped = _unused
     snapshot = split_submit = _unused
     stopping = False

@@ -15,12 +15,16 @@ from fedcore.app.models import build_configured_model
 from fedcore.config import Settings
 from fedcore.federation import EDGE_CHECKPOINT, EvaluateFn, Federation, FitConfigFn
 from fedcore.loops import evaluate, make_evaluate_fn
+from fedcore.metrics import MetricsAggregationFn
+from fedcore.selection import ClientSelector
 from fedcore.strategy import Strategy
 
 
 def build_federation(settings: Settings, *, model: nn.Module | None = None, evaluate_fn: EvaluateFn | None = None,
                      fit_config_fn: FitConfigFn | None = None, strategy: Strategy | None = None,
-                     stop_when_done: bool = False) -> Federation:
+                     stop_when_done: bool = False, selector: ClientSelector | None = None,
+                     fit_metrics_aggregation: MetricsAggregationFn | None = None,
+                     evaluate_metrics_aggregation: MetricsAggregationFn | None = None) -> Federation:
     """The server side of the configured federation. Without ``evaluate_fn`` the global model is
     scored on the data set's server test split (``model`` must then fit that data set)."""
     data = None
@@ -40,7 +44,9 @@ def build_federation(settings: Settings, *, model: nn.Module | None = None, eval
         assert data is not None
         evaluate_fn = make_evaluate_fn(model, data.server_test)
     return Federation.from_settings(settings, model.state_dict(), strategy=strategy, evaluate_fn=evaluate_fn,
-                                    fit_config_fn=fit_config_fn, stop_when_done=stop_when_done)
+                                    fit_config_fn=fit_config_fn, stop_when_done=stop_when_done, selector=selector,
+                                    fit_metrics_aggregation=fit_metrics_aggregation,
+                                    evaluate_metrics_aggregation=evaluate_metrics_aggregation)
 
 
 def _split_federation(settings: Settings, model: nn.Module, test_data: object, num_classes: int,

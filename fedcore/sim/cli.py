@@ -36,7 +36,8 @@ def make_backend(name: str, workers: int | None, address: str | None) -> Backend
 
 def simulate_command(
     clients: Annotated[int, typer.Option(help="Simulated clients (the data set is split among them).")] = 200,
-    per_round: Annotated[Optional[int], typer.Option(help="Clients drawn per round (default: all).")] = None,
+    per_round: Annotated[Optional[int], typer.Option(
+        help="Clients drawn per round (default: from fraction_fit / min_fit_clients / max_fit_clients, i.e. all).")] = None,
     rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 5,
     backend: Annotated[str, typer.Option(help="inline | process | ray (pip install 'fedcore[sim]').")] = "inline",
     workers: Annotated[Optional[int], typer.Option(help="Worker processes / Ray actors (default: one per core).")] = None,
@@ -60,7 +61,11 @@ def simulate_command(
     if "FEDCORE_LOG_LEVEL" not in os.environ:  # the progress display says what the logs would
         logging.getLogger("fedcore").setLevel(logging.WARNING)
     s = _settings(config, set, dataset=dataset, data_dir=data_dir, rounds=rounds, num_partitions=clients, seed=seed)
-    cohort = per_round or clients
+    from fedcore.selection import sample_size
+
+    # One mechanism: the settings' sampling (fraction_fit, min/max_fit_clients) sizes the cohort
+    # unless --per-round says otherwise; the Federation's selector draws it either way.
+    cohort = per_round or sample_size(clients, s.fraction_fit, s.min_fit_clients, s.max_fit_clients)
     if not 1 <= cohort <= clients:
         raise typer.BadParameter("--per-round must be in 1..--clients")
     chosen = make_backend(backend, workers, address)

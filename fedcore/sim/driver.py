@@ -3,6 +3,8 @@
 The driver plays the transport: each simulated client registers, signals READY, receives its
 TRAIN instruction and fetches the global model through the operations interface, so the
 Federation's selection, deadlines, drop-outs, stragglers, strategy and evaluation run unchanged.
+Every simulated client is ready all the time; the Federation's selector (fedcore.selection, the
+same code as a deployed server) draws each round's ``clients_per_round`` of them.
 Only the training and the folding of updates happen on the backend's workers; their partial sums
 enter the round through ``Federation.accept_folded`` (``accept_update`` per client for
 strategies that need every update).
@@ -14,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from fedcore.config import Settings
 from fedcore.errors import FedcoreError, PayloadError
 from fedcore.federation import EvaluateFn, Federation, FederationConfig, FoldedUpdate
 from fedcore.operations import Caller, Refusal, RoundRecord
+from fedcore.selection import ClientSelector, Sampling
 from fedcore.sim.backends import Backend, InlineBackend
 from fedcore.sim.faults import Faults, SimClock
 from fedcore.sim.plan import ChunkResult, RoundPlan, Task, to_plain
@@ -49,18 +52,30 @@ class SimResult:
     round_s: tuple[float, ...]  # wall time of each round as the driver saw it
 
 
+def cohort_sampling(base: Sampling, clients_per_round: int, seed: int) -> Sampling:
+    """Exactly ``clients_per_round`` of the ready clients per round, drawn with ``seed``."""
+    return replace(base, fraction_fit=1.0, min_fit_clients=clients_per_round, max_fit_clients=clients_per_round,
+                   seed=seed)
+
+
 def sim_federation(initial_state: Mapping[str, torch.Tensor], clients_per_round: int, *,
                    settings: Settings | None = None, strategy: Strategy | None = None,
-                   evaluate_fn: EvaluateFn | None = None, clock: SimClock | None = None) -> Federation:
-    """A Federation configured for in-process simulated clients: every round needs the whole
-    cohort (min_clients), no registration rate limit, idle clients never time out."""
+                   evaluate_fn: EvaluateFn | None = None, clock: SimClock | None = None,
+                   seed: int | None = None, selector: ClientSelector | None = None) -> Federation:
+    """A Federation configured for in-process simulated clients: each round selects
+    ``clients_per_round`` clients (min_clients of them must be ready), no registration rate
+    limit, idle clients never time out. ``seed`` (default: the settings' seed) seeds the
+    selector; ``simulate`` sets it again from its own ``seed``."""
     s = settings or Settings()
-    config = FederationConfig.from_settings(
-        s, min_clients=clients_per_round, register_limit=0, client_timeout_s=math.inf,
+    base = FederationConfig.from_settings(s)
+    config = replace(
+        base, min_clients=clients_per_round, register_limit=0, client_timeout_s=math.inf,
         prune_left_after_s=math.inf, checkpoint_dir=None,
+        sampling=cohort_sampling(base.sampling, clients_per_round, s.seed if seed is None else seed),
     )
     strategy = strategy or strategy_from_settings(s)
-    return Federation(initial_state, config, strategy=strategy, evaluate_fn=evaluate_fn, clock=clock or SimClock())
+    return Federation(initial_state, config, strategy=strategy, evaluate_fn=evaluate_fn, clock=clock or SimClock(),
+                      selector=selector)
 
 
 def _settings_federation(settings: Settings, clients_per_round: int, clock: SimClock,
@@ -105,6 +120,7 @@ class _Driver:
         self.n, self.c = num_clients, clients_per_round
         self.callers: list[Caller] = []
         self.names: list[str] = []
+        self.cid_of: dict[str, int] = {}
 
     def register(self) -> None:
         with _quiet("fedcore.federation"):  # thousands of "joined" lines say nothing
@@ -116,24 +132,26 @@ class _Driver:
             reg = self.fed.register(Caller(peer=TRANSPORT), name, 0, TRANSPORT)
             self.callers.append(Caller(token=reg.token, client_id=reg.client_id, peer=TRANSPORT))
             self.names.append(name)
+            self.cid_of[name] = cid
+        self.ready_all(range(self.n))
 
-    def cohort(self, round_number: int) -> list[int]:
-        if self.c == self.n:
-            return list(range(self.n))
-        picked = np.random.default_rng([self.seed, round_number]).choice(self.n, self.c, replace=False)
-        return sorted(int(i) for i in picked)
+    def ready_all(self, cids: Sequence[int]) -> None:
+        """Clients that are idle again (finished, dropped, late or failed) come back ready."""
+        for cid in cids:
+            self.fed.signal(self.callers[cid], ClientState.READY, 0)
 
     def run_round(self) -> RoundRecord:
         fed = self.fed
         number = fed.round + 1
-        cohort = self.cohort(number)
-        for cid in cohort:
-            fed.signal(self.callers[cid], ClientState.READY, 0)
-        fed.tick()
+        fed.tick()  # the Federation selects the cohort among the ready clients
         status = fed.status()
         if status.current_round != number:
             raise SimulationError(f"round {number} did not start: {status.ready} client(s) ready, the federation "
                                   f"needs {status.min_clients} (min_clients ≤ clients_per_round)")
+        cohort = sorted(self.cid_of[name] for name in status.selected_clients)
+        if len(cohort) != self.c:
+            raise SimulationError(f"the federation selected {len(cohort)} client(s) for round {number}, not "
+                                  f"clients_per_round={self.c} (its selector or sampling disagrees)")
         config: Mapping[str, object] = {}
         payload = b""
         for cid in cohort:
@@ -165,10 +183,7 @@ class _Driver:
         fed.tick()
         if fed.round != number:
             raise SimulationError(f"round {number} did not close")
-        # A finished client counts as ready for the next round; a simulated one is idle until
-        # it is drawn again, so it says JOIN (online, not available).
-        for cid in runnable:
-            fed.signal(self.callers[cid], ClientState.JOIN, 0)
+        self.ready_all(cohort)  # back in the pool the next round draws from
         return fed.history()[-1]
 
     def _fail(self, cid: int) -> None:
@@ -233,6 +248,12 @@ def simulate(
         clock = clock or SimClock()
         federation = _settings_federation(federation, clients_per_round, clock, strategy, evaluate_fn)
     fed = federation
+    if fed.config.min_clients > clients_per_round:
+        raise SimulationError(f"the federation's min_clients ({fed.config.min_clients}) is over clients_per_round "
+                              f"({clients_per_round}): min_clients ≤ clients_per_round")
+    if fed.config.sampling.evaluates:
+        raise SimulationError("federated evaluation (fraction_evaluate > 0) is not simulated; use evaluate_fn")
+    fed.set_sampling(cohort_sampling(fed.config.sampling, clients_per_round, seed))
     backend = backend or InlineBackend()
     started = time.perf_counter()
     backend.start(client_fn, settings)

@@ -18,6 +18,8 @@ from fedcore.errors import AuthError, PayloadError
 from fedcore.operations import (
     ClientInfo,
     ControlResult,
+    EvaluationReceipt,
+    EvaluationReport,
     GlobalModel,
     Health,
     Instruction,
@@ -34,8 +36,10 @@ from .chunking import BoundedBuffer, iter_chunks
 from .messages import (
     client_info_from_pb,
     control_from_pb,
+    evaluation_to_pb,
     health_from_pb,
     instruction_from_pb,
+    receipt_from_pb,
     registration_from_pb,
     round_record_from_pb,
     state_to_pb,
@@ -148,6 +152,11 @@ class GrpcClientTransport(ClientTransport):
                 yield pb.UpdateChunk(data=chunk)
 
         _call(lambda: self._stub.PushUpdate(messages(), timeout=STREAM_TIMEOUT_S, metadata=_bearer(self.token)))
+
+    def submit_evaluation(self, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
+        req = evaluation_to_pb(self._need_id(), round_number, report)
+        reply = _call(lambda: self._stub.SubmitEvaluation(req, timeout=RPC_TIMEOUT_S, metadata=_bearer(self.token)))
+        return receipt_from_pb(reply)
 
     def disconnect(self) -> None:
         req = pb.DisconnectRequest(client_id=self._need_id())

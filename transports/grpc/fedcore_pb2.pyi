@@ -24,6 +24,7 @@ class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACTION_TRAIN: _ClassVar[Action]
     ACTION_STOP: _ClassVar[Action]
     ACTION_RECONNECT: _ClassVar[Action]
+    ACTION_EVALUATE: _ClassVar[Action]
 CLIENT_STATE_UNSPECIFIED: ClientState
 CLIENT_STATE_JOIN: ClientState
 CLIENT_STATE_READY: ClientState
@@ -36,6 +37,7 @@ ACTION_WAIT: Action
 ACTION_TRAIN: Action
 ACTION_STOP: Action
 ACTION_RECONNECT: Action
+ACTION_EVALUATE: Action
 
 class WireOptions(_message.Message):
     __slots__ = ("dtype", "codec", "level", "filter", "update")
@@ -169,6 +171,35 @@ class Instruction(_message.Message):
     switch_to: Endpoint
     reason: str
     def __init__(self, action: _Optional[_Union[Action, str]] = ..., round: _Optional[int] = ..., config_json: _Optional[str] = ..., wire: _Optional[_Union[WireOptions, _Mapping]] = ..., switch_to: _Optional[_Union[Endpoint, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class EvaluationRequest(_message.Message):
+    __slots__ = ("client_id", "round", "num_examples", "loss", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    round: int
+    num_examples: int
+    loss: float
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, client_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EvaluationReceipt(_message.Message):
+    __slots__ = ("round", "accepted")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    accepted: bool
+    def __init__(self, round: _Optional[int] = ..., accepted: _Optional[bool] = ...) -> None: ...
 
 class DisconnectRequest(_message.Message):
     __slots__ = ("client_id",)
@@ -322,7 +353,7 @@ class Metrics(_message.Message):
     def __init__(self, values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RoundRecord(_message.Message):
-    __slots__ = ("round", "participants", "num_participants", "selected", "dropped", "stragglers", "accuracy", "loss", "client_metrics", "bytes_in", "bytes_out", "duration_s", "finished_at", "train_config_json", "refused", "clipped_samples", "strategy_metrics", "aggregation_error")
+    __slots__ = ("round", "participants", "num_participants", "selected", "dropped", "stragglers", "accuracy", "loss", "client_metrics", "bytes_in", "bytes_out", "duration_s", "finished_at", "train_config_json", "refused", "clipped_samples", "strategy_metrics", "aggregation_error", "selected_clients", "fit_metrics", "federated_loss", "federated_metrics", "evaluated")
     class ClientMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +362,20 @@ class RoundRecord(_message.Message):
         value: Metrics
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Metrics, _Mapping]] = ...) -> None: ...
     class StrategyMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class FitMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class FederatedMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +400,11 @@ class RoundRecord(_message.Message):
     CLIPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_METRICS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    FIT_METRICS_FIELD_NUMBER: _ClassVar[int]
+    FEDERATED_LOSS_FIELD_NUMBER: _ClassVar[int]
+    FEDERATED_METRICS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_FIELD_NUMBER: _ClassVar[int]
     round: int
     participants: _containers.RepeatedScalarFieldContainer[str]
     num_participants: int
@@ -373,7 +423,12 @@ class RoundRecord(_message.Message):
     clipped_samples: _containers.RepeatedScalarFieldContainer[str]
     strategy_metrics: _containers.ScalarMap[str, float]
     aggregation_error: str
-    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., num_participants: _Optional[int] = ..., selected: _Optional[int] = ..., dropped: _Optional[_Iterable[str]] = ..., stragglers: _Optional[_Iterable[str]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., client_metrics: _Optional[_Mapping[str, Metrics]] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., duration_s: _Optional[float] = ..., finished_at: _Optional[float] = ..., train_config_json: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ..., clipped_samples: _Optional[_Iterable[str]] = ..., strategy_metrics: _Optional[_Mapping[str, float]] = ..., aggregation_error: _Optional[str] = ...) -> None: ...
+    selected_clients: _containers.RepeatedScalarFieldContainer[str]
+    fit_metrics: _containers.ScalarMap[str, float]
+    federated_loss: float
+    federated_metrics: _containers.ScalarMap[str, float]
+    evaluated: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., num_participants: _Optional[int] = ..., selected: _Optional[int] = ..., dropped: _Optional[_Iterable[str]] = ..., stragglers: _Optional[_Iterable[str]] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., client_metrics: _Optional[_Mapping[str, Metrics]] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., duration_s: _Optional[float] = ..., finished_at: _Optional[float] = ..., train_config_json: _Optional[str] = ..., refused: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ..., clipped_samples: _Optional[_Iterable[str]] = ..., strategy_metrics: _Optional[_Mapping[str, float]] = ..., aggregation_error: _Optional[str] = ..., selected_clients: _Optional[_Iterable[str]] = ..., fit_metrics: _Optional[_Mapping[str, float]] = ..., federated_loss: _Optional[float] = ..., federated_metrics: _Optional[_Mapping[str, float]] = ..., evaluated: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ()

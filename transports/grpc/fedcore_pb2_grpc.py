@@ -54,6 +54,11 @@ class FederationStub:
                 request_serializer=fedcore__pb2.SignalRequest.SerializeToString,
                 response_deserializer=fedcore__pb2.Instruction.FromString,
                 _registered_method=True)
+        self.SubmitEvaluation = channel.unary_unary(
+                '/fedcore.v1.Federation/SubmitEvaluation',
+                request_serializer=fedcore__pb2.EvaluationRequest.SerializeToString,
+                response_deserializer=fedcore__pb2.EvaluationReceipt.FromString,
+                _registered_method=True)
         self.Disconnect = channel.unary_unary(
                 '/fedcore.v1.Federation/Disconnect',
                 request_serializer=fedcore__pb2.DisconnectRequest.SerializeToString,
@@ -137,6 +142,14 @@ class FederationServicer:
 
     def Signal(self, request, context):
         """POST /client/signal: report state, long-poll (up to wait_s) for the next instruction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitEvaluation(self, request, context):
+        """POST /client/evaluation: a client's evaluation of a round's global model (answer to an
+        ACTION_EVALUATE instruction; federated evaluation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -249,6 +262,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Signal,
                     request_deserializer=fedcore__pb2.SignalRequest.FromString,
                     response_serializer=fedcore__pb2.Instruction.SerializeToString,
+            ),
+            'SubmitEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitEvaluation,
+                    request_deserializer=fedcore__pb2.EvaluationRequest.FromString,
+                    response_serializer=fedcore__pb2.EvaluationReceipt.SerializeToString,
             ),
             'Disconnect': grpc.unary_unary_rpc_method_handler(
                     servicer.Disconnect,
@@ -414,6 +432,33 @@ class Federation:
             '/fedcore.v1.Federation/Signal',
             fedcore__pb2.SignalRequest.SerializeToString,
             fedcore__pb2.Instruction.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcore.v1.Federation/SubmitEvaluation',
+            fedcore__pb2.EvaluationRequest.SerializeToString,
+            fedcore__pb2.EvaluationReceipt.FromString,
             options,
             channel_credentials,
             insecure,

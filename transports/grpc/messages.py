@@ -18,6 +18,8 @@ from fedcore.operations import (
     ClientInfo,
     ControlResult,
     Endpoint,
+    EvaluationReceipt,
+    EvaluationReport,
     Health,
     Instruction,
     Refusal,
@@ -129,6 +131,23 @@ def instruction_from_pb(m: pb.Instruction) -> Instruction:
     )
 
 
+def evaluation_to_pb(client_id: str, round_number: int, r: EvaluationReport) -> pb.EvaluationRequest:
+    return pb.EvaluationRequest(client_id=client_id, round=round_number, num_examples=r.num_examples, loss=r.loss,
+                                metrics={k: float(v) for k, v in r.metrics.items()})
+
+
+def evaluation_from_pb(m: pb.EvaluationRequest) -> EvaluationReport:
+    return EvaluationReport(int(m.num_examples), float(m.loss), dict(m.metrics))
+
+
+def receipt_to_pb(r: EvaluationReceipt) -> pb.EvaluationReceipt:
+    return pb.EvaluationReceipt(round=r.round, accepted=r.accepted)
+
+
+def receipt_from_pb(m: pb.EvaluationReceipt) -> EvaluationReceipt:
+    return EvaluationReceipt(int(m.round), m.accepted)
+
+
 # ---------------------------------------------------------------------- views
 def status_to_pb(s: Status) -> pb.Status:
     return pb.Status(
@@ -192,6 +211,8 @@ def round_record_to_pb(r: RoundRecord) -> pb.RoundRecord:
         train_config_json=_json(r.train_config), refused=[pb.Refusal(client=x.client, reason=x.reason) for x in r.refused],
         clipped_samples=list(r.clipped_samples), strategy_metrics=dict(r.strategy_metrics),
         aggregation_error=r.aggregation_error,
+        selected_clients=list(r.selected_clients), fit_metrics=dict(r.fit_metrics),
+        federated_loss=r.federated_loss, federated_metrics=dict(r.federated_metrics), evaluated=list(r.evaluated),
     )
 
 
@@ -205,6 +226,9 @@ def round_record_from_pb(m: pb.RoundRecord) -> RoundRecord:
         train_config=_from_json(m.train_config_json, "round train config"),
         refused=tuple(Refusal(x.client, x.reason) for x in m.refused), clipped_samples=tuple(m.clipped_samples),
         strategy_metrics=dict(m.strategy_metrics), aggregation_error=_opt(m, "aggregation_error"),
+        selected_clients=tuple(m.selected_clients),
+        fit_metrics=dict(m.fit_metrics), federated_loss=_opt(m, "federated_loss"),
+        federated_metrics=dict(m.federated_metrics), evaluated=tuple(m.evaluated),
     )
 
 

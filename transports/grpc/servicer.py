@@ -29,8 +29,10 @@ from .chunking import iter_chunks
 from .messages import (
     client_info_to_pb,
     control_to_pb,
+    evaluation_from_pb,
     health_to_pb,
     instruction_to_pb,
+    receipt_to_pb,
     registration_to_pb,
     round_record_to_pb,
     state_from_pb,
@@ -162,6 +164,9 @@ class FederationServicer(pb_grpc.FederationServicer):
         reply = self.ops.secagg_exchange(caller, int(request.round), request.stage, bytes(request.body),
                                          float(request.wait_s), context.is_active)
         return pb.SecAggReply(body=reply)
+    def SubmitEvaluation(self, request: pb.EvaluationRequest, context: grpc.ServicerContext) -> pb.EvaluationReceipt:
+        caller = caller_of(context, request.client_id)
+        return receipt_to_pb(self.ops.submit_evaluation(caller, int(request.round), evaluation_from_pb(request)))
 
     @abort_on_error
     def Disconnect(self, request: pb.DisconnectRequest, context: grpc.ServicerContext) -> pb.ControlResult:

@@ -18,6 +18,8 @@ from fedcore.operations import (
     Caller,
     ClientInfo,
     ControlResult,
+    EvaluationReceipt,
+    EvaluationReport,
     FederationOperations,
     GlobalModel,
     Health,
@@ -99,6 +101,9 @@ class MemoryClientTransport(ClientTransport):
 
     def secagg_exchange(self, round_number: int, stage: str, body: bytes, *, wait_s: float = 0.0) -> bytes:
         return bytes(self._ops().secagg_exchange(self._me(), round_number, stage, bytes(body), wait_s))
+    def submit_evaluation(self, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
+        return self._ops().submit_evaluation(self._me(), round_number,
+                                             EvaluationReport(report.num_examples, report.loss, dict(report.metrics)))
 
     def open_split_channel(self, round_number: int, window: int) -> MemorySplitChannel:
         return MemorySplitChannel(self, round_number)

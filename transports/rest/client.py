@@ -18,6 +18,8 @@ from fedcore.errors import AuthError, ErrorKind, TransportError, error_for
 from fedcore.operations import (
     ClientInfo,
     ControlResult,
+    EvaluationReceipt,
+    EvaluationReport,
     GlobalModel,
     Health,
     Instruction,
@@ -144,6 +146,11 @@ class RestClientTransport(ClientTransport):
             HEADER_METRICS: json.dumps(dict(metrics)),
         }
         self._call("POST", f"/transmitter/{self.client_name}", content=payload, headers=headers)
+
+    def submit_evaluation(self, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
+        body = {"round": round_number, "num_examples": report.num_examples, "loss": report.loss,
+                "metrics": dict(report.metrics)}
+        return parse(EvaluationReceipt, self._call("POST", "/client/evaluation", json=body).json())
 
     def disconnect(self) -> None:
         if self.client_id:

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 
 from fedcore.constants import HEADER_METRICS, HEADER_ROUND, PARAMS_MEDIA_TYPE
-from fedcore.operations import ControlResult, FederationOperations, Instruction, Registration
+from fedcore.operations import (
+    ControlResult,
+    EvaluationReceipt,
+    EvaluationReport,
+    FederationOperations,
+    Instruction,
+    Registration,
+)
 from fedcore.registry import MAX_NAME_CHARS
 from transports.rest.bridge import receive_update, while_connected
 from transports.rest.deps import (
@@ -18,7 +25,13 @@ from transports.rest.deps import (
     ClientCallerDep,
     OptionalCallerDep,
 )
-from transports.rest.schemas import METRICS_HEADER_SCHEMA, RegisterRequest, SignalRequest, UpdateAccepted
+from transports.rest.schemas import (
+    METRICS_HEADER_SCHEMA,
+    EvaluationRequest,
+    RegisterRequest,
+    SignalRequest,
+    UpdateAccepted,
+)
 from transports.rest.views import ERROR_RESPONSES, json_header, parse_metrics
 
 _PARAMS: dict[int | str, dict[str, Any]] = {200: {"content": {PARAMS_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
@@ -55,6 +68,10 @@ def client_router(ops: FederationOperations, transport_name: str = "rest") -> AP
     @r.post("/client/signal", summary="Report the client's state; long-poll for what to do next")
     async def signal(req: SignalRequest, request: Request, caller: ClientCallerDep) -> Instruction:
         return await while_connected(request, lambda alive: ops.signal(caller, req.state, req.wait_s, alive))
+
+    @r.post("/client/evaluation", summary="A client's evaluation of a round's global model (federated evaluation)")
+    def evaluation(req: EvaluationRequest, caller: ClientCallerDep) -> EvaluationReceipt:
+        return ops.submit_evaluation(caller, req.round, EvaluationReport(req.num_examples, req.loss, req.metrics))
 
     @r.delete("/client/{client_id}", summary="Disconnect a client (itself with its token, or the admin)")
     def disconnect(client_id: Annotated[str, Path(max_length=MAX_CLIENT_ID_CHARS)],

@@ -60,6 +60,22 @@ class SignalRequest(BaseModel):
     wait_s: float = Field(0.0, ge=0.0, le=MAX_LONG_POLL_S, strict=True)
 
 
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+MetricName = Annotated[str, Field(min_length=1, max_length=MAX_METRIC_NAME_CHARS)]
+
+
+class EvaluationRequest(BaseModel):
+    """A client's evaluation of a round's global model (answer to an ``evaluate`` instruction)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: SampleCount = Field(description="the round whose global model was scored")
+    num_examples: SampleCount = Field(description="validation examples scored (0: none; the server clips large counts)")
+    loss: FiniteNumber = Field(description="mean loss over those examples")
+    metrics: dict[MetricName, FiniteNumber] = Field(default_factory=dict, max_length=MAX_METRICS,
+                                                    description="e.g. {'accuracy': 0.93}")
+
+
 class UpdateAccepted(BaseModel):
     """The answer to an uploaded update: it was folded into the round."""
 

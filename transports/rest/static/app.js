@@ -335,10 +335,48 @@ function renderHistory() {
       td.appendChild(line);
     }
     tr.appendChild(td);
+    tr.appendChild(roundMetricsCell(h));
     return tr;
   }));
-  drawAccuracy($("accuracy-chart"), model.history);
+  drawAccuracyWithLegend();
   drawBytes($("bytes-chart"), model.history);
+}
+
+/** Fit metrics (aggregated), the federated evaluation and whatever the strategy reports
+ * (strategy_metrics, e.g. a DP epsilon), one line each, for any keys. */
+function roundMetricsCell(h) {
+  const td = document.createElement("td");
+  td.className = "metrics";
+  td.setAttribute("data-testid", "history-round-metrics");
+  const fed = { ...(h.federated_metrics || {}) };
+  if (typeof h.federated_loss === "number") fed.loss = h.federated_loss;
+  const groups = [["fit", h.fit_metrics || {}],
+    [`federated (${(h.evaluated || []).length} client(s))`, Object.keys(fed).length ? fed : {}],
+    ["strategy", h.strategy_metrics || {}]];
+  for (const [label, metrics] of groups) {
+    if (!Object.keys(metrics).length) continue;
+    const line = document.createElement("div");
+    line.dataset.group = label.split(" ")[0];
+    const who = document.createElement("strong");
+    who.textContent = label;
+    line.append(who, document.createTextNode(` ${formatMetrics(metrics).join(" · ")}`));
+    td.appendChild(line);
+  }
+  if (!td.childNodes.length) td.textContent = "–";
+  return td;
+}
+
+function drawAccuracyWithLegend() {
+  const extra = drawAccuracy($("accuracy-chart"), model.history) || [];
+  const legend = $("accuracy-extra-legend");
+  if (!legend) return;
+  legend.replaceChildren(...extra.map((s) => {
+    const item = document.createElement("span");
+    const key = document.createElement("span");
+    key.className = `key extra ${s.cls}`;
+    item.append(key, document.createTextNode(`${s.label} `));
+    return item;
+  }));
 }
 
 function renderAll() { renderStatus(); renderHistory(); renderClients(); }
@@ -408,6 +446,12 @@ const handlers = {
     logActivity(`round ${entry.round} finished: accuracy ${pct(entry.accuracy)}, ${entry.num_participants ?? (entry.participants || []).length} participant(s)` +
       (left.length ? `, left out: ${left.join(", ")}` : ""), "round");
     renderAll();
+  },
+  round_evaluated(entry) {
+    applyHistoryEntry(entry);
+    const loss = typeof entry.federated_loss === "number" ? entry.federated_loss.toFixed(4) : "–";
+    logActivity(`round ${entry.round} evaluated by ${(entry.evaluated || []).length} client(s): federated loss ${loss}`, "round");
+    renderHistory();
   },
   status(data) {
     const wasOn = Boolean(model.status.autorun);
@@ -517,7 +561,7 @@ setInterval(renderLastSeen, 1000);
 let resizeTimer = null;
 window.addEventListener("resize", () => {
   clearTimeout(resizeTimer);
-  resizeTimer = setTimeout(() => { drawAccuracy($("accuracy-chart"), model.history); drawBytes($("bytes-chart"), model.history); }, 150);
+  resizeTimer = setTimeout(() => { drawAccuracyWithLegend(); drawBytes($("bytes-chart"), model.history); }, 150);
 });
 
 // ------------------------------------------------------------------ controls (admin token)

@@ -89,20 +89,61 @@ export function accuracyRange(values) {
   return [Number(lo.toFixed(4)), Number(hi.toFixed(4))];
 }
 
-/** Accuracy (left axis, zoomed to the data) and loss (right axis) of the global model per round. */
+/** The extra series of the accuracy chart, found generically in the round records: the
+ * federated evaluation (federated_loss, federated_metrics) and the aggregated fit metrics
+ * (fit_metrics). Keys ending in "accuracy" go on the accuracy axis, keys ending in "loss" on
+ * the loss axis; others are shown in the rounds table only. */
+export function extraSeries(history) {
+  const found = new Map();
+  const add = (label, axis, round, v) => {
+    if (typeof v !== "number" || !Number.isFinite(v)) return;
+    if (!found.has(label)) found.set(label, { label, axis, points: [] });
+    found.get(label).points.push([round, v]);
+  };
+  for (const h of history) {
+    if (!h || typeof h.round !== "number") continue;
+    add("federated loss", "loss", h.round, h.federated_loss);
+    for (const [group, metrics] of [["federated", h.federated_metrics], ["fit", h.fit_metrics]]) {
+      for (const [k, v] of Object.entries(metrics || {})) {
+        const axis = k.endsWith("accuracy") ? "acc" : k.endsWith("loss") ? "loss" : null;
+        if (axis) add(`${group} ${k}`, axis, h.round, v);
+      }
+    }
+  }
+  return [...found.values()].sort((a, b) => a.label.localeCompare(b.label));
+}
+
+/** Accuracy (left axis, zoomed to the data) and loss (right axis) of the global model per round,
+ * with the extra series of ``extraSeries`` (returned, for the legend). */
 export function drawAccuracy(host, history) {
   size(host, 46);
   const svg = frame(host, "Global model accuracy and loss per round");
   const rows = history.filter((h) => h && typeof h.round === "number");
   const n = rows.length ? Math.max(...rows.map((h) => h.round)) : 0;
   const { x } = xAxis(svg, n);
-  const [accLo, accHi] = accuracyRange(rows.map((h) => h.accuracy));
+  const extra = extraSeries(rows);
+  const extraAcc = extra.filter((s) => s.axis === "acc").flatMap((s) => s.points.map((p) => p[1]));
+  const extraLoss = extra.filter((s) => s.axis === "loss").flatMap((s) => s.points.map((p) => p[1]));
+  const [accLo, accHi] = accuracyRange(rows.map((h) => h.accuracy).concat(extraAcc));
   const fine = accHi - accLo < 0.4;  // quarter steps of a narrow axis are not whole percents
   const yAcc = yGrid(svg, accHi, (v) => `${(v * 100).toFixed(fine ? 1 : 0)}%`, "left", true, accLo);
   svg.dataset.accMin = String(accLo);
   svg.dataset.accMax = String(accHi);
   const losses = rows.map((h) => h.loss).filter((v) => typeof v === "number" && Number.isFinite(v));
-  const yLoss = yGrid(svg, niceMax(Math.max(0, ...losses)), (v) => v.toFixed(v < 1 ? 2 : 1), "right", false);
+  const yLoss = yGrid(svg, niceMax(Math.max(0, ...losses, ...extraLoss)), (v) => v.toFixed(v < 1 ? 2 : 1), "right", false);
+  extra.forEach((s, i) => {
+    const yy = s.axis === "acc" ? yAcc : yLoss;
+    const pts = s.points.map(([r, v]) => [x(r), yy(v)]);
+    const cls = `extra s${i % 6} ${s.axis}`;
+    polyline(svg, pts, `line ${cls}`);
+    s.points.forEach(([r, v], j) => {
+      const c = el("circle", { cx: pts[j][0], cy: pts[j][1], r: 3, class: `pt ${cls}`, "data-testid": "extra-point",
+        "data-series": s.label, "data-round": r, "data-value": v });
+      c.appendChild(el("title", {}, `round ${r}: ${s.label} ${s.axis === "acc" ? `${(v * 100).toFixed(2)}%` : v.toFixed(4)}`));
+      svg.appendChild(c);
+    });
+    s.cls = `s${i % 6}`;
+  });
   const acc = rows.filter((h) => typeof h.accuracy === "number").map((h) => [x(h.round), yAcc(h.accuracy), h]);
   const loss = rows.filter((h) => typeof h.loss === "number" && Number.isFinite(h.loss)).map((h) => [x(h.round), yLoss(h.loss), h]);
   polyline(svg, loss, "line loss");
@@ -125,6 +166,7 @@ export function drawAccuracy(host, history) {
   if (!rows.length) {
     svg.appendChild(el("text", { x: W / 2, y: H / 2, class: "empty", "text-anchor": "middle" }, "no completed round yet"));
   }
+  return extra;
 }
 
 /** Bytes in (client updates) and out (global model downloads) per round, as grouped bars. */
