@@ -6,7 +6,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from fedcore import constants as C
@@ -81,9 +81,10 @@ class Settings(BaseSettings):
         "fedavg", description="fedavg | fedprox | fedavgm | fedadam | fedadagrad | fedyogi | fedmedian | "
         "fedtrimmedavg | krum | multikrum | bulyan | any registered strategy",
     )
-    strategy_options: dict[str, StrictBool | StrictInt | float] = Field(
+    strategy_options: dict[str, StrictBool | StrictInt | float | StrictStr] = Field(
         default_factory=dict,
-        description="the strategy's own parameters, e.g. {f = 1, m = 3} for krum (TOML table [strategy_options])",
+        description="the strategy's own parameters, e.g. {f = 1, m = 3} for krum or {rounding = \"nearest\"} for "
+        "secagg (TOML table [strategy_options])",
     )
     proximal_mu: float = Field(0.01, ge=0, description="FedProx mu")
     server_lr: float | None = Field(

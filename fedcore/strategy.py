@@ -326,9 +326,10 @@ def registered_strategies() -> dict[str, type[Strategy]]:
 
 
 def _load_builtins() -> None:
-    # The robust strategies build on this module, so they register themselves on first use
-    # rather than being imported at the top (a cycle).
+    # The robust strategies and secure aggregation build on this module, so they register
+    # themselves on first use rather than being imported at the top (a cycle).
     import fedcore.robust  # noqa: F401
+    import fedcore.secagg  # noqa: F401
 
 
 def strategy_options(cls: type[Strategy]) -> set[str] | None:

@@ -25,6 +25,11 @@ class ClientApp:
     val_data: Dataset[Any] | None = None
     train_fn: Callable[..., Any] | None = None
     evaluate_fn: Callable[..., Any] | None = None
+    #: Called with each secure-aggregation stage's name once its reply arrived (hello, keys,
+    #: shares, masked, unmask): ``FLClient.secagg_after_stage`` for a client process, so tests
+    #: and experiments can make a real process drop out mid-protocol (e.g. ``os._exit`` after
+    #: ``masked``).
+    secagg_after_stage: Callable[[str], None] | None = None
 
 
 AppFactory = Callable[[Settings, int], ClientApp]

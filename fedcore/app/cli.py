@@ -344,8 +344,10 @@ def _console_client(made: ClientApp, name: str, s: Settings, tags: tuple[str, ..
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in c.summary.metrics[-1].items())
         console.print(f"{c.name}: round {number} over {c.transport_name}: {metrics}")
 
-    return ConsoleClient(made.model, made.train_data, val_data=made.val_data, name=name, settings=s,
-                         train_fn=made.train_fn, evaluate_fn=made.evaluate_fn, tags=tags, on_round_end=round_done)
+    fl = ConsoleClient(made.model, made.train_data, val_data=made.val_data, name=name, settings=s,
+                       train_fn=made.train_fn, evaluate_fn=made.evaluate_fn, tags=tags, on_round_end=round_done)
+    fl.secagg_after_stage = made.secagg_after_stage
+    return fl
 
 
 @app.command()

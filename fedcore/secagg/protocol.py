@@ -114,6 +114,9 @@ class Aggregate:
     survivors: tuple[int, ...]
     dropped_after_sharing: tuple[int, ...]  # in U2, not in U3: their pairwise masks were removed
     dropped_before_sharing: tuple[int, ...]  # selected, not in U2: never part of any mask
+    #: In U3 (their input is in the sum) but their unmasking shares never arrived: the others'
+    #: shares of their self-mask seeds removed those masks.
+    dropped_after_masking: tuple[int, ...] = ()
 
 
 def _aad(session: bytes, sender: int, recipient: int) -> bytes:
@@ -331,7 +334,8 @@ class SecAggServer:
                 else:
                     total += mask
         self.stage = 4
-        return Aggregate(total, tuple(sorted(u3)), tuple(dropped), tuple(sorted(set(self.ctx.ids) - u2)))
+        return Aggregate(total, tuple(sorted(u3)), tuple(dropped), tuple(sorted(set(self.ctx.ids) - u2)),
+                         tuple(sorted(u3 - set(self._unmask))))
 
     def _collect(self, owner: int, what: str, pick: Callable[[UnmaskShares], Mapping[int, int]]) -> dict[int, int]:
         shares: dict[int, int] = {}

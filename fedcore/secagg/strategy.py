@@ -85,6 +85,7 @@ class SecAggFedAvg(Strategy):
             return {}
         metrics = {"secagg_survivors": float(len(sa.result.survivors)),
                    "secagg_dropped_after_sharing": float(len(sa.result.dropped_after_sharing)),
-                   "secagg_dropped_before_sharing": float(len(sa.result.dropped_before_sharing))}
+                   "secagg_dropped_before_sharing": float(len(sa.result.dropped_before_sharing)),
+                   "secagg_dropped_after_masking": float(len(sa.result.dropped_after_masking))}
         metrics.update({f"secagg_{k}_s": v for k, v in sa.stats.seconds.items()})
         return metrics
