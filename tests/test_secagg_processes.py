@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ import numpy as np
 import pytest
 
 from conftest import NETWORK_TRANSPORTS, ROOT
-from fedcore.app.launcher import spawn_client
+from fedcore.app.launcher import client_env
 from fedcore.checkpoint import load_checkpoint
 from fedcore.config import Settings
 from fedcore.transport import ClientTransport, get_transport
+from tests.forked_cli import CliProcess, start
 from tests.secagg_proc_app import DROP_EXIT_CODE, EXIT_ENV, HOLD_ENV, build_model, client_delta, float_names
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,6 +38,7 @@ LEVELS = (1 << BITS) - 1
 STAGE_TIMEOUT_S, CLIENT_TIMEOUT_S = 2.5, 5.0
 WAIT_S = 120.0
 APP = "tests.secagg_proc_app:make_app"
+ADMIN = "secagg-processes-admin"
 
 
 @dataclass(frozen=True)
@@ -96,17 +97,45 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _stop(procs: list[CliProcess], kill: bool = False) -> None:
+    """SIGTERM (a server stops) or SIGKILL, then kill what is left; bounded."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill() if kill else proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @dataclass
 class Served:
     settings: Settings
     checkpoint: Path
     logs: Path
-    process: subprocess.Popen[bytes]
+    process: CliProcess
+    #: (transport, index) -> the client process; every one waits for its hold file to connect
+    clients: dict[tuple[str, int], CliProcess]
+    holds: dict[tuple[str, int], Path]
+
+    def name(self, transport: str, index: int) -> str:
+        return f"{transport}-c{index}"
+
+
+def _selected_transports(request: pytest.FixtureRequest) -> list[str]:
+    """The transports of this module's tests that will run (with -k, maybe only one)."""
+    chosen = [item.callspec.params["transport"] for item in request.session.items
+              if item.module is request.module and hasattr(item, "callspec")]
+    return [t for t in NETWORK_TRANSPORTS if t in chosen]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One server process for both transports (each test runs its rounds after the other's)."""
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server process for both transports (each test runs its rounds after the other's) and
+    every client process of both tests, started together so that their slow imports overlap;
+    each connects when its test releases it (its hold file appears)."""
     root = tmp_path_factory.mktemp("secagg_processes")
     logs = root / "logs"
     logs.mkdir()
@@ -132,20 +161,29 @@ rounding = "nearest"
 stage_timeout_s = {STAGE_TIMEOUT_S}
 """)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    with open(logs / "server.log", "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fedcore", "server", "--config", str(config),
-                                    "--checkpoint-dir", str(root / "ckpt"), "--app", APP, "--no-auth"],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    clients: dict[tuple[str, int], CliProcess] = {}
+    holds: dict[tuple[str, int], Path] = {}
+    process = start(["server", "--config", str(config), "--checkpoint-dir", str(root / "ckpt"), "--app", APP,
+                     "--admin-token", ADMIN], env, logs / "server.log")
+    served = Served(settings, root / "ckpt", logs, process, clients, holds)
     try:
-        yield Served(settings, root / "ckpt", logs, process)
+        for transport in _selected_transports(request):
+            for p in PLANS:
+                key = (transport, p.index)
+                holds[key] = root / f"go-{transport}-{p.index}"
+                extra = {"PYTHONPATH": str(ROOT), HOLD_ENV: str(holds[key])}
+                if p.crashes is not None:
+                    extra[EXIT_ENV] = f"masked:{p.crashes - p.joins + 1}"  # its turn in that round
+                # `fedcore client` as tests/conftest.py and fedcore.app.launcher start it, forked
+                name = served.name(*key)
+                argv = ["client", "--name", name, "--index", str(p.index), "--transport", transport, "--app", APP,
+                        "--timeout", "240"]
+                clients[key] = start(argv, client_env(settings.model_copy(update={"transport": transport}), **extra),
+                                     logs / f"{name}.log")
+        yield served
     finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        _stop(list(clients.values()), kill=True)
+        _stop([process])
 
 
 def _current_global(served: Served) -> dict[str, np.ndarray]:
@@ -160,19 +198,15 @@ def test_secure_sum_with_client_processes_crashing_after_masking(transport: str,
     assert all(len(_cohort(r)) == N for r in range(1, ROUNDS + 1))
     logs = served.logs
     settings = served.settings.model_copy(update={"transport": transport})
-    names = {p.index: f"{transport}-c{p.index}" for p in PLANS}
-    holds = {p.index: logs / f"{transport}-go-{p.index}" for p in PLANS if p.joins > 1}
-    procs: dict[int, subprocess.Popen[bytes]] = {}
+    procs = {p.index: served.clients[(transport, p.index)] for p in PLANS}
+    names = {p.index: served.name(transport, p.index) for p in PLANS}
     view: ClientTransport | None = None
+    t0 = time.monotonic()
+
+    def mark(what: str) -> None:  # shown with a failure: where the time went
+        print(f"{time.monotonic() - t0:6.1f}s {what}", flush=True)
+
     try:
-        for p in PLANS:  # all at once: their imports overlap; the held ones connect when released
-            env = {"PYTHONPATH": str(ROOT)}
-            if p.crashes is not None:
-                env[EXIT_ENV] = f"masked:{p.crashes - p.joins + 1}"
-            if p.index in holds:
-                env[HOLD_ENV] = str(holds[p.index])
-            procs[p.index] = spawn_client(settings, names[p.index], p.index, transport, logs, app=APP,
-                                          args=["--timeout", "240"], env=env)
         view = get_transport(transport).client(settings.address_for(transport), settings)
 
         def up() -> bool:
@@ -184,13 +218,13 @@ def test_secure_sum_with_client_processes_crashing_after_masking(transport: str,
                 return False
 
         _wait(up, "the server", logs)
+        mark("server up")
         base = len(view.history())
         glob = _current_global(served)
         for number in range(1, ROUNDS + 1):
             cohort = _cohort(number)
             for p in cohort:
-                if p.joins == number and p.index in holds:
-                    holds[p.index].touch()
+                served.holds[(transport, p.index)].touch()
             want = {names[p.index] for p in cohort}
 
             def cohort_ready() -> bool:
@@ -200,8 +234,10 @@ def test_secure_sum_with_client_processes_crashing_after_masking(transport: str,
                 return ready == want  # exactly the cohort: crashed clients must have timed out
 
             _wait(cohort_ready, f"round {number}'s clients (only they) to be ready", logs)
-            view.step()
+            mark(f"round {number}: cohort ready")
+            view.step(ADMIN)
             _wait(lambda: len(view.history()) >= base + number, f"round {number} to close", logs)  # type: ignore[union-attr]
+            mark(f"round {number}: closed")
             crashed = [p for p in cohort if p.crashes == number]
             for p in crashed:
                 assert procs[p.index].wait(30) == DROP_EXIT_CODE, _tails(logs)
@@ -228,14 +264,9 @@ def test_secure_sum_with_client_processes_crashing_after_masking(transport: str,
                 assert np.array_equal(got, expected), (number, k, float(np.abs(got - expected).max()))
             glob = {k: v.copy() for k, v in new_global.items()}
     finally:
-        if view is not None:
+        if view is not None:  # the next test's cohort must be alone: remove this one's clients now
+            for c in view.clients():
+                if c.name in names.values() and c.state != "left":
+                    view.kick(c.client_id, ADMIN)
             view.close()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()  # a client leaves on SIGTERM, so the next test's cohort is alone
-        for proc in procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        _stop(list(procs.values()), kill=True)
