@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     # learning
     strategy: str = Field(
         "fedavg", description="fedavg | fedprox | fedavgm | fedadam | fedadagrad | fedyogi | fedmedian | "
-        "fedtrimmedavg | krum | multikrum | bulyan | any registered strategy",
+        "fedtrimmedavg | krum | multikrum | bulyan | secagg | dp-<name> | any registered strategy",
     )
     strategy_options: dict[str, StrictBool | StrictInt | float | StrictStr] = Field(
         default_factory=dict,

@@ -99,3 +99,26 @@ def test_demo_runs_client_processes(tmp_path: Path) -> None:
     assert history[-1]["accuracy"] > 0.5
     assert (out / "accuracy.png").stat().st_size > 1000
     assert "bytes in" in proc.stdout
+
+
+def test_client_env_hands_strategy_options_to_a_child_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `spawn_client` puts in a child's environment loads back to the same settings (the
+    options table once went over as a Python repr, which a child could not read)."""
+    from fedcore.app.launcher import client_env
+
+    options = {"rounding": "nearest", "clip": 0.5, "threshold": 3}
+    env = client_env(Settings(strategy="secagg", min_clients=4, strategy_options=options))
+    assert json.loads(env["FEDCORE_STRATEGY_OPTIONS"]) == options
+    for key in [k for k in os.environ if k.startswith("FEDCORE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("FEDCORE_"):
+            monkeypatch.setenv(key, value)
+    assert Settings().strategy_options == options
+
+
+def test_secagg_options_are_checked_when_the_settings_load() -> None:
+    s = Settings(strategy="secagg", min_clients=4, strategy_options={"rounding": "nearest", "threshold": 2})
+    assert s.strategy_options["rounding"] == "nearest"
+    with pytest.raises(ValueError, match="rounding must be 'stochastic' or 'nearest'"):
+        Settings(strategy="secagg", strategy_options={"rounding": "floor"})

@@ -2,6 +2,7 @@
 experiments and the tests share."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,11 @@ def client_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The child's environment: every setting as FEDCORE_* so client processes agree with the server."""
     env = dict(os.environ)
     for key, value in settings.model_dump(exclude_none=True, exclude=SERVER_DECIDES).items():
-        env[f"FEDCORE_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        if isinstance(value, (dict, list)):
+            text = json.dumps(value)  # FEDCORE_STRATEGY_OPTIONS is read as JSON
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        env[f"FEDCORE_{key.upper()}"] = text
     env.setdefault("FEDCORE_LOG_LEVEL", "WARNING")
     env.setdefault("OMP_NUM_THREADS", "1")  # N client processes share the cores: no oversubscription
     env.update(extra)
