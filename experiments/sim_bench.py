@@ -9,6 +9,11 @@ memory as the PSS summed over the benchmark process and all its descendants (sam
 50 ms). Figures are for the machine it runs on (``nproc`` and load average are printed).
 
     python experiments/sim_bench.py [--sizes 100,1000,10000] [--backends inline,process,ray]
+        [--baseline /tmp/fedcore-before]   # a checkout of the old code, e.g. `git worktree add`
+
+With ``--baseline`` every row is measured twice, back to back: first with that checkout's code
+(its own ``experiments/sim_bench.py`` and ``fedcore``), then with this one's, so a before/after
+comparison shares the machine's load (the table's ``code`` column says which is which).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ class Row:
     round_s: float  # steady state: the best later round (the first when only one ran)
     peak_pss_mb: float
     participants: int
+    code: str = ""  # "before" (the --baseline checkout) or "after"; "" without --baseline
 
 
 # ---------------------------------------------------------------- memory
@@ -177,15 +183,16 @@ def run_flower(clients: int, rounds: int, dim: int) -> dict[str, float]:
 
 # ---------------------------------------------------------------- orchestration (parent)
 def measure(backend: str, clients: int, rounds: int, workers: int | None, cpu_work: int, dim: int,
-            timeout_s: float) -> Row | str:
-    args = [sys.executable, str(Path(__file__).resolve()), "--one", backend, str(clients), str(rounds),
+            timeout_s: float, root: Path = ROOT, code: str = "") -> Row | str:
+    """One row in a fresh interpreter, with the code under ``root`` (this checkout by default)."""
+    args = [sys.executable, str(root / "experiments" / "sim_bench.py"), "--one", backend, str(clients), str(rounds),
             str(workers or 0), str(cpu_work), str(dim)]
     if backend == "ray":  # never in the host's network namespace
         cmd = ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c",
                "ip link set lo up && exec " + " ".join(args)]
     else:
         cmd = args
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                RAY_USAGE_STATS_ENABLED="0")
     started = time.monotonic()
     try:
@@ -195,8 +202,8 @@ def measure(backend: str, clients: int, rounds: int, workers: int | None, cpu_wo
     wall = time.monotonic() - started
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
-            row = Row(**json.loads(line))
-            print(f"  {backend:8s} {clients:6d} clients: start-up {row.startup_s:.2f}s, round {row.round_s:.3f}s "
+            row = Row(**{**json.loads(line), "code": code})
+            print(f"  {code:6s} {backend:8s} {clients:6d} clients: start-up {row.startup_s:.2f}s, round {row.round_s:.3f}s "
                   f"(first {row.first_round_s:.3f}s), peak {row.peak_pss_mb:.0f} MB  [{wall:.0f}s wall]", flush=True)
             return row
     return f"failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
@@ -226,10 +233,12 @@ def measure_flower(python: str, clients: int, timeout_s: float) -> Row | str:
 
 
 def _table(rows: list[Row]) -> str:
-    head = ("| backend | workload | clients/round | workers | start-up (s) | first round (s) | round (s) | "
-            "peak PSS (MB) |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+    coded = any(r.code for r in rows)
+    head = (("| code " if coded else "") + "| backend | workload | clients/round | workers | start-up (s) | "
+            "first round (s) | round (s) | peak PSS (MB) |\n" + ("|---" if coded else "") +
+            "|---|---|---:|---:|---:|---:|---:|---:|\n")
     return head + "".join(
-        f"| {r.backend} | {r.workload} | {r.clients:,} | {r.workers or 'n/a'} | "
+        (f"| {r.code} " if coded else "") + f"| {r.backend} | {r.workload} | {r.clients:,} | {r.workers or 'n/a'} | "
         f"{f'{r.startup_s:.2f}' if r.startup_s >= 0 else 'in 1st round'} | {r.first_round_s:.3f} | "
         f"{r.round_s:.3f} | {r.peak_pss_mb:.0f} |\n" for r in rows)
 
@@ -241,12 +250,15 @@ def _plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    for backend in sorted({r.backend for r in rows}):
+    for backend, code in sorted({(r.backend, r.code) for r in rows}):
         pts = sorted((r.clients, r.round_s, r.peak_pss_mb) for r in rows if r.backend == backend and
-                     r.workload == "tiny step")
+                     r.code == code and r.workload == "tiny step")
+        label = f"{backend} ({code})" if code else backend
         if pts:
-            ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
-            ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=backend)
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
+                     linestyle="--" if code == "before" else "-")
+            ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=label,
+                     linestyle="--" if code == "before" else "-")
     for ax, label in ((ax1, "round time (s)"), (ax2, "peak PSS (MB)")):
         ax.set_xscale("log")
         ax.set_xlabel("clients per round (1M-float model)")
@@ -273,6 +285,7 @@ def main() -> None:
     p.add_argument("--cpu-work", type=int, default=150, help="128x128 matrix products per CPU-bound client")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", type=Path, default=OUT / "sim_bench")
+    p.add_argument("--baseline", type=Path, help="checkout of the code to compare with, measured before each row")
     a = p.parse_args()
     if a.flower_one:
         clients, rounds = (int(x) for x in a.flower_one)
@@ -292,22 +305,25 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}", flush=True)
     rows: list[Row] = []
     notes: list[str] = []
+    codes = [(a.baseline.resolve(), "before"), (ROOT, "after")] if a.baseline else [(ROOT, "")]
     for clients in sizes:
         rounds = 3 if clients <= 1000 else 1
         for backend in backends:
-            got = measure(backend, clients, rounds, None, 0, DIM, a.timeout)
-            if isinstance(got, Row):
-                rows.append(got)
-            else:
-                notes.append(f"{backend}, {clients} clients: {got}")
-                print(f"  {backend} {clients}: {got}", flush=True)
+            for root, code in codes:
+                got = measure(backend, clients, rounds, None, 0, DIM, a.timeout, root, code)
+                if isinstance(got, Row):
+                    rows.append(got)
+                else:
+                    notes.append(f"{code} {backend}, {clients} clients: {got}".strip())
+                    print(f"  {code} {backend} {clients}: {got}", flush=True)
     if a.cpu_clients and backends:
         for backend in backends:
-            got = measure(backend, a.cpu_clients, 2, None, a.cpu_work, 10_000, a.timeout)
-            if isinstance(got, Row):
-                rows.append(got)
-            else:
-                notes.append(f"{backend}, CPU-bound: {got}")
+            for root, code in codes:
+                got = measure(backend, a.cpu_clients, 2, None, a.cpu_work, 10_000, a.timeout, root, code)
+                if isinstance(got, Row):
+                    rows.append(got)
+                else:
+                    notes.append(f"{code} {backend}, CPU-bound: {got}".strip())
     if a.flower_python:
         for clients in (int(x) for x in a.flower_sizes.split(",") if x):
             got = measure_flower(a.flower_python, clients, a.timeout)
@@ -324,10 +340,10 @@ def main() -> None:
     md = [f"# fedcore simulate benchmark\n\n{os.cpu_count()} cores (shared machine; load average at start "
           f"{load[0]:.1f}). 1M-float model, tiny local step, every client of the round trains; fp32 wire.\n",
           _table(rows)]
-    inline = {(r.workload, r.clients): r.round_s for r in rows if r.backend == "inline"}
-    ratios = [f"- {r.backend} vs inline, {r.workload}, {r.clients:,} clients: "
-              f"{inline[(r.workload, r.clients)] / r.round_s:.2f}x" for r in rows
-              if r.backend not in ("inline", "flower") and (r.workload, r.clients) in inline and r.round_s > 0]
+    inline = {(r.code, r.workload, r.clients): r.round_s for r in rows if r.backend == "inline"}
+    ratios = [f"- {r.code + ': ' if r.code else ''}{r.backend} vs inline, {r.workload}, {r.clients:,} clients: "
+              f"{inline[(r.code, r.workload, r.clients)] / r.round_s:.2f}x" for r in rows
+              if r.backend not in ("inline", "flower") and (r.code, r.workload, r.clients) in inline and r.round_s > 0]
     flower = {r.clients: r for r in rows if r.backend == "flower"}
     for r in rows:
         f = flower.get(r.clients)

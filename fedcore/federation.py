@@ -836,7 +836,7 @@ class Federation(FederationOperations):
                     # Stop the clients only after they evaluated the last model.
                     self._stop_after_evaluation = evaluating and self.config.stop_when_done
                     self._rounds.finished = self.config.stop_when_done and not evaluating
-                self._model.save(self._state_json())
+                self._model.save(self._state_json)
                 self._save_edge()
                 self._emit("round_finished", record)
                 self._emit("status", self._status_locked())
@@ -902,7 +902,7 @@ class Federation(FederationOperations):
             if self._history[i].round == record.round:
                 self._history[i] = record
                 break
-        self._model.save_state_only(self._state_json())
+        self._model.save_state_only(self._state_json)
         self._emit("round_evaluated", record)
         self._emit("status", self._status_locked())
         log.info("round %d evaluated by %d client(s): loss %s", record.round, len(counted),
@@ -928,7 +928,7 @@ class Federation(FederationOperations):
 
     def _persist_state(self) -> None:
         """Every change that must survive a restart (autorun target, stop, kicks), not only round closes."""
-        self._model.save_state_only(self._state_json())
+        self._model.save_state_only(self._state_json)
 
     def _resume(self) -> None:
         state = self._model.load()

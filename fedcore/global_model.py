@@ -2,7 +2,7 @@
 client on every transport), the reference an int8 update is relative to, and its checkpoint."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +70,17 @@ class GlobalModel:
         self.encode()
 
     # ------------------------------------------------------------------ persistence
-    def save(self, state: Mapping[str, Any]) -> None:
-        """Model + federation state, after a round closes."""
+    def save(self, state: Callable[[], Mapping[str, Any]]) -> None:
+        """Model + federation state, after a round closes. ``state`` is called only when there
+        is a checkpoint to write (the history as JSON costs ~0.1 s a round at 1,000 clients)."""
         if self.checkpoint_dir is not None:
-            save_checkpoint(self.checkpoint_dir, self.state, {**state, "round": self.version})
+            save_checkpoint(self.checkpoint_dir, self.state, {**state(), "round": self.version})
 
-    def save_state_only(self, state: Mapping[str, Any]) -> None:
+    def save_state_only(self, state: Callable[[], Mapping[str, Any]]) -> None:
         """Federation state alone (autorun target, stop, kicks) between round closes."""
         if self.checkpoint_dir is None:
             return
-        if not save_state(self.checkpoint_dir, {**state, "round": self.version}):
+        if not save_state(self.checkpoint_dir, {**state(), "round": self.version}):
             self.save(state)  # nothing saved yet: write the model too
 
     def load(self) -> dict[str, Any] | None:

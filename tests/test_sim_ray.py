@@ -52,6 +52,10 @@ def _run_sim(backend: object) -> list[float]:
     return [float(x) for x in result.final_state["w"]]
 
 
+def _niceness() -> int:
+    return os.nice(0)
+
+
 def _child(out: str, address: str | None) -> None:
     import ray
 
@@ -67,6 +71,8 @@ def _child(out: str, address: str | None) -> None:
         for k in WORKERS:
             results[str(k)] = _run_sim(RayBackend(num_workers=k))
             print(f"K={k} done {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+        # Ray's default nice 15 starves the workers on a loaded machine; init_local_ray sets 0.
+        results["worker_nice"] = ray.get(ray.remote(num_cpus=1)(_niceness).remote(), timeout=60)
         ray.shutdown()
     else:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
@@ -106,6 +112,7 @@ def test_ray_backend_matches_inline_in_a_private_namespace(inline_model: list[fl
     got = json.loads(out.read_text())
     for k in WORKERS:
         _close(got[str(k)], inline_model)
+    assert got["worker_nice"] == 0, "Ray workers run at reduced priority (RAY_worker_niceness not applied)"
 
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
