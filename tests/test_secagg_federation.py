@@ -171,6 +171,9 @@ def test_too_many_dropouts_leave_the_global_unchanged(served: tuple[Federation, 
     finally:
         for c in clients:
             c.stop()
+        for t in threads:  # a stopped client ends after its long-poll; none may outlive the server
+            t.join(timeout=30)
+        for c in clients:
             c.close()
     record = fed.history()[-1]
     assert record.num_participants == 0 and set(record.dropped) == {c.name for c in clients}
