@@ -192,4 +192,7 @@ def test_admin_asks_a_running_client_to_switch_transport(harness: Harness) -> No
     assert fed.wait_for_round(2, 60)
     assert {c.name: c.transport for c in fed.clients()} == {"a": "grpc", "b": "grpc"}
     assert [sorted(h.participants) for h in fed.history()] == [["a", "b"], ["a", "b"]]
+    # the client records its round after the server accepted the update, so a round can close
+    # (and wait_for_round return) before the client thread has written its summary
+    wait_until(lambda: len(a.client.summary.transports) == 2, what="a's summary of both rounds")
     assert a.client.summary.transports == ["grpc", "grpc"]
