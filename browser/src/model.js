@@ -167,19 +167,10 @@ export class Model {
     let seen = 0;
     let correct = 0;
     for (let e = 0; e < epochs; e++) {
-      const order = Int32Array.from({ length: n }, (_, i) => i);
-      for (let i = n - 1; i > 0; i--) {
-        const j = Math.floor(rand() * (i + 1));
-        [order[i], order[j]] = [order[j], order[i]];
-      }
+      const order = shuffledOrder(n, rand);
       for (let s = 0; s < n; s += batchSize) {
         const idx = order.subarray(s, Math.min(s + batchSize, n));
-        const bx = new Float32Array(idx.length * dim);
-        const by = new Int32Array(idx.length);
-        idx.forEach((k, r) => {
-          bx.set(x.subarray(k * dim, (k + 1) * dim), r * dim);
-          by[r] = y[k];
-        });
+        const { bx, by } = gatherBatch(x, y, idx, dim);
         const xs = tf.tensor2d(bx, [idx.length, dim]);
         const ys = tf.tensor1d(by, 'int32');
         const [l, c] = this.trainStep(step, xs, ys);
@@ -212,6 +203,27 @@ export class Model {
 }
 
 /** A small seeded PRNG (shuffling only). */
+/** 0..n-1 in a Fisher–Yates order drawn from ``rand`` (one epoch's sample order). */
+export function shuffledOrder(n, rand) {
+  const order = Int32Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  return order;
+}
+
+/** Rows ``idx`` of the flat (n, dim) features ``x`` and their labels, as one batch. */
+export function gatherBatch(x, y, idx, dim) {
+  const bx = new Float32Array(idx.length * dim);
+  const by = new Int32Array(idx.length);
+  idx.forEach((k, r) => {
+    bx.set(x.subarray(k * dim, (k + 1) * dim), r * dim);
+    by[r] = y[k];
+  });
+  return { bx, by };
+}
+
 export function mulberry32(seed) {
   let a = seed >>> 0;
   return () => {

@@ -7,7 +7,7 @@
 import * as tf from '@tensorflow/tfjs-core';
 
 import { WireError } from './errors.js';
-import { mulberry32 } from './model.js';
+import { gatherBatch, mulberry32, shuffledOrder } from './model.js';
 import { decodePayload, encodePayload } from './wire.js';
 
 /** The tensor each message kind carries (fedcore/split/messages.py TENSOR_NAME). */
@@ -179,19 +179,10 @@ export class SplitTrainer {
     let last = { lossSum: 0, correct: 0, seen: 0 };
     for (let e = 0; e < epochs; e++) {
       last = { lossSum: 0, correct: 0, seen: 0 };
-      const order = Int32Array.from({ length: n }, (_, i) => i);
-      for (let i = n - 1; i > 0; i--) {
-        const j = Math.floor(rand() * (i + 1));
-        [order[i], order[j]] = [order[j], order[i]];
-      }
+      const order = shuffledOrder(n, rand);
       for (let s = 0, step = 0; s < n; s += batchSize, step++) {
         const idx = order.subarray(s, Math.min(s + batchSize, n));
-        const bx = new Float32Array(idx.length * dim);
-        const by = new Int32Array(idx.length);
-        idx.forEach((k, r) => {
-          bx.set(x.subarray(k * dim, (k + 1) * dim), r * dim);
-          by[r] = y[k];
-        });
+        const { bx, by } = gatherBatch(x, y, idx, dim);
         if (prepare) prepare(bx); // e.g. CIFAR pixels -> normalised floats, one batch at a time
         const xs = tf.tensor2d(bx, [idx.length, dim]);
         try {
