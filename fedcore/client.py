@@ -49,6 +49,7 @@ class ClientSummary:
     stop_reason: str = ""
     dropped_updates: list[int] = field(default_factory=list)  # rounds whose update the server no longer wanted
     rounds: list[int] = field(default_factory=list)
+    retrained_rounds: list[int] = field(default_factory=list)  # asked again after a server restart lost the update
     transports: list[str] = field(default_factory=list)
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -386,7 +387,7 @@ class FLClient:
                     log.warning("%s: time-out after %.0fs", self.name, timeout_s)
                     self.summary.stop_reason = "time-out"
                     break
-                if max_rounds is not None and len(self.summary.rounds) >= max_rounds:
+                if max_rounds is not None and len(set(self.summary.rounds)) >= max_rounds:
                     self.summary.stop_reason = f"{max_rounds} round(s) done"
                     break
                 self._apply_pending_swap()
@@ -403,7 +404,13 @@ class FLClient:
                     self._stop.wait(BACKOFF_MAX_S / 2)
                     self.connect()
                     continue
-                if instr.action is Action.TRAIN and instr.round > self.last_round:
+                if instr.action is Action.TRAIN:
+                    if instr.round <= self.last_round:
+                        # The server asks only for updates it does not hold: it restarted from a
+                        # checkpoint and lost this one, so the round is trained again.
+                        log.warning("%s: the server asks again for round %d (it lost this client's update); "
+                                    "training it again", self.name, instr.round)
+                        self.summary.retrained_rounds.append(instr.round)
                     self._follow(instr)
                     if self.on_round_end is not None:
                         self.on_round_end(self, instr.round)

@@ -421,7 +421,7 @@ class Federation(FederationOperations):
         if self._rounds.finished or rec.kicked:
             return Instruction(Action.STOP, self.round, reason="federation finished" if not rec.kicked else "removed")
         cur = self._rounds.current
-        if cur is not None and cur.waits_for(rec.client_id):
+        if cur is not None and cur.waits_for(rec.client_id) and not self._secagg_trained(rec.client_id, cur.number):
             if rec.state is not ClientState.TRAINING:
                 rec.state = ClientState.TRAINING
                 self._emit_client(rec)
@@ -636,6 +636,11 @@ class Federation(FederationOperations):
         if client_id not in cur.selected:
             raise RoundStateError(f"client is not selected for round {round_number}")
         return self.strategy.open_round(cur.number, cur.selected), cur
+
+    def _secagg_trained(self, client_id: str, round_number: int) -> bool:
+        """The client's masked update is in this round's secure sum (the protocol runs on)."""
+        sa = self.strategy.round if isinstance(self.strategy, SecAggFedAvg) else None
+        return sa is not None and sa.number == round_number and sa.has_masked_input(client_id)
 
     def _secagg_advance(self, rs: RoundState) -> None:
         """Close due protocol stages; when the sum is out, the survivors count as submitted and

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -107,6 +108,44 @@ def test_server_restart_resumes_from_checkpoint(harness: Harness, transport: str
     assert fed.wait_for_round(stopped_at + 1, 60)
     last = fed.history()[-1]
     assert last.round == stopped_at + 1 and _names(last) == ["a", "b"]
+
+
+@pytest.mark.parametrize("transport", NETWORK_TRANSPORTS)
+def test_update_lost_by_a_restart_is_trained_again(harness: Harness, transport: str, tmp_path: Path) -> None:
+    """Client a's round-2 update is accepted, then the server stops before round 2 closes: the
+    restarted server resumes at round 1 and opens round 2 again, and a must train it again
+    (it used to ignore a round it had already sent, and round 2 never closed)."""
+    from fedcore.loops import train
+
+    release = threading.Event()
+    calls = {"n": 0}
+
+    def held_in_round_two(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            release.wait(60)  # b trains round 2 only after the restart
+        return train(*a, **kw)
+
+    settings = make_settings(transport, checkpoint_dir=tmp_path / "ckpt", client_timeout_s=60.0)
+    srv = harness.server(settings)
+    a = harness.client(srv, "a", 0, transport=transport)
+    harness.client(srv, "b", 1, transport=transport, train_fn=held_in_round_two)
+    wait_until(lambda: srv.federation.status().ready == 2, what="2 ready clients")
+    srv.federation.start_autorun(2)
+    wait_until(lambda: 2 in a.client.summary.rounds, 60, "a to send round 2")
+    assert srv.federation.round == 1
+    ports = srv.ports
+    srv.stop()
+    restarted = harness.server(settings.model_copy(update={"rest_port": ports.get("rest", 0),
+                                                           "grpc_port": ports.get("grpc", 0)}))
+    fed = restarted.federation
+    assert fed.round == 1
+    wait_until(lambda: fed.status().num_clients == 2, 60, "clients to come back")
+    fed.autorun_to(2)
+    release.set()
+    assert fed.wait_for_round(2, 60), "round 2 never closed: a did not train it again"
+    assert _names(fed.history()[-1]) == ["a", "b"]
+    assert a.client.summary.retrained_rounds == [2]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

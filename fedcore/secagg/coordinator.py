@@ -151,6 +151,11 @@ class SecAggRound:
         self.stats.bytes_out[stage] = self.stats.bytes_out.get(stage, 0) + len(out)
         return out
 
+    def has_masked_input(self, client_id: str) -> bool:
+        """True once this client's masked update is in: its training for the round is done,
+        though the protocol still runs (it must not be asked to train again)."""
+        return self.index.get(client_id, 0) in self.sent["masked"]
+
     def survivors(self) -> set[str]:
         """The fedcore ids whose updates are in the sum (after a successful finish)."""
         return {self.client_of[i] for i in self.result.survivors} if self.result is not None else set()
