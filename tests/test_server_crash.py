@@ -40,32 +40,38 @@ def test_server_kill9_mid_round_and_restart_with_the_same_command(transport: str
     cmd = [sys.executable, "-m", "fedcore", "server", "--transport", transport,
            "--rest-port", str(settings.rest_port), "--grpc-port", str(settings.grpc_port),
            "--checkpoint-dir", str(tmp_path / "ckpt"), "--autorun", "--rounds", str(ROUNDS), "--min-clients", "3",
-           "--exit-when-done", "--no-auth", "--set", "local_epochs=15", "--set", "num_partitions=3"]
+           "--exit-when-done", "--no-auth", "--set", "local_epochs=60", "--set", "num_partitions=3"]
     log = tmp_path / "server.log"
     server = _server(cmd, log)
     clients = [spawn_client(settings, f"c{i}", i, transport, tmp_path / "logs", args=["--timeout", "240"],
                             env={"PYTHONPATH": str(ROOT)}) for i in range(3)]
     view = get_transport(transport).client(settings.address_for(transport), settings)
     try:
-        def round_two_open() -> bool:
+        killed_in = 0
+
+        def later_round_open() -> bool:
+            nonlocal killed_in
             try:
-                return view.status().current_round == 2
+                killed_in = view.status().current_round or 0
             except Exception:
                 return False
+            return 2 <= killed_in < ROUNDS
 
-        wait_until(round_two_open, 150, "round 2 to be open")
+        # Any round after the first, not the last: rounds of a warm process can take well under a
+        # second, so waiting for exactly round 2 could miss it (and did, in CI).
+        wait_until(later_round_open, 150, "round 2 or 3 to be open")
         server.send_signal(signal.SIGKILL)
         server.wait(10)
         restarted_at = time.monotonic()
         server = _server(cmd, log)
 
-        def round_three_done() -> bool:
+        def killed_round_done() -> bool:
             try:
-                return view.status().round >= 3
+                return view.status().round >= killed_in
             except Exception:
                 return False
 
-        wait_until(round_three_done, 150, "the restarted server to complete round 3")
+        wait_until(killed_round_done, 150, f"the restarted server to complete round {killed_in}")
         recovery_s = time.monotonic() - restarted_at
         codes = [c.wait(120) for c in clients]
         assert server.wait(60) == 0
@@ -82,4 +88,4 @@ def test_server_kill9_mid_round_and_restart_with_the_same_command(transport: str
     rounds = [h["round"] for h in state["history"]]
     assert rounds == list(range(1, ROUNDS + 1)), f"lost or extra rounds: {rounds}"
     assert sorted(state["history"][-1]["participants"]) == ["c0", "c1", "c2"]
-    print(f"\n[{transport}] restart to round 3 complete: {recovery_s:.1f}s; rounds {rounds}")
+    print(f"\n[{transport}] killed in round {killed_in}; restart to its completion: {recovery_s:.1f}s; rounds {rounds}")
