@@ -10,8 +10,8 @@ Scenarios (Table 7) differ only by fedcore settings, passed as ``--set`` to serv
 5 split + edge matmul via cuda_ext; 6 all of them.
 
 Emulation (experiments.emulation): an edge network namespace and one per device, each device
-joined by its own veth pair shaped with tc (default 100 Mbit/s; 20 ms RTT where the kernel has
-netem), devices under a CPU quota (cgroup) with one torch thread. Loopback where namespaces are
+joined by its own veth pair shaped with tc (default 100 Mbit/s; 20 ms RTT by netem, or by the
+userspace delay line experiments/delay_line.py where the kernel has no netem), devices under a CPU quota (cgroup) with one torch thread. Loopback where namespaces are
 not permitted, with the reason in the report.
 
 Measured per scenario: time to train (first round's start to the last round's end, from the
@@ -867,7 +867,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-fraction", type=float, default=0.05, help="fraction of the 50,000 training images")
     p.add_argument("--test-size", type=int, default=1000, help="test images the server evaluates on")
     p.add_argument("--rate-mbit", type=float, default=100.0, help="each device link's rate")
-    p.add_argument("--rtt-ms", type=float, default=20.0, help="each device link's RTT (needs netem)")
+    p.add_argument("--rtt-ms", type=float, default=20.0, help="each device link's RTT (netem, else a userspace delay line)")
     p.add_argument("--device-cpu", type=float, default=0.25, help="CPU share of each device process (cores)")
     p.add_argument("--edge-threads", type=int, default=1, help="torch threads of the edge process")
     p.add_argument("--probe-batches", type=int, default=6, help="mini-batches each stage probe times")

@@ -4,8 +4,9 @@ behind its own shaped link, and a CPU share for device processes.
 Network: the edge namespace holds a bridge ``br0`` with the edge's address; every device
 namespace is joined to it by its own veth pair (``eth0`` inside the device, ``d<k>`` on the
 bridge). Each link is shaped at both ends (device egress = uplink, bridge port egress =
-downlink) with a netem root qdisc (one-way delay = RTT / 2) and a tbf child (rate); on a kernel
-without netem, tbf alone (the rate is kept, the delay is not, and the note says so). Addresses
+downlink) with a netem root qdisc (one-way delay = RTT / 2, loss) and a tbf child (rate). On a
+kernel without netem, tbf shapes the rate and a userspace delay line (``experiments/delay_line.py``,
+a TUN device on the device's uplink) adds the RTT and the loss; ``Topology.note`` says which. Addresses
 (10.77.0.0/24 by default) exist only inside these namespaces; the host's network is untouched.
 Where namespaces cannot be made (not root, no iproute2, a container without CAP_NET_ADMIN),
 :func:`emulated_network` falls back to loopback and says why in ``Topology.note``.
@@ -25,6 +26,7 @@ import atexit
 import ipaddress
 import itertools
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -40,6 +42,7 @@ from typing import Any, Literal
 _COUNTER = itertools.count()
 _LIVE_NS: set[str] = set()
 _LIVE_CGROUPS: set[Path] = set()
+_DELAY_LINES: dict[str, subprocess.Popen[str]] = {}  # by namespace; reaped when it is removed
 CMD_TIMEOUT_S = 30.0
 
 
@@ -61,15 +64,23 @@ def _unique(prefix: str) -> str:
 # ---------------------------------------------------------------------------------- links
 @dataclass(frozen=True)
 class LinkSpec:
-    """One device↔edge link, the same both ways: ``rate_mbit`` (tbf) and round-trip ``rtt_ms``
-    (netem adds half of it in each direction)."""
+    """One device↔edge link, the same both ways: ``rate_mbit`` (tbf), round-trip ``rtt_ms``
+    (netem adds half of it in each direction; the delay line all of it on the uplink) and
+    ``loss``, the probability that a packet is dropped."""
 
     rate_mbit: float = 100.0
     rtt_ms: float = 20.0
+    loss: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.rate_mbit <= 0 or self.rtt_ms < 0:
-            raise ValueError(f"link needs rate_mbit > 0 and rtt_ms >= 0, got {self.rate_mbit}, {self.rtt_ms}")
+        if self.rate_mbit <= 0 or self.rtt_ms < 0 or not 0.0 <= self.loss < 1.0:
+            raise ValueError(f"link needs rate_mbit > 0, rtt_ms >= 0 and 0 <= loss < 1, got "
+                             f"{self.rate_mbit}, {self.rtt_ms}, {self.loss}")
+
+    @property
+    def impaired(self) -> bool:
+        """The link has a delay or a loss (something beyond tbf's rate)."""
+        return self.rtt_ms > 0 or self.loss > 0
 
     @property
     def rate_bytes_s(self) -> float:
@@ -81,19 +92,29 @@ class LinkSpec:
         # burst: at least 10 ms of traffic and 32 KiB (a GSO segment must fit); queue: 100 ms.
         burst = max(32 * 1024, int(self.rate_bytes_s * 0.01))
         tbf = ["tbf", "rate", f"{self.rate_mbit}mbit", "burst", str(burst), "latency", "100ms"]
-        if not delay or self.rtt_ms == 0:
+        if not delay or not self.impaired:
             return [["qdisc", "replace", "dev", dev, "root", "handle", "10:", *tbf]]
+        loss = ["loss", "random", f"{self.loss * 100:.4f}%"] if self.loss > 0 else []
         return [
             ["qdisc", "replace", "dev", dev, "root", "handle", "1:", "netem", "delay", f"{self.rtt_ms / 2:.3f}ms",
-             "limit", "10000"],
+             *loss, "limit", "10000"],
             ["qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:", *tbf],
         ]
 
-    def describe(self, *, delay: bool = True) -> str:
-        if delay:
-            return f"{self.rate_mbit:g} Mbit/s each way, {self.rtt_ms:g} ms RTT (tc netem delay + tbf rate)"
-        return (f"{self.rate_mbit:g} Mbit/s each way (tc tbf); {self.rtt_ms:g} ms RTT NOT emulated: "
+    def describe(self, method: DelayMethod = "netem") -> str:
+        loss = f", {self.loss * 100:g} % loss" if self.loss > 0 else ""
+        if method == "netem":
+            return f"{self.rate_mbit:g} Mbit/s each way, {self.rtt_ms:g} ms RTT{loss} (tc netem delay + tbf rate)"
+        if method == "delay-line":
+            return (f"{self.rate_mbit:g} Mbit/s each way (tc tbf), {self.rtt_ms:g} ms RTT{loss} by a userspace "
+                    f"delay line on each device's uplink (no netem here: {netem_reason()})")
+        return (f"{self.rate_mbit:g} Mbit/s each way (tc tbf); {self.rtt_ms:g} ms RTT{loss} NOT emulated: "
                 f"{netem_reason()}")
+
+
+DelayMethod = Literal["netem", "delay-line", "none"]
+DELAY_LINE = Path(__file__).with_name("delay_line.py")
+DELAY_TABLE = 100  # the device namespace's routing table for packets the delay line sends on
 
 
 @dataclass(frozen=True)
@@ -171,6 +192,11 @@ def _remove_ns(name: str) -> None:
             pass
     _run(["ip", "netns", "del", name], check=False)
     _LIVE_NS.discard(name)
+    line = _DELAY_LINES.pop(name, None)
+    if line is not None:
+        if line.poll() is None:
+            line.kill()
+        line.communicate(timeout=CMD_TIMEOUT_S)
 
 
 def _add_ns(name: str) -> None:
@@ -200,6 +226,7 @@ def emulated_network(k: int, link: LinkSpec | None = None, *, subnet: str = "10.
         raise ValueError(f"use a 10.x subnet with room for {k + 1} hosts, got {subnet}")
     hosts = net.hosts()
     delay = netem_reason() is None
+    method: DelayMethod = "netem" if delay else ("delay-line" if link.impaired else "none")
     tag = _unique("fce")
     created: list[str] = []
     try:
@@ -224,13 +251,44 @@ def emulated_network(k: int, link: LinkSpec | None = None, *, subnet: str = "10.
             for where, dev in ((ns, "eth0"), (edge_ns, port)):
                 for args in link.qdiscs(dev, delay=delay):
                     _run(["tc", "-n", where, *args])
+            if method == "delay-line":
+                install_delay_line(ns, addr, net, link, seed=i)
             devices.append(Endpoint(ns, addr))
         yield Topology(Endpoint(edge_ns, edge_addr), tuple(devices), link, True,
                        f"{k} device namespace(s), each on its own veth to a bridge in the edge namespace; "
-                       f"{link.describe(delay=delay)}")
+                       f"{link.describe(method)}")
     finally:
         for name in reversed(created):
             _remove_ns(name)
+
+
+def install_delay_line(ns: str, address: str, net: ipaddress.IPv4Network, link: LinkSpec, *,
+                       dev: str = "dl0", seed: int = 0, timeout_s: float = 10.0) -> subprocess.Popen[str]:
+    """Route everything ``ns`` sends to ``net`` through a TUN device ``dev`` served by
+    experiments/delay_line.py (which holds each packet ``link.rtt_ms`` and drops ``link.loss``
+    of them), then on out of eth0. The process lives in ``ns`` and dies with it."""
+    ns_run = ["ip", "-n", ns]
+    _run([*ns_run, "tuntap", "add", "dev", dev, "mode", "tun"])
+    _run([*ns_run, "link", "set", dev, "up"])
+    # The line writes the device's own packets back in: accept a local source on the TUN, and forward.
+    _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
+          f"net.ipv4.conf.{dev}.rp_filter=0", f"net.ipv4.conf.{dev}.accept_local=1",
+          "net.ipv4.conf.all.accept_local=1", "net.ipv4.conf.all.send_redirects=0"])
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(DELAY_LINE), "--dev", dev,
+                             "--delay-ms", f"{link.rtt_ms:g}", "--loss", f"{link.loss:g}", "--seed", str(seed)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    if not ready or proc.stdout.readline().strip() != "ready":
+        proc.kill()
+        err = proc.stderr.read() if proc.stderr and proc.poll() is not None else "no answer"
+        raise EmulationError(f"the delay line in {ns} did not start within {timeout_s:g}s: {err}")
+    _DELAY_LINES[ns] = proc
+    subnet = str(net)
+    _run([*ns_run, "route", "replace", subnet, "dev", "eth0", "src", address, "table", str(DELAY_TABLE)])
+    _run([*ns_run, "rule", "add", "iif", dev, "lookup", str(DELAY_TABLE), "pref", str(DELAY_TABLE)])
+    _run([*ns_run, "route", "replace", subnet, "dev", dev, "src", address])
+    return proc
 
 
 def leftover_namespaces(prefix: str = "fce") -> list[str]:

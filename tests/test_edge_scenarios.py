@@ -44,13 +44,66 @@ def test_shaped_link_limits_rate_and_is_removed() -> None:
         print(f"20 Mbit/s link: up {up.mbit_s:.1f}, down {down.mbit_s:.1f} Mbit/s, RTT {rtt:.2f} ms ({topo.note})")
         for t in (up, down):  # shaped: near 20 Mbit/s, far below an unshaped veth (Gbit/s)
             assert 14.0 <= t.mbit_s <= 22.0, t
-        if emu.netem_reason() is None:
-            assert 15.0 <= rtt <= 60.0
-        else:
-            assert "NOT emulated" in topo.note
+        assert 15.0 <= rtt <= 60.0  # netem, or the userspace delay line where the kernel has no netem
+        assert ("netem" if emu.netem_reason() is None else "delay line") in topo.note
     assert not (mine & _netns_names())
     assert {n for n in _netns_names() - before if n.startswith(f"fce{os.getpid()}x")} == set()  # a concurrent run has its own
     assert emu.leftover_namespaces() == []
+
+
+@needs_netns
+def test_delay_line_link_has_its_rtt_and_loss_and_is_removed() -> None:
+    """A 60 ms, 2 % loss link (the delay line where netem is missing): the RTT is measured, the
+    loss shows as retransmissions-slowed but complete transfers, and the line dies with the
+    namespace."""
+    link = emu.LinkSpec(rate_mbit=50.0, rtt_ms=60.0, loss=0.02)
+    with emu.emulated_network(1, link) as topo:
+        rtt = emu.measure_rtt_ms(topo.edge, topo.devices[0])
+        t = emu.measure_throughput(topo.devices[0], topo.edge, 1 << 20)
+        lines = dict(emu._DELAY_LINES)
+        print(f"60 ms / 2 % link: RTT {rtt:.1f} ms, 1 MiB up at {t.mbit_s:.1f} Mbit/s ({topo.note})")
+        assert 55.0 <= rtt <= 120.0 and t.nbytes == 1 << 20
+    assert all(p.poll() is not None for p in lines.values()) and not emu._DELAY_LINES
+
+
+def test_delay_line_holds_packets_in_order_and_drops_its_share() -> None:
+    """experiments/delay_line.run over a datagram socket pair (no TUN, no root): every packet is
+    held at least the delay, order is kept, the seeded loss and the queue limit drop packets."""
+    import socket
+    import threading
+
+    from experiments import delay_line as dl
+
+    def through_line(n: int, delay_s: float, **kw: object) -> tuple[list[tuple[int, float]], dl.LineStats, list[float]]:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # one read is one record
+        with a, b:
+            b.setblocking(False)
+            stats = dl.LineStats()
+            start = time.monotonic()
+            line = threading.Thread(target=dl.run, args=(b.fileno(), delay_s),
+                                    kwargs=dict(kw, stats=stats, until=start + delay_s + 2.0))
+            line.start()
+            sent_at = []
+            for i in range(n):  # blocks while the socket's small queue is full: the line drains it
+                a.send(i.to_bytes(4, "big"))
+                sent_at.append(time.monotonic())
+            got = []
+            a.settimeout(delay_s + 0.5)
+            try:
+                while len(got) < n:
+                    got.append((int.from_bytes(a.recv(16), "big"), time.monotonic()))
+            except TimeoutError:
+                pass
+            line.join(10)
+            return got, stats, sent_at
+
+    got, stats, sent_at = through_line(400, 0.05, loss=0.25, seed=1)
+    ids = [i for i, _ in got]
+    assert ids == sorted(ids) and all(t - sent_at[i] >= 0.05 for i, t in got)
+    assert stats.forwarded == len(got) and stats.forwarded + stats.lost == 400
+    assert 60 <= stats.lost <= 140  # 25 % of 400, well inside 5 sigma
+    got, stats, _ = through_line(50, 0.3, limit=10)
+    assert [i for i, _ in got] == list(range(10)) and stats.overflow == 40
 
 
 def test_loopback_fallback_when_namespaces_refused(monkeypatch: pytest.MonkeyPatch) -> None:
