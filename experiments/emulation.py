@@ -86,11 +86,11 @@ class LinkSpec:
     def rate_bytes_s(self) -> float:
         return self.rate_mbit * 1e6 / 8
 
-    def qdiscs(self, dev: str, *, delay: bool = True) -> list[list[str]]:
+    def qdiscs(self, dev: str, *, delay: bool = True, mtu: int = 1500) -> list[list[str]]:
         """``tc`` argument lists (after ``tc -n NS``) that shape ``dev``'s egress: netem delay as
         the root with tbf under it, or tbf alone when ``delay`` is False (no netem here)."""
-        # burst: at least 10 ms of traffic and 32 KiB (a GSO segment must fit); queue: 100 ms.
-        burst = max(32 * 1024, int(self.rate_bytes_s * 0.01))
+        # burst: at least 10 ms of traffic, 32 KiB (a GSO segment must fit) and two packets; queue: 100 ms.
+        burst = max(32 * 1024, int(self.rate_bytes_s * 0.01), 2 * (mtu + 14))
         tbf = ["tbf", "rate", f"{self.rate_mbit}mbit", "burst", str(burst), "latency", "100ms"]
         if not delay or not self.impaired:
             return [["qdisc", "replace", "dev", dev, "root", "handle", "10:", *tbf]]
@@ -107,7 +107,7 @@ class LinkSpec:
             return f"{self.rate_mbit:g} Mbit/s each way, {self.rtt_ms:g} ms RTT{loss} (tc netem delay + tbf rate)"
         if method == "delay-line":
             return (f"{self.rate_mbit:g} Mbit/s each way (tc tbf), {self.rtt_ms:g} ms RTT{loss} by a userspace "
-                    f"delay line on each device's uplink (no netem here: {netem_reason()})")
+                    f"delay line on each device's uplink (this kernel has no netem)")
         return (f"{self.rate_mbit:g} Mbit/s each way (tc tbf); {self.rtt_ms:g} ms RTT{loss} NOT emulated: "
                 f"{netem_reason()}")
 
@@ -207,10 +207,15 @@ def _add_ns(name: str) -> None:
 
 @contextmanager
 def emulated_network(k: int, link: LinkSpec | None = None, *, subnet: str = "10.77.0.0/24",
-                     allow_loopback: bool = True) -> Iterator[Topology]:
+                     allow_loopback: bool = True, edge_rate_mbit: float | None = None,
+                     mtu: int | None = None) -> Iterator[Topology]:
     """An edge namespace and ``k`` device namespaces, each device behind a ``link``-shaped veth
     pair; every namespace is removed on exit. Falls back to loopback (unshaped, ``emulated``
-    False) when namespaces are not available and ``allow_loopback``."""
+    False) when namespaces are not available and ``allow_loopback``.
+
+    ``edge_rate_mbit`` caps what the edge sends to all devices together (tbf on its bridge: a
+    server's own uplink). ``mtu`` sets every link's MTU; the default is 1500, or 9000 where the
+    userspace delay line carries the packets (six times fewer packets through Python)."""
     if k < 1:
         raise ValueError(f"need at least one device, got {k}")
     link = link or LinkSpec()
@@ -227,6 +232,9 @@ def emulated_network(k: int, link: LinkSpec | None = None, *, subnet: str = "10.
     hosts = net.hosts()
     delay = netem_reason() is None
     method: DelayMethod = "netem" if delay else ("delay-line" if link.impaired else "none")
+    mtu = mtu or (9000 if method == "delay-line" else 1500)
+    if not 576 <= mtu <= 65535:
+        raise ValueError(f"mtu must be 576..65535, got {mtu}")
     tag = _unique("fce")
     created: list[str] = []
     try:
@@ -236,7 +244,10 @@ def emulated_network(k: int, link: LinkSpec | None = None, *, subnet: str = "10.
         edge_addr = str(next(hosts))
         _run(["ip", "-n", edge_ns, "link", "add", "br0", "type", "bridge"])
         _run(["ip", "-n", edge_ns, "addr", "add", f"{edge_addr}/{net.prefixlen}", "dev", "br0"])
-        _run(["ip", "-n", edge_ns, "link", "set", "br0", "up"])
+        _run(["ip", "-n", edge_ns, "link", "set", "br0", "mtu", str(mtu), "up"])
+        if edge_rate_mbit is not None:
+            for args in LinkSpec(edge_rate_mbit, 0.0).qdiscs("br0", delay=False, mtu=mtu):
+                _run(["tc", "-n", edge_ns, *args])
         devices = []
         for i in range(k):
             ns = f"{tag}-dev{i}"
@@ -244,32 +255,34 @@ def emulated_network(k: int, link: LinkSpec | None = None, *, subnet: str = "10.
             created.append(ns)
             addr, port = str(next(hosts)), f"d{i}"
             _run(["ip", "-n", edge_ns, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])
-            _run(["ip", "-n", edge_ns, "link", "set", port, "master", "br0"])
+            _run(["ip", "-n", edge_ns, "link", "set", port, "mtu", str(mtu), "master", "br0"])
             _run(["ip", "-n", edge_ns, "link", "set", port, "up"])
             _run(["ip", "-n", ns, "addr", "add", f"{addr}/{net.prefixlen}", "dev", "eth0"])
-            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            _run(["ip", "-n", ns, "link", "set", "eth0", "mtu", str(mtu), "up"])
             for where, dev in ((ns, "eth0"), (edge_ns, port)):
-                for args in link.qdiscs(dev, delay=delay):
+                for args in link.qdiscs(dev, delay=delay, mtu=mtu):
                     _run(["tc", "-n", where, *args])
             if method == "delay-line":
-                install_delay_line(ns, addr, net, link, seed=i)
+                install_delay_line(ns, addr, net, link, seed=i, mtu=mtu)
             devices.append(Endpoint(ns, addr))
+        edge_note = f"; the edge sends at most {edge_rate_mbit:g} Mbit/s in all (tbf)" if edge_rate_mbit else ""
         yield Topology(Endpoint(edge_ns, edge_addr), tuple(devices), link, True,
                        f"{k} device namespace(s), each on its own veth to a bridge in the edge namespace; "
-                       f"{link.describe(method)}")
+                       f"{link.describe(method)}{edge_note}; MTU {mtu}")
     finally:
         for name in reversed(created):
             _remove_ns(name)
 
 
 def install_delay_line(ns: str, address: str, net: ipaddress.IPv4Network, link: LinkSpec, *,
-                       dev: str = "dl0", seed: int = 0, timeout_s: float = 10.0) -> subprocess.Popen[str]:
+                       dev: str = "dl0", seed: int = 0, mtu: int = 1500,
+                       timeout_s: float = 10.0) -> subprocess.Popen[str]:
     """Route everything ``ns`` sends to ``net`` through a TUN device ``dev`` served by
     experiments/delay_line.py (which holds each packet ``link.rtt_ms`` and drops ``link.loss``
     of them), then on out of eth0. The process lives in ``ns`` and dies with it."""
     ns_run = ["ip", "-n", ns]
     _run([*ns_run, "tuntap", "add", "dev", dev, "mode", "tun"])
-    _run([*ns_run, "link", "set", dev, "up"])
+    _run([*ns_run, "link", "set", dev, "mtu", str(mtu), "up"])
     # The line writes the device's own packets back in: accept a local source on the TUN, and forward.
     _run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
           f"net.ipv4.conf.{dev}.rp_filter=0", f"net.ipv4.conf.{dev}.accept_local=1",
@@ -289,6 +302,26 @@ def install_delay_line(ns: str, address: str, net: ipaddress.IPv4Network, link: 
     _run([*ns_run, "rule", "add", "iif", dev, "lookup", str(DELAY_TABLE), "pref", str(DELAY_TABLE)])
     _run([*ns_run, "route", "replace", subnet, "dev", dev, "src", address])
     return proc
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def join_netns(name: str | None) -> None:
+    """Move the calling thread (call it first thing in a freshly forked, single-threaded child)
+    into network namespace ``name``; threads it starts later inherit it. None: stay."""
+    if name is None:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise EmulationError(f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def leftover_namespaces(prefix: str = "fce") -> list[str]:

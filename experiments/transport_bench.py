@@ -15,6 +15,15 @@ that has it) the same payload runs through ``flwr.server.start_server`` + ``flwr
 
     python experiments/transport_bench.py                 # ResNet-18, N = 2 and 5, 5 rounds, 3 repeats
     python experiments/transport_bench.py --quick         # smoke test: tiny model, 1 round, 1 repeat
+    python experiments/transport_bench.py --profile wan   # the same over emulated WAN links
+
+Profiles (``--profile``): ``loopback`` (default; everything on 127.0.0.1) or an emulated link per
+client: the server in an edge network namespace, each client in its own namespace on a veth pair
+to the edge's bridge, shaped with tc (experiments/emulation.py: tbf for the rate, netem or the
+userspace delay line for RTT and loss). ``lan`` 1 Gbit/s, 0.2 ms RTT; ``wan`` 100 Mbit/s per
+client, 40 ms RTT, the server's own link 1 Gbit/s; ``mobile`` 20 Mbit/s, 60 ms RTT, 0.1 % loss.
+Each row then also reports the physical bound: the bytes each link must carry ÷ its rate, plus the
+round trips the protocol needs × RTT; and round time ÷ bound.
 
 Writes experiments/results/transport_bench.md, .json and .png (``--out`` to change the folder).
 This module imports only the standard library and numpy at top level: the Flower roles run in
@@ -23,6 +32,7 @@ another interpreter (Flower pins protobuf / fastapi versions that clash with fed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -33,6 +43,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +58,9 @@ CODECS: dict[str, dict[str, Any]] = {
     "bf16+zstd": {"dtype": "bf16", "codec": "zstd", "level": 1, "filter": "auto"},
 }
 PERTURB = 1e-3
+# Round trips a round needs besides the transfers: fedcore = the TRAIN answer to an open long poll
+# (½), fetch_global (1), push_update (1); Flower's bidi stream = FitIns down (½), FitRes up (½).
+ROUND_TRIPS = {"fedcore-grpc": 2.5, "fedcore-rest": 2.5, "flower-grpc": 1.0}
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 * 1024 * 1024), "MALLOC_ARENA_MAX": "2"}
 NUM_SAMPLES = 100
 LONG_POLL_S = 10.0
@@ -74,6 +88,48 @@ def machine() -> str:
     return machine_line()
 
 
+@dataclass(frozen=True)
+class Profile:
+    """An emulated network: every client's link, and the server's own (None: unshaped)."""
+
+    name: str
+    client: Any  # experiments.emulation.LinkSpec; None for loopback
+    server_mbit: float | None = None
+
+    def describe(self) -> str:
+        if self.client is None:
+            return "loopback (127.0.0.1, no shaping)"
+        c = self.client
+        loss = f", {c.loss * 100:g} % loss" if c.loss else ""
+        server = f"; server link {self.server_mbit:g} Mbit/s" if self.server_mbit else ""
+        return f"{self.name}: {c.rate_mbit:g} Mbit/s per client, {c.rtt_ms:g} ms RTT{loss}{server}"
+
+
+def profiles() -> dict[str, Profile]:
+    from experiments.emulation import LinkSpec
+
+    return {
+        "loopback": Profile("loopback", None),
+        "lan": Profile("lan", LinkSpec(1000.0, 0.2), 1000.0),
+        "wan": Profile("wan", LinkSpec(100.0, 40.0), 1000.0),
+        "mobile": Profile("mobile", LinkSpec(20.0, 60.0, 0.001), 1000.0),
+    }
+
+
+def physical_bound_s(profile: Profile, system: str, clients: int, bytes_down: float, bytes_up: float) -> float | None:
+    """The least a round can take on ``profile``: each client must fetch its share of
+    ``bytes_down`` and then send its share of ``bytes_up`` over its own link, the server must
+    send all of ``bytes_down`` over its link, and the protocol's round trips cost RTT each."""
+    if profile.client is None:
+        return None
+    client_rate = profile.client.rate_bytes_s
+    down_i, up_i = bytes_down / clients, bytes_up / clients
+    transfer = (down_i + up_i) / client_rate
+    if profile.server_mbit:
+        transfer = max(transfer, bytes_down / (profile.server_mbit * 1e6 / 8) + up_i / client_rate)
+    return transfer + ROUND_TRIPS[system] * profile.client.rtt_ms / 1e3
+
+
 @dataclass
 class RunResult:
     system: str  # fedcore-rest | fedcore-grpc | flower-grpc
@@ -85,6 +141,7 @@ class RunResult:
     peak_rss_mb: float
     model_bytes: int  # fp32 size of the model's parameters
     extra: dict[str, Any] = field(default_factory=dict)
+    bound_s: float | None = None  # physical bound of a round on the profile's links (median bytes)
 
 
 # ---------------------------------------------------------------------------------------- fedcore roles
@@ -123,8 +180,12 @@ def _perturbed(state: dict[str, Any], seed: int) -> dict[str, Any]:
     }
 
 
-def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds: int, conn: Any) -> None:
+def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds: int, conn: Any,
+                   netns: str | None = None, host: str = "127.0.0.1") -> None:
     """Server process: serve one Federation, report port, then round times, bytes and peak RSS."""
+    from experiments.emulation import join_netns
+
+    join_netns(netns)
     from fedcore.config import Settings
     from fedcore.federation import Federation, FederationConfig
     from fedcore.operations import Endpoint, WireOptions
@@ -136,7 +197,7 @@ def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds:
         body_timeout_s=TIMEOUT_S,
     )
     fed = Federation(_model_state(model), config).start()
-    server = get_transport(transport).server(fed, Settings(host="127.0.0.1", rest_port=0, grpc_port=0))
+    server = get_transport(transport).server(fed, Settings(host=host, rest_port=0, grpc_port=0))
     server.start()
     fed.mark_serving(Endpoint(transport, server.address))
     conn.send(server.port)
@@ -148,6 +209,8 @@ def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds:
         "ok": ok,
         "round_s": [h.finished_at - started[h.round] for h in history],
         "bytes_per_round": [h.bytes_in + h.bytes_out for h in history],
+        "bytes_in": [h.bytes_in for h in history],
+        "bytes_out": [h.bytes_out for h in history],
         "participants": [h.num_participants for h in history],
         "payload_bytes": fed.status().payload_bytes,
         "peak_rss_mb": peak_rss_mb(),
@@ -157,8 +220,12 @@ def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds:
     fed.close()
 
 
-def fedcore_client(transport: str, port: int, name: str, codec: str, seed: int) -> None:
+def fedcore_client(transport: str, port: int, name: str, codec: str, seed: int, netns: str | None = None,
+                   host: str = "127.0.0.1") -> None:
     """No-training client: fetch, decode, perturb, encode, push; until the server says stop."""
+    from experiments.emulation import join_netns
+
+    join_netns(netns)
     import torch
 
     from fedcore import wire
@@ -167,7 +234,7 @@ def fedcore_client(transport: str, port: int, name: str, codec: str, seed: int) 
     from fedcore.transport import get_transport
 
     torch.set_num_threads(1)
-    settings = Settings(host="127.0.0.1", rest_port=port, grpc_port=port)
+    settings = Settings(host=host, rest_port=port, grpc_port=port)
     client = get_transport(transport).client(settings.address_for(transport), settings)
     end = time.monotonic() + TIMEOUT_S
     try:
@@ -192,9 +259,14 @@ def fedcore_client(transport: str, port: int, name: str, codec: str, seed: int) 
 
 
 def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, rounds: int, repeat: int,
-                client_mode: str, model_bytes: int) -> RunResult:
+                client_mode: str, model_bytes: int, topo: Any = None, profile: Profile | None = None) -> RunResult:
+    """One configuration; with ``topo`` (an emulated network) the server runs in its edge
+    namespace and client k in device namespace k."""
+    edge = topo.edge if topo is not None else None
+    host = edge.address if edge is not None else "127.0.0.1"
     parent, child = ctx.Pipe()
-    server = ctx.Process(target=fedcore_server, args=(transport, model, codec, clients, rounds, child), daemon=True)
+    server = ctx.Process(target=fedcore_server, args=(transport, model, codec, clients, rounds, child,
+                                                      edge.netns if edge else None, host), daemon=True)
     server.start()
     workers: list[Any] = []
     try:
@@ -202,8 +274,11 @@ def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, 
             raise RuntimeError(f"{transport} server did not start")
         port = parent.recv()
         for k in range(clients):
-            args = (transport, port, f"c{k}", codec, 1 + k + 100 * repeat)
+            args = (transport, port, f"c{k}", codec, 1 + k + 100 * repeat,
+                    topo.devices[k].netns if topo is not None else None, host)
             if client_mode == "thread":
+                if topo is not None:
+                    raise ValueError("--client-mode thread runs on loopback only (a thread cannot have its own link)")
                 w: Any = threading.Thread(target=fedcore_client, args=args, daemon=True)
             else:
                 w = ctx.Process(target=fedcore_client, args=args, daemon=True)
@@ -217,8 +292,11 @@ def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, 
         parent.send("stop")
         if not res["ok"] or any(p != clients for p in res["participants"]):
             raise RuntimeError(f"{transport}/{codec}/N={clients}: incomplete rounds {res}")
-        return RunResult(f"fedcore-{transport}", codec, clients, repeat, res["round_s"], res["bytes_per_round"],
-                         res["peak_rss_mb"], model_bytes, {"global_payload_bytes": res["payload_bytes"]})
+        system = f"fedcore-{transport}"
+        bound = physical_bound_s(profile, system, clients, statistics.median(res["bytes_out"]),
+                                 statistics.median(res["bytes_in"])) if profile else None
+        return RunResult(system, codec, clients, repeat, res["round_s"], res["bytes_per_round"],
+                         res["peak_rss_mb"], model_bytes, {"global_payload_bytes": res["payload_bytes"]}, bound)
     finally:
         for w in workers:
             w.join(timeout=30)
@@ -229,7 +307,7 @@ def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, 
 
 
 # ---------------------------------------------------------------------------------------- Flower roles
-def flower_server_main(npz: str, port: int, clients: int, rounds: int, out: str) -> None:
+def flower_server_main(npz: str, port: int, clients: int, rounds: int, out: str, host: str = "127.0.0.1") -> None:
     """Runs in the Flower interpreter: legacy start_server with a timed FedAvg."""
     import flwr as fl
     from flwr.common import ndarrays_to_parameters
@@ -243,11 +321,13 @@ def flower_server_main(npz: str, port: int, clients: int, rounds: int, out: str)
             self.t0: dict[int, float] = {}
             self.t1: dict[int, float] = {}
             self.nbytes: dict[int, int] = {}
+            self.down: dict[int, int] = {}
 
         def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
             out = super().configure_fit(server_round, parameters, client_manager)  # waits for N clients
             self.t0[server_round] = time.time()
             self.nbytes[server_round] = sum(len(t) for t in parameters.tensors) * len(out)
+            self.down[server_round] = self.nbytes[server_round]
             return out
 
         def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
@@ -263,17 +343,18 @@ def flower_server_main(npz: str, port: int, clients: int, rounds: int, out: str)
         min_available_clients=clients, initial_parameters=ndarrays_to_parameters(arrays),
     )
     fl.server.start_server(
-        server_address=f"127.0.0.1:{port}", config=fl.server.ServerConfig(num_rounds=rounds), strategy=strategy,
+        server_address=f"{host}:{port}", config=fl.server.ServerConfig(num_rounds=rounds), strategy=strategy,
     )
     Path(out).write_text(json.dumps({
         "round_s": [strategy.t1[r] - strategy.t0[r] for r in sorted(strategy.t1)],
         "bytes_per_round": [strategy.nbytes[r] for r in sorted(strategy.t1)],
+        "bytes_down": [strategy.down[r] for r in sorted(strategy.t1)],
         "peak_rss_mb": peak_rss_mb(),
         "flwr": fl.__version__,
     }))
 
 
-def flower_client_main(port: int, seed: int) -> None:
+def flower_client_main(port: int, seed: int, host: str = "127.0.0.1") -> None:
     """Runs in the Flower interpreter: a NumPyClient that returns the global model, perturbed."""
     import flwr as fl
 
@@ -287,7 +368,7 @@ def flower_client_main(port: int, seed: int) -> None:
             ]
             return out, NUM_SAMPLES, {}
 
-    fl.client.start_client(server_address=f"127.0.0.1:{port}", client=Echo().to_client(), insecure=True,
+    fl.client.start_client(server_address=f"{host}:{port}", client=Echo().to_client(), insecure=True,
                            transport="grpc-bidi", max_retries=50, max_wait_time=120)
 
 
@@ -299,17 +380,23 @@ def flower_python(explicit: str | None) -> str | None:
     return None
 
 
-def run_flower(python: str, npz: Path, clients: int, rounds: int, repeat: int, model_bytes: int) -> RunResult:
+def run_flower(python: str, npz: Path, clients: int, rounds: int, repeat: int, model_bytes: int,
+               topo: Any = None, profile: Profile | None = None) -> RunResult:
+    from experiments.emulation import Endpoint
+
     port = free_port()
+    edge = topo.edge if topo is not None else Endpoint(None, "127.0.0.1")
+    devices = topo.devices if topo is not None else [edge] * clients
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "flower.json"
         me = str(Path(__file__).resolve())
         env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "FLWR_LOG_LEVEL": "WARNING"}
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
-        server = subprocess.Popen([python, me, "_flower_server", str(npz), str(port), str(clients), str(rounds),
-                                   str(out)], **quiet)  # type: ignore[call-overload]
-        procs = [subprocess.Popen([python, me, "_flower_client", str(port), str(1 + k + 100 * repeat)], **quiet)
-                 for k in range(clients)]  # type: ignore[call-overload]
+        server = subprocess.Popen(edge.argv([python, me, "_flower_server", str(npz), str(port), str(clients),
+                                             str(rounds), str(out), edge.address]), **quiet)  # type: ignore[call-overload]
+        procs = [subprocess.Popen(devices[k].argv([python, me, "_flower_client", str(port), str(1 + k + 100 * repeat),
+                                                   edge.address]), **quiet)  # type: ignore[call-overload]
+                 for k in range(clients)]
         try:
             server.wait(timeout=TIMEOUT_S)
             for p in procs:
@@ -321,8 +408,11 @@ def run_flower(python: str, npz: Path, clients: int, rounds: int, repeat: int, m
         if not out.is_file():
             raise RuntimeError("Flower server wrote no result")
         res = json.loads(out.read_text())
+    down = statistics.median(res["bytes_down"])
+    bound = physical_bound_s(profile, "flower-grpc", clients, down,
+                             statistics.median(res["bytes_per_round"]) - down) if profile else None
     return RunResult("flower-grpc", "fp32-raw", clients, repeat, res["round_s"], res["bytes_per_round"],
-                     res["peak_rss_mb"], model_bytes, {"flwr": res["flwr"]})
+                     res["peak_rss_mb"], model_bytes, {"flwr": res["flwr"]}, bound)
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -335,6 +425,11 @@ class Row:
     mb_per_round: float
     peak_rss_mb: float
     runs: int
+    bound_s: float | None = None
+
+    @property
+    def over_bound(self) -> float | None:
+        return self.median_round_s / self.bound_s if self.bound_s else None
 
 
 def summarise(results: list[RunResult]) -> list[Row]:
@@ -349,16 +444,19 @@ def summarise(results: list[RunResult]) -> list[Row]:
             statistics.median([b for r in rs for b in r.bytes_per_round]) / 1e6,
             statistics.median([r.peak_rss_mb for r in rs]),
             len(rs),
+            statistics.median(bs) if (bs := [r.bound_s for r in rs if r.bound_s is not None]) else None,
         ))
     order = {"flower-grpc": 0, "fedcore-grpc": 1, "fedcore-rest": 2}
     return sorted(rows, key=lambda r: (r.clients, order.get(r.system, 9), r.codec))
 
 
-def goals(rows: list[Row], model_mb: float) -> list[str]:
-    """The issue's targets, checked against this run's numbers (PASS / MISS, never hidden)."""
+def goals(rows: list[Row], model_mb: float, profile: str = "loopback") -> list[str]:
+    """The issues' targets, checked against this run's numbers (PASS / MISS, never hidden)."""
     by = {(r.system, r.codec, r.clients): r for r in rows}
     lines = []
     ns = sorted({r.clients for r in rows})
+    if profile != "loopback":
+        return _link_goals(rows, by, ns, model_mb, profile)
     for n in ns:
         flower = by.get(("flower-grpc", "fp32-raw", n))
         for system in ("fedcore-grpc", "fedcore-rest"):
@@ -388,6 +486,35 @@ def goals(rows: list[Row], model_mb: float) -> list[str]:
     return lines
 
 
+def _link_goals(rows: list[Row], by: dict[tuple[str, str, int], Row], ns: list[int], model_mb: float,
+                profile: str) -> list[str]:
+    """Issue 14's goals on an emulated profile: the ratios to Flower (wan, N=5), every fedcore
+    configuration within 1.2× its physical bound, server RSS growth ≤ one model copy."""
+    lines = []
+    for n in ns:
+        flower = by.get(("flower-grpc", "fp32-raw", n))
+        if profile == "wan" and n == 5 and flower:
+            for system in ("fedcore-grpc", "fedcore-rest"):
+                ours = by.get((system, "bf16+zstd", n))
+                if ours:
+                    ratio = ours.median_round_s / flower.median_round_s
+                    lines.append(f"- wan N=5 {system} bf16+zstd / Flower: {ratio:.2f}× (goal ≤ 0.40×) "
+                                 + ("PASS" if ratio <= 0.40 else "MISS"))
+    for r in rows:
+        if r.system != "flower-grpc" and r.over_bound is not None:
+            lines.append(f"- N={r.clients} {r.system} {r.codec}: {r.over_bound:.2f}× its physical bound "
+                         f"{r.bound_s:.3f} s (goal ≤ 1.2×) " + ("PASS" if r.over_bound <= 1.2 else "MISS"))
+    if len(ns) >= 2:
+        for system in ("fedcore-grpc", "fedcore-rest"):
+            for codec in CODECS:
+                a, b = by.get((system, codec, ns[0])), by.get((system, codec, ns[-1]))
+                if a and b:
+                    growth = b.peak_rss_mb - a.peak_rss_mb
+                    lines.append(f"- {system} {codec}: server peak RSS N={ns[0]}→{ns[-1]} grows {growth:+.0f} MB "
+                                 f"(goal ≤ one model copy, {model_mb:.0f} MB) " + ("PASS" if growth <= model_mb else "MISS"))
+    return lines
+
+
 def write_report(rows: list[Row], results: list[RunResult], meta: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_mb = meta["model_bytes"] / 1e6
@@ -401,28 +528,51 @@ def write_report(rows: list[Row], results: list[RunResult], meta: dict[str, Any]
         f"Model: {meta['model']} ({meta['params']:,} values, {model_mb:.1f} MB as fp32); "
         f"{meta['rounds']} round(s) × {meta['repeats']} repeat(s) per configuration; fedcore clients as {meta['client_mode']} workers"
         " (Flower clients: processes)"
-        " on the same machine (loopback). Round time = round started → update aggregated and next global encoded"
+        f" on the same machine; network: {meta['network']}. Round time = round started → update aggregated and next global encoded"
         " (median over all rounds of all repeats); MB/round = parameter payload bytes down + up"
         " (application bytes; framing adds < 1 %); peak RSS = the server process's VmHWM (median over repeats),"
         f" every server run with {' '.join(f'{k}={v}' for k, v in meta['malloc_env'].items())}.",
         "",
-        "| system | codec | N | median round (s) | MB / round | server peak RSS (MB) | × Flower fp32 |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
+    linked = meta["profile"] != "loopback"
+    if linked:
+        lines += ["Physical bound = each client's share of the bytes over its link, the server's bytes over its"
+                  f" link, plus the protocol's round trips × RTT ({', '.join(f'{k} {v:g}' for k, v in ROUND_TRIPS.items())});"
+                  " TCP slow start is not in it.", ""]
+    bound_head = " bound (s) | × bound |" if linked else ""
+    lines += [f"| system | codec | N | median round (s) | MB / round | server peak RSS (MB) | × Flower fp32 |{bound_head}",
+              "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if linked else "")]
     for r in rows:
         ratio = f"{r.median_round_s / flower[r.clients].median_round_s:.2f}" if r.clients in flower else "–"
+        bound = (f" {r.bound_s:.3f} | {r.over_bound:.2f} |" if r.bound_s and r.over_bound else " – | – |") if linked else ""
         lines.append(f"| {r.system} | {r.codec} | {r.clients} | {r.median_round_s:.3f} | {r.mb_per_round:.1f} | "
-                     f"{r.peak_rss_mb:.0f} | {ratio} |")
-    lines += ["", "## Goals", "", *(goals(rows, model_mb) or ["- (needs Flower and both N for the comparisons)"])]
+                     f"{r.peak_rss_mb:.0f} | {ratio} |{bound}")
+    lines += ["", "## Goals", "",
+              *(goals(rows, model_mb, meta["profile"]) or ["- (needs Flower and both N for the comparisons)"])]
     if meta.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in meta["notes"]]]
     lines += ["", f"Command: `{meta['command']}`", ""]
-    md = out_dir / "transport_bench.md"
+    stem = "transport_bench" if meta["profile"] == "loopback" else f"transport_bench_{meta['profile']}"
+    md = out_dir / f"{stem}.md"
     md.write_text("\n".join(lines))
-    (out_dir / "transport_bench.json").write_text(json.dumps(
+    (out_dir / f"{stem}.json").write_text(json.dumps(
         {"meta": meta, "rows": [asdict(r) for r in rows], "runs": [asdict(r) for r in results]}, indent=1))
-    _plot(rows, meta, out_dir / "transport_bench.png")
+    _write_csv(rows, meta, out_dir / f"{stem}.csv")
+    _plot(rows, meta, out_dir / f"{stem}.png")
     return md
+
+
+def _write_csv(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["profile", "system", "codec", "clients", "median_round_s", "mb_per_round", "server_peak_rss_mb",
+                    "physical_bound_s", "round_over_bound", "runs"])
+        for r in rows:
+            w.writerow([meta["profile"], r.system, r.codec, r.clients, f"{r.median_round_s:.4f}", f"{r.mb_per_round:.2f}",
+                        f"{r.peak_rss_mb:.0f}", f"{r.bound_s:.4f}" if r.bound_s else "",
+                        f"{r.over_bound:.3f}" if r.over_bound else "", r.runs])
 
 
 def _plot(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
@@ -446,7 +596,8 @@ def _plot(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Transport cost per round, {meta['model']} (no training)\n{meta['machine']}", fontsize=9)
+    fig.suptitle(f"Transport cost per round, {meta['model']} (no training), {meta['network']}\n{meta['machine']}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -469,10 +620,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in MALLOC_ENV.items():
         os.environ.setdefault(key, value)
     if argv and argv[0] == "_flower_server":
-        flower_server_main(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), argv[5])
+        flower_server_main(argv[1], int(argv[2]), int(argv[3]), int(argv[4]), argv[5], *argv[6:7])
         return 0
     if argv and argv[0] == "_flower_client":
-        flower_client_main(int(argv[1]), int(argv[2]))
+        flower_client_main(int(argv[1]), int(argv[2]), *argv[3:4])
         return 0
 
     p = argparse.ArgumentParser(description="gRPC vs REST (vs Flower) cost per round, no training")
@@ -486,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-mode", choices=["process", "thread"], default=None)
     p.add_argument("--flower", choices=["auto", "off"], default=None)
     p.add_argument("--flower-python", default=None, help="interpreter that has flwr (default: FEDCORE_FLOWER_PYTHON)")
+    p.add_argument("--profile", default="loopback", choices=list(profiles()),
+                   help="network: loopback, or an emulated link per client (lan, wan, mobile; needs root and "
+                        "iproute2, else falls back to loopback and says so)")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     a = p.parse_args(argv)
     q = a.quick
@@ -503,6 +657,17 @@ def main(argv: list[str] | None = None) -> int:
         ["torch", "fedcore.app.models", "fedcore.federation", "fedcore.wire", "transports.grpc", "transports.rest"]
     )
     notes: list[str] = []
+    profile = profiles()[a.profile]
+    if profile.client is not None:
+        from experiments.emulation import skip_reason
+
+        if (why := skip_reason()) is not None:
+            notes.append(f"profile {profile.name} asked for, loopback run instead: {why}")
+            print(f"transport_bench: {notes[-1]}", file=sys.stderr)
+            profile = profiles()["loopback"]
+        elif client_mode == "thread":
+            raise SystemExit("--client-mode thread runs on loopback only: each client needs its own process and link")
+    network_note = profile.describe()
     flower = flower_python(a.flower_python) if want_flower else None
     if want_flower and flower is None:
         notes.append("Flower not run: no interpreter with flwr (pass --flower-python or set FEDCORE_FLOWER_PYTHON).")
@@ -525,18 +690,23 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(repeats):
             for n in ns:
                 if flower:
-                    results.append(run_flower(flower, npz, n, rounds, repeat, model_bytes))
+                    with _network(profile, n) as topo:
+                        results.append(run_flower(flower, npz, n, rounds, repeat, model_bytes, topo, profile))
+                        network_note = topo.note if topo is not None else network_note
                     print(_line(results[-1]), flush=True)
                 for transport in a.transports:
                     for codec in a.codecs:
-                        results.append(run_fedcore(ctx, transport, model, codec, n, rounds, repeat, client_mode,
-                                                   model_bytes))
+                        with _network(profile, n) as topo:
+                            results.append(run_fedcore(ctx, transport, model, codec, n, rounds, repeat, client_mode,
+                                                       model_bytes, topo, profile))
+                            network_note = topo.note if topo is not None else network_note
                         print(_line(results[-1]), flush=True)
 
     meta = {
         "machine": machine(), "versions": info["versions"] + _flower_version(flower), "model": model, "params": params,
         "model_bytes": model_bytes, "rounds": rounds, "repeats": repeats, "clients": ns,
-        "client_mode": client_mode, "notes": notes,
+        "client_mode": client_mode, "notes": notes, "profile": profile.name,
+        "network": f"{profile.describe()}" + (f" ({network_note})" if network_note != profile.describe() else ""),
         "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},
         "load_avg": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "command": "python experiments/transport_bench.py " + " ".join(argv),
@@ -547,10 +717,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _network(profile: Profile, clients: int) -> Iterator[Any]:
+    """A fresh emulated network for one configuration (None on loopback); removed after it."""
+    if profile.client is None:
+        yield None
+        return
+    from experiments.emulation import emulated_network
+
+    with emulated_network(clients, profile.client, edge_rate_mbit=profile.server_mbit, allow_loopback=False) as topo:
+        yield topo
+
+
 def _line(r: RunResult) -> str:
+    bound = f", bound {r.bound_s:.3f}s" if r.bound_s else ""
     return (f"{r.system:13s} {r.codec:9s} N={r.clients} rep={r.repeat}: round "
             f"{statistics.median(r.round_s):.3f}s, {statistics.median(r.bytes_per_round) / 1e6:.1f} MB, "
-            f"peak RSS {r.peak_rss_mb:.0f} MB")
+            f"peak RSS {r.peak_rss_mb:.0f} MB{bound}")
 
 
 if __name__ == "__main__":
