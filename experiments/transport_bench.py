@@ -60,7 +60,17 @@ CODECS: dict[str, dict[str, Any]] = {
 PERTURB = 1e-3
 # Round trips a round needs besides the transfers: fedcore = the TRAIN answer to an open long poll
 # (½), fetch_global (1), push_update (1); Flower's bidi stream = FitIns down (½), FitRes up (½).
-ROUND_TRIPS = {"fedcore-grpc": 2.5, "fedcore-rest": 2.5, "flower-grpc": 1.0}
+ROUND_TRIPS = {"fedcore-grpc": 2.5, "fedcore-rest": 2.5, "flower-grpc": 1.0, "fedcore-grpc-oldwin": 2.5}
+OLD_WINDOW = "grpc-oldwin"  # --transports value: gRPC with the HTTP/2 window before issue 14 (64 KiB default)
+
+
+def use_old_grpc_window() -> None:
+    """In a bench child only: drop the fixed HTTP/2 receive window from gRPC's options, so the
+    stream window is gRPC's 64 KiB default with BDP probing off, as before issue 14."""
+    from transports.grpc import options
+
+    for opts in (options.CHANNEL_OPTIONS, options.SERVER_OPTIONS):
+        opts[:] = [o for o in opts if o[0] != "grpc.http2.lookahead_bytes"]
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 * 1024 * 1024), "MALLOC_ARENA_MAX": "2"}
 NUM_SAMPLES = 100
 LONG_POLL_S = 10.0
@@ -186,6 +196,9 @@ def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds:
     from experiments.emulation import join_netns
 
     join_netns(netns)
+    if transport == OLD_WINDOW:
+        use_old_grpc_window()
+        transport = "grpc"
     from fedcore.config import Settings
     from fedcore.federation import Federation, FederationConfig
     from fedcore.operations import Endpoint, WireOptions
@@ -226,6 +239,9 @@ def fedcore_client(transport: str, port: int, name: str, codec: str, seed: int, 
     from experiments.emulation import join_netns
 
     join_netns(netns)
+    if transport == OLD_WINDOW:
+        use_old_grpc_window()
+        transport = "grpc"
     import torch
 
     from fedcore import wire
@@ -292,7 +308,7 @@ def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, 
         parent.send("stop")
         if not res["ok"] or any(p != clients for p in res["participants"]):
             raise RuntimeError(f"{transport}/{codec}/N={clients}: incomplete rounds {res}")
-        system = f"fedcore-{transport}"
+        system = f"fedcore-{transport}"  # fedcore-grpc-oldwin for the old-window row
         bound = physical_bound_s(profile, system, clients, statistics.median(res["bytes_out"]),
                                  statistics.median(res["bytes_in"])) if profile else None
         return RunResult(system, codec, clients, repeat, res["round_s"], res["bytes_per_round"],
@@ -446,7 +462,7 @@ def summarise(results: list[RunResult]) -> list[Row]:
             len(rs),
             statistics.median(bs) if (bs := [r.bound_s for r in rs if r.bound_s is not None]) else None,
         ))
-    order = {"flower-grpc": 0, "fedcore-grpc": 1, "fedcore-rest": 2}
+    order = {"flower-grpc": 0, "fedcore-grpc-oldwin": 1, "fedcore-grpc": 2, "fedcore-rest": 3}
     return sorted(rows, key=lambda r: (r.clients, order.get(r.system, 9), r.codec))
 
 
@@ -501,7 +517,12 @@ def _link_goals(rows: list[Row], by: dict[tuple[str, str, int], Row], ns: list[i
                     lines.append(f"- wan N=5 {system} bf16+zstd / Flower: {ratio:.2f}× (goal ≤ 0.40×) "
                                  + ("PASS" if ratio <= 0.40 else "MISS"))
     for r in rows:
-        if r.system != "flower-grpc" and r.over_bound is not None:
+        old = by.get(("fedcore-grpc-oldwin", r.codec, r.clients))
+        if r.system == "fedcore-grpc" and old is not None:
+            lines.append(f"- N={r.clients} fedcore-grpc {r.codec}: round {r.median_round_s / old.median_round_s:.2f}× "
+                         f"the old 64 KiB HTTP/2 window's ({old.median_round_s:.2f} s → {r.median_round_s:.2f} s)")
+    for r in rows:
+        if r.system in ("fedcore-grpc", "fedcore-rest") and r.over_bound is not None:
             lines.append(f"- N={r.clients} {r.system} {r.codec}: {r.over_bound:.2f}× its physical bound "
                          f"{r.bound_s:.3f} s (goal ≤ 1.2×) " + ("PASS" if r.over_bound <= 1.2 else "MISS"))
     if len(ns) >= 2:
@@ -632,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--transports", nargs="+", default=["grpc", "rest"])
+    p.add_argument("--transports", nargs="+", default=["grpc", "rest"], choices=["grpc", "rest", OLD_WINDOW],
+                   help=f"{OLD_WINDOW}: gRPC with its HTTP/2 window as before issue 14 (64 KiB), for comparison")
     p.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
     p.add_argument("--client-mode", choices=["process", "thread"], default=None)
     p.add_argument("--flower", choices=["auto", "off"], default=None)
