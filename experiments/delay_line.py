@@ -70,7 +70,6 @@ def run(fd: int, delay_s: float, *, loss: float = 0.0, limit: int = 10_000, seed
             wait = min(wait, max(0.0, until - time.monotonic()))
         ready, _, _ = select.select([fd], [], [], wait)
         if ready:
-            now = time.monotonic()
             while True:
                 try:
                     packet = os.read(fd, MAX_PACKET)
@@ -80,8 +79,8 @@ def run(fd: int, delay_s: float, *, loss: float = 0.0, limit: int = 10_000, seed
                     stats.lost += 1
                 elif len(queue) >= limit:
                     stats.overflow += 1
-                else:
-                    queue.append((now + delay_s, packet))
+                else:  # timed when read, so no packet leaves sooner than delay_s after it arrived
+                    queue.append((time.monotonic() + delay_s, packet))
         now = time.monotonic()
         while queue and queue[0][0] <= now:
             try:

@@ -85,8 +85,8 @@ def test_delay_line_holds_packets_in_order_and_drops_its_share() -> None:
             line.start()
             sent_at = []
             for i in range(n):  # blocks while the socket's small queue is full: the line drains it
+                sent_at.append(time.monotonic())  # before the send: the line cannot read it earlier
                 a.send(i.to_bytes(4, "big"))
-                sent_at.append(time.monotonic())
             got = []
             a.settimeout(delay_s + 0.5)
             try:
