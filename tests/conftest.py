@@ -107,6 +107,14 @@ class Harness:
         self.servers.append(srv)
         return srv
 
+    def restart(self, srv: FederationServer, settings: Settings) -> FederationServer:
+        """Stop ``srv`` and start a new server from ``settings`` on the same ports (and so the
+        same checkpoint folder): what the clients see as a server restart."""
+        ports = srv.ports
+        srv.stop()
+        return self.server(settings.model_copy(update={"rest_port": ports.get("rest", 0),
+                                                       "grpc_port": ports.get("grpc", 0)}))
+
     def client(self, srv_or_settings: FederationServer | Settings, name: str, index: int, *, transport: str,
                train_fn: Any = None, start: bool = True, **run_kw: Any) -> ClientThread:
         s = srv_or_settings.client_settings() if isinstance(srv_or_settings, FederationServer) else srv_or_settings

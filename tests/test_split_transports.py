@@ -145,10 +145,7 @@ def test_restarted_edge_resumes_both_halves(harness: Harness, transport: str, tm
     assert srv.federation.wait_for_round(1, 120)
     wait_until(lambda: srv.federation.status().current_round is None, what="round 1 to close")
     device_half, edge_half = srv.federation.global_state, srv.federation.edge.edge_state()
-    ports = srv.ports
-    srv.stop()
-    restarted = harness.server(settings.model_copy(update={"rest_port": ports.get("rest", 0),
-                                                           "grpc_port": ports.get("grpc", 0)}))
+    restarted = harness.restart(srv, settings)
     fed = restarted.federation
     assert fed.round == 1
     assert all(torch.equal(device_half[k], v) for k, v in fed.global_state.items())

@@ -95,11 +95,8 @@ def test_server_restart_resumes_from_checkpoint(harness: Harness, transport: str
     wait_until(lambda: srv.federation.status().current_round is None, what="open round to finish")
     stopped_at = srv.federation.round
     saved = srv.federation.global_state
-    ports = srv.ports
-    srv.stop()
     # Same ports, same checkpoint: the clients reconnect with back-off and their old tokens.
-    restarted = harness.server(settings.model_copy(update={"rest_port": ports.get("rest", 0),
-                                                           "grpc_port": ports.get("grpc", 0)}))
+    restarted = harness.restart(srv, settings)
     fed = restarted.federation
     assert fed.round == stopped_at and len(fed.history()) == stopped_at
     assert all(torch.equal(saved[k], v) for k, v in fed.global_state.items())
@@ -134,10 +131,7 @@ def test_update_lost_by_a_restart_is_trained_again(harness: Harness, transport: 
     srv.federation.start_autorun(2)
     wait_until(lambda: 2 in a.client.summary.rounds, 60, "a to send round 2")
     assert srv.federation.round == 1
-    ports = srv.ports
-    srv.stop()
-    restarted = harness.server(settings.model_copy(update={"rest_port": ports.get("rest", 0),
-                                                           "grpc_port": ports.get("grpc", 0)}))
+    restarted = harness.restart(srv, settings)
     fed = restarted.federation
     assert fed.round == 1
     wait_until(lambda: fed.status().num_clients == 2, 60, "clients to come back")
