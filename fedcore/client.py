@@ -22,7 +22,7 @@ from fedcore.config import Settings
 from fedcore.constants import BACKOFF_INITIAL_S, BACKOFF_MAX_S, DEFAULT_LONG_POLL_S, DEFAULT_RECONNECT_TIMEOUT_S
 from fedcore.errors import AuthError, PayloadError, RoundStateError, TransportError, UnknownClientError
 from fedcore.logger import get_logger
-from fedcore.operations import Endpoint, EvaluationReport, Instruction, WireOptions
+from fedcore.operations import Endpoint, EvaluationReport, GlobalModel, Instruction, WireOptions
 from fedcore.privacy.local import local_dp
 from fedcore.states import Action, ClientState
 from fedcore.loops import evaluate as default_evaluate
@@ -203,14 +203,21 @@ class FLClient:
         self._pull_global()
 
     def _pull_global(self) -> None:
-        model = self._retry(self.transport.fetch_global)
-        version, payload = model.round, model.payload
-        self.summary.bytes_received += len(payload)
+        def fetch() -> tuple[GlobalModel, wire.StreamDecoder]:
+            # A fresh decoder per attempt; it decodes a block-framed model while it downloads.
+            dec = wire.StreamDecoder(expected=self._spec, max_size=self.settings.max_payload_bytes * 4)
+            return self.transport.fetch_global(sink=dec.feed), dec
+
+        model, decoder = self._retry(fetch)
+        version = model.round
+        self.summary.bytes_received += len(model.payload)
         if version != self._global_version:
-            state = wire.decode_state(payload, expected=self._spec, max_size=self.settings.max_payload_bytes * 4)
+            state = decoder.finish()
             self.exchanged.load_state_dict(state)
             self._received = state
             self._global_version = version
+        else:
+            decoder.abort()
 
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(self.settings.heartbeat_s):
@@ -232,16 +239,19 @@ class FLClient:
                 merged[key] = getattr(self.settings, setting)
         return merged
 
-    def _encode(self, round_number: int) -> bytes:
-        w = self.wire or WireOptions(self.settings.dtype, self.settings.codec, self.settings.level,
-                                     self.settings.filter, "q8" if self.settings.quantize_update else "weights")
+    def _encode(self, round_number: int) -> bytes | wire.EncodedStream:
+        """The update in the negotiated wire options; block-framed, it is encoded while it is sent."""
+        s = self.settings
+        w = self.wire or WireOptions(s.dtype, s.codec, s.level, s.filter, "q8" if s.quantize_update else "weights",
+                                     s.framing)
         state = local_dp(self.exchanged.state_dict(), self._received, self.settings, client=self.name,
                          round_number=round_number)  # unchanged unless local_dp_clip is set
-        return wire.encode_state(
-            state, dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter,
-            reference=self._received, quantize_update=w.update == "q8",
-            meta={"round": round_number, "client": self.name},
-        )
+        opts: dict[str, Any] = dict(dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter,
+                                    reference=self._received, quantize_update=w.update == "q8",
+                                    meta={"round": round_number, "client": self.name})
+        if w.framing == "blocks":
+            return wire.EncodedStream(wire.iter_encode_state(state, **opts))
+        return wire.encode_state(state, **opts)
 
     def train_round(self, round_number: int, config: Mapping[str, Any]) -> bool:
         """Fetch the global model, train locally, push the update. False when the server no
@@ -271,7 +281,7 @@ class FLClient:
             if self.val_data is not None and len(self.val_data) > 0:  # type: ignore[arg-type]
                 metrics.update({f"val_{k}": v for k, v in self.evaluate_fn(self.model, self.val_data).items()})
             secagg = "secagg" in cfg  # the server aggregates securely: the update goes through the protocol
-            payload = b"" if secagg else self._encode(round_number)
+            body = b"" if secagg else self._encode(round_number)
         finally:
             stop.set()
             beat.join(timeout=5)
@@ -279,19 +289,20 @@ class FLClient:
             if secagg:
                 self._secagg_send(round_number)
             else:
-                self._retry(lambda: self.transport.push_update(round_number, payload, self.num_samples, metrics))
+                self._retry(lambda: self.transport.push_update(round_number, body, self.num_samples, metrics))
         except RoundStateError as exc:
             log.warning("%s: round %d update dropped (%s); waiting for the next instruction", self.name,
                         round_number, exc)
             # Not counted: after a server restart the same round number opens again and must be trained.
             self.summary.dropped_updates.append(round_number)
             return False
-        self.summary.bytes_sent += len(payload)
+        sent = body.nbytes if isinstance(body, wire.EncodedStream) else len(body)
+        self.summary.bytes_sent += sent
         self.summary.rounds.append(round_number)
         self.summary.transports.append(self.transport_name)
         self.summary.metrics.append(metrics)
         self.last_round = round_number
-        log.info("%s: round %d sent (%d B over %s) %s", self.name, round_number, len(payload), self.transport_name,
+        log.info("%s: round %d sent (%d B over %s) %s", self.name, round_number, sent, self.transport_name,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return True
 

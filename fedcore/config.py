@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     level: int | None = C.DEFAULT_LEVEL
     filter: str = C.DEFAULT_FILTER
     quantize_update: bool = Field(False, description="clients send int8-quantised updates instead of weights")
+    framing: Literal["whole", "blocks"] = Field(
+        "whole", description="blocks: payloads are cut into 1 MiB blocks, coded while they are sent and received"
+    )
 
     # split training (the WASM paper's device/edge system): see docs/split-training.md
     mode: Literal["fedavg", "split"] = Field("fedavg", description="fedavg | split (devices train the front, the edge the rest)")

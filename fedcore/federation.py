@@ -146,7 +146,8 @@ class FederationConfig:
         values: dict[str, Any] = dict(
             min_clients=s.min_clients, round_deadline_s=s.round_deadline_s, client_timeout_s=s.client_timeout_s,
             checkpoint_dir=s.checkpoint_dir, admin_token=s.admin_token,
-            wire=WireOptions(s.dtype, s.codec, s.level, s.filter, "q8" if s.quantize_update else "weights"),
+            wire=WireOptions(s.dtype, s.codec, s.level, s.filter, "q8" if s.quantize_update else "weights",
+                             s.framing),
             max_payload_bytes=s.max_payload_bytes, body_timeout_s=s.body_timeout_s,
             max_update_norm=s.max_update_norm, max_num_samples=s.max_num_samples,
             train_config={"epochs": s.local_epochs, "batch_size": s.batch_size, "lr": s.lr, **split_train_config(s)},
@@ -451,27 +452,31 @@ class Federation(FederationOperations):
         if declared_size is not None and declared_size > cfg.max_payload_bytes:  # before any byte or slot
             raise PayloadTooLargeError(f"update of {declared_size} bytes is over the {cfg.max_payload_bytes}-byte limit")
         self._slots.acquire(rec.client_id, cfg.body_timeout_s)
+        buffer: UpdateBuffer | None = None
         try:
-            buffer = UpdateBuffer(cfg.max_payload_bytes, declared_size, cfg.body_timeout_s)
-            yield buffer
-            payload = buffer.result()
+            # The decoder takes each chunk as it arrives (a block-framed body is decoded while
+            # the rest is on the wire); decoding is outside the lock so other clients go on.
+            buffer = UpdateBuffer(cfg.max_payload_bytes, declared_size, cfg.body_timeout_s,
+                                  decoder=self._model.update_decoder())
             try:
-                # Decoding is the heavy part: outside the lock so other clients are not held up.
-                state = self._model.decode_update(payload)
+                yield buffer
+                state = buffer.decoded()
+                buffer.decode_failed = True  # from here on every PayloadError is about the content
                 if not is_finite_state(state):
                     raise PayloadError("update holds NaN or Inf values; refused")
                 self._check_norm(state)
             except PayloadError as exc:
-                with self._cond:
-                    cur = self._rounds.current
-                    if cur is not None and cur.number == round_number:
-                        cur.refused.append(Refusal(rec.name, str(exc)))
+                if buffer.decode_failed:
+                    with self._cond:
+                        cur = self._rounds.current
+                        if cur is not None and cur.number == round_number:
+                            cur.refused.append(Refusal(rec.name, str(exc)))
                 raise
             with self._cond:
                 cur = self._rounds.check_open(rec.client_id, round_number)
                 self.strategy.accumulate(state, samples)
                 cur.submitted.add(rec.client_id)
-                cur.bytes_in += len(payload)
+                cur.bytes_in += buffer.received
                 cur.client_metrics[rec.name] = clean_metrics
                 cur.client_samples[rec.name] = samples
                 if clipped:
@@ -481,6 +486,8 @@ class Federation(FederationOperations):
                 rec.rounds.append(round_number)
                 self._emit_client(rec)
         finally:
+            if buffer is not None:
+                buffer.close()
             self._slots.release(rec.client_id)
 
     def submit_update(self, caller: Caller, round_number: int, payload: bytes | bytearray | memoryview,

@@ -39,7 +39,7 @@ class GlobalModel:
         """Encode the current version once; every fetch serves these bytes."""
         o = self.options
         self.payload = wire.encode_state(self.state, dtype=o.dtype, codec=o.codec, level=o.level, filter=o.filter,
-                                         meta={"round": self.version})
+                                         meta={"round": self.version}, framed=o.framing == "blocks")
         self._reference = None
 
     def reference(self) -> dict[str, torch.Tensor]:
@@ -48,21 +48,29 @@ class GlobalModel:
             self._reference = wire.decode_state(self.payload, max_size=self.max_decoded_bytes)
         return self._reference
 
-    def decode_update(self, payload: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
-        """A client's update as tensors, checked against this model's names, shapes and dtypes.
-        The header's kind decides the decoding; it must be what the server announced."""
-        header = wire.payload_info(payload)
-        kind = header.kind
+    def update_decoder(self) -> wire.StreamDecoder:
+        """A decoder for one client's update (whole or block-framed), checked against this
+        model's names, shapes and dtypes as soon as its header is in. The header's kind must
+        be what the server announced."""
         expected_kind = "delta" if self.options.update == "q8" else "weights"
-        if kind != expected_kind:
-            raise PayloadError(
-                f"this server expects {expected_kind!r} payloads (wire update mode {self.options.update!r}), "
-                f"got {kind!r}: use the wire options from the registration reply"
-            )
-        reference = self.reference() if kind == "delta" else None
+
+        def check_kind(header: wire.AnyHeader) -> None:
+            if header.kind != expected_kind:
+                raise PayloadError(
+                    f"this server expects {expected_kind!r} payloads (wire update mode {self.options.update!r}), "
+                    f"got {header.kind!r}: use the wire options from the registration reply"
+                )
+
+        reference = self.reference() if expected_kind == "delta" else None
         bound = min(self.max_decoded_bytes, max(4 * self.nbytes, 1 << 20))
-        return wire.decode_state(payload, max_size=bound, reference=reference, expected=self.spec,
-                                 as_sent=kind == "weights")
+        return wire.StreamDecoder(max_size=bound, reference=reference, expected=self.spec,
+                                  as_sent=expected_kind == "weights", on_header=check_kind)
+
+    def decode_update(self, payload: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+        """A whole update at once (see :meth:`update_decoder`)."""
+        dec = self.update_decoder()
+        dec.feed(payload)
+        return dec.finish()
 
     def publish(self, new_state: dict[str, torch.Tensor], version: int) -> None:
         self.state = new_state

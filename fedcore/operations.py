@@ -45,6 +45,7 @@ class WireOptions:
     level: int | None
     filter: str
     update: str = "weights"  # "weights" (full model) | "q8" (int8-quantised update)
+    framing: str = "whole"  # "whole" | "blocks": block-framed, coded while it is sent and received
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 from fedcore.operations import (
     ClientInfo,
@@ -39,6 +39,27 @@ _BUILTIN = {"rest": "transports.rest:TRANSPORT", "grpc": "transports.grpc:TRANSP
 _REGISTERED: dict[str, TransportSpec] = {}
 
 
+#: a whole payload, or its chunks in order (sent as they come, for an overlapped encode)
+Payload = Union[bytes, bytearray, memoryview, Iterable[bytes]]
+#: receives each chunk of a payload as it arrives
+ChunkSink = Callable[[bytes], None]
+
+
+def payload_parts(payload: Payload, chunk_bytes: int) -> tuple[int | None, Iterator[bytes | memoryview]]:
+    """(declared size, or None for a stream; the chunks to send, none over ``chunk_bytes``)."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        view = memoryview(payload).cast("B")
+        return len(view), (view[i : i + chunk_bytes] for i in range(0, len(view), chunk_bytes))
+
+    def pieces() -> Iterator[bytes | memoryview]:
+        for part in payload:
+            view = memoryview(part).cast("B")
+            for i in range(0, len(view), chunk_bytes):
+                yield view[i : i + chunk_bytes]
+
+    return None, pieces()
+
+
 class ClientTransport(ABC):
     """One client's connection to a server: every client-side operation. After
     :meth:`register` it carries the id and token; admin operations take the admin token."""
@@ -59,8 +80,10 @@ class ClientTransport(ABC):
         """Join (or, with id + token, resume) and remember the credentials."""
 
     @abstractmethod
-    def fetch_global(self) -> GlobalModel:
-        """The updated global parameters (GET /transmitter)."""
+    def fetch_global(self, sink: ChunkSink | None = None) -> GlobalModel:
+        """The updated global parameters (GET /transmitter). With ``sink`` every chunk is also
+        handed to it the moment it arrives (a :class:`fedcore.wire.StreamDecoder`'s ``feed``
+        decodes a block-framed model while the rest of it is still on the wire)."""
 
     def fetch_initial(self) -> GlobalModel:
         """The initial (current global) parameters (GET /client); the same bytes by default."""
@@ -71,8 +94,10 @@ class ClientTransport(ABC):
         """Report state; long-poll for the next instruction."""
 
     @abstractmethod
-    def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
-        """Send local parameters for a round."""
+    def push_update(self, round_number: int, payload: Payload, num_samples: int, metrics: Mapping[str, float]) -> None:
+        """Send local parameters for a round: whole bytes (their size is declared up front) or
+        an iterable of chunks sent as they are produced (a block-framed payload still being
+        encoded; no size is declared). An iterable is iterated once per attempt."""
 
     @abstractmethod
     def submit_evaluation(self, round_number: int, report: EvaluationReport) -> EvaluationReceipt:

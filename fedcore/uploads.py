@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from fedcore.wire import StreamDecoder
 
 from fedcore.errors import PayloadError, PayloadTooLargeError, TransportError, UploadTimeoutError
 
@@ -79,12 +85,23 @@ class BoundedBuffer:
 
 class UpdateBuffer(BoundedBuffer):
     """An upload's bytes, also checked against the body deadline on every write (the core's
-    UpdateSink)."""
+    UpdateSink).
 
-    def __init__(self, limit: int, declared: int | None, timeout_s: float) -> None:
-        super().__init__(limit, declared)
+    Given a ``decoder`` (a :class:`fedcore.wire.StreamDecoder`), the bytes are not kept: each
+    write is fed to it, so a block-framed payload is decoded while the rest of it is still on
+    the wire and :meth:`decoded` returns the tensors."""
+
+    def __init__(self, limit: int, declared: int | None, timeout_s: float,
+                 decoder: StreamDecoder | None = None) -> None:
+        # With a decoder the declared size is checked here and counted in write(), never allocated.
+        super().__init__(limit, None if decoder is not None else declared)
+        if decoder is not None and declared is not None:
+            BoundedBuffer(limit, declared if declared < 0 or declared > limit else 0)  # raises for a bad one
+        self.expected_total = declared
         self.deadline = time.monotonic() + timeout_s
         self.timeout_s = timeout_s
+        self.decoder = decoder
+        self.decode_failed = False
 
     def remaining_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -92,4 +109,34 @@ class UpdateBuffer(BoundedBuffer):
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if time.monotonic() > self.deadline:
             raise UploadTimeoutError(f"update body took longer than {self.timeout_s:.0f}s to arrive")
-        super().write(chunk)
+        if self.decoder is None:
+            super().write(chunk)
+            return
+        end = self.received + len(chunk)
+        if end > self.limit:
+            raise PayloadTooLargeError(f"payload passed the {self.limit}-byte limit while streaming")
+        if self.expected_total is not None and end > self.expected_total:
+            raise PayloadError(f"payload is longer than its declared {self.expected_total} bytes")
+        self.received = end
+        try:
+            self.decoder.feed(chunk)
+        except PayloadError:
+            self.decode_failed = True
+            raise
+
+    def decoded(self) -> dict[str, torch.Tensor]:
+        """The tensors the decoder made of the whole body (a truncated body is a PayloadError)."""
+        if self.decoder is None:
+            raise RuntimeError("this buffer has no decoder")
+        if self.expected_total is not None and self.received != self.expected_total:
+            raise PayloadError(f"payload truncated: {self.received} of {self.expected_total} bytes arrived")
+        try:
+            return self.decoder.finish()
+        except PayloadError:
+            self.decode_failed = True
+            raise
+
+    def close(self) -> None:
+        """Release what a decoder holds when the body did not end in :meth:`decoded`."""
+        if self.decoder is not None:
+            self.decoder.abort()

@@ -10,6 +10,12 @@ Layout (all integers little-endian; the full byte-level spec is the README's "Wi
     header: UTF-8 JSON, header_len bytes
     segment bodies, back to back, in header order
 
+A *block-framed* payload (flags bit 0 set) cuts every segment into fixed-size blocks, each
+filtered, compressed and checksummed on its own and preceded by a 12-byte frame header, so a
+sender can write its header before compressing anything and a receiver can decode each block
+as it arrives: encode, transfer and decode overlap (:func:`iter_encode_state`,
+:class:`StreamDecoder`).
+
 The decoder trusts nothing: the header is parsed into a strict schema (bounded size and depth),
 every tensor must tile its segment exactly, sizes are checked against the expected model before
 anything is decompressed, decompression is bounded by the declared raw size, and both the
@@ -19,10 +25,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import threading
 import warnings
 import zlib
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
@@ -55,6 +65,13 @@ from fedcore.errors import PayloadError, PayloadTooLargeError
 StateDict = Mapping[str, torch.Tensor]
 
 _PREFIX = struct.Struct("<4sBBHII")
+_FRAME = struct.Struct("<III")  # body size, crc32 of the body, crc32 of the block's raw bytes
+
+#: prefix flag: the segments are cut into blocks, each a frame of its own (README, section 9)
+FLAG_FRAMED = 1
+MIN_BLOCK = 1 << 16
+MAX_BLOCK = 1 << 26
+DEFAULT_BLOCK = 1 << 20
 
 DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float32: "float32",
@@ -137,13 +154,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class SegmentHeader(_Strict):
-    """One segment: the raw bytes of every tensor of one wire dtype, filtered then compressed."""
-
+class _SegmentBase(_Strict):
     dtype: DtypeName
     filter: FilterName
     codec: CodecName
     raw: ByteCount
+
+
+class SegmentHeader(_SegmentBase):
+    """One segment: the raw bytes of every tensor of one wire dtype, filtered then compressed."""
+
     size: ByteCount
     crc32: U32
     raw_crc32: U32
@@ -174,17 +194,51 @@ class Q8Tensor(_Strict):
 TensorEntry = Annotated[Union[RawTensor, Q8Tensor], Field(discriminator="enc")]
 
 
-class WireHeader(_Strict):
-    """The JSON header of a payload, as the decoder accepts it (see the README's "Wire format" section)."""
+def _power_of_two(n: int) -> int:
+    if n & (n - 1):
+        raise ValueError(f"block {n} is not a power of two")
+    return n
 
+
+BlockSize = Annotated[int, Field(ge=MIN_BLOCK, le=MAX_BLOCK), AfterValidator(_power_of_two)]
+
+
+class FramedSegmentHeader(_SegmentBase):
+    """A segment of a block-framed payload: its sizes and checksums are in each frame."""
+
+    block: BlockSize
+
+
+class _HeaderBase(_Strict):
+    segments: Sequence[_SegmentBase]  # each kind of header says which segments it holds
     version: Annotated[int, Field(ge=WIRE_VERSION, le=WIRE_VERSION)]
     kind: Literal["weights", "delta"]
     dtype: CastName
     codec: CodecName
     level: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None
-    segments: Annotated[list[SegmentHeader], Field(max_length=WIRE_MAX_SEGMENTS)]
     tensors: Annotated[list[TensorEntry], Field(max_length=WIRE_MAX_TENSORS)]
     meta: Annotated[dict[MetaKey, MetaValue], Field(max_length=WIRE_MAX_META_ITEMS)]
+
+
+class WireHeader(_HeaderBase):
+    """The JSON header of a payload, as the decoder accepts it (see the README's "Wire format" section)."""
+
+    segments: Annotated[list[SegmentHeader], Field(max_length=WIRE_MAX_SEGMENTS)]
+
+
+class FramedWireHeader(_HeaderBase):
+    """The header of a block-framed payload (prefix flag 1): segments declare a block size."""
+
+    segments: Annotated[list[FramedSegmentHeader], Field(max_length=WIRE_MAX_SEGMENTS)]
+
+
+AnyHeader = Union[WireHeader, FramedWireHeader]
+
+
+def frame_body_limit(raw: int) -> int:
+    """The most bytes a frame's body may take for ``raw`` bytes of block (codecs expand
+    incompressible data a little; anything past this is refused before it is buffered)."""
+    return raw + raw // 8 + 4096
 
 
 # ------------------------------------------------------------------ encoding
@@ -214,20 +268,49 @@ class _SegmentBuilder:
         return joined.view(torch.uint8).numpy().data
 
 
-def encode_state(
+@dataclass
+class _Collected:
+    """A state_dict cast and grouped into segments, before any filter or codec."""
+
+    kind: str
+    wire_dtype: str
+    codec: compression.Codec
+    level: int | None
+    filter: str
+    segments: list[_SegmentBuilder]
+    entries: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    def filters(self) -> list[str]:
+        """The filter each segment uses (``auto`` resolved per dtype)."""
+        return [compression.default_filter(b.dtype) if self.filter == "auto" else self.filter for b in self.segments]
+
+    def header(self, segments: list[dict[str, Any]]) -> bytes:
+        header = {
+            "version": WIRE_VERSION,
+            "kind": self.kind,
+            "dtype": self.wire_dtype,
+            "codec": self.codec.name,
+            "level": self.level,
+            "segments": segments,
+            "tensors": self.entries,
+            "meta": self.meta,
+        }
+        return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _collect(
     state: StateDict,
     *,
-    dtype: str = DEFAULT_DTYPE,
-    codec: str = DEFAULT_CODEC,
-    level: int | None = DEFAULT_LEVEL,
-    filter: str = DEFAULT_FILTER,
-    reference: StateDict | None = None,
-    quantize_update: bool = False,
-    exact: Iterable[str] = (),
-    meta: Mapping[str, Any] | None = None,
-) -> bytes:
-    """Encode a state_dict. With ``quantize_update`` the payload holds ``state - reference``
-    quantised int8 per output channel; untrained buffers (and names in ``exact``) travel as-is."""
+    dtype: str,
+    codec: str,
+    level: int | None,
+    filter: str,
+    reference: StateDict | None,
+    quantize_update: bool,
+    exact: Iterable[str],
+    meta: Mapping[str, Any] | None,
+) -> _Collected:
     wire_dtype = canonical_dtype(dtype)
     codec_obj = compression.get_codec(codec)
     if filter != "auto":
@@ -270,11 +353,37 @@ def encode_state(
             entry["wire"] = wd
             entry["data"] = [i, *b.add(target)]
         entries.append(entry)
+    kind = "delta" if quantize_update else "weights"
+    return _Collected(kind, wire_dtype, codec_obj, level, filter, list(segments.values()), entries, dict(meta or {}))
 
+
+def encode_state(
+    state: StateDict,
+    *,
+    dtype: str = DEFAULT_DTYPE,
+    codec: str = DEFAULT_CODEC,
+    level: int | None = DEFAULT_LEVEL,
+    filter: str = DEFAULT_FILTER,
+    reference: StateDict | None = None,
+    quantize_update: bool = False,
+    exact: Iterable[str] = (),
+    meta: Mapping[str, Any] | None = None,
+    framed: bool = False,
+    block: int = DEFAULT_BLOCK,
+) -> bytes:
+    """Encode a state_dict. With ``quantize_update`` the payload holds ``state - reference``
+    quantised int8 per output channel; untrained buffers (and names in ``exact``) travel as-is.
+    With ``framed`` the payload is block-framed (the same bytes :func:`iter_encode_state` yields)."""
+    if framed:
+        return b"".join(iter_encode_state(state, dtype=dtype, codec=codec, level=level, filter=filter,
+                                          reference=reference, quantize_update=quantize_update, exact=exact,
+                                          meta=meta, block=block))
+    c = _collect(state, dtype=dtype, codec=codec, level=level, filter=filter, reference=reference,
+                 quantize_update=quantize_update, exact=exact, meta=meta)
+    codec_obj = c.codec
     bodies: list[bytes | memoryview] = []
     seg_headers: list[dict[str, Any]] = []
-    for builder in segments.values():
-        filt = compression.default_filter(builder.dtype) if filter == "auto" else filter
+    for builder, filt in zip(c.segments, c.filters()):
         if filt == "none" and codec_obj.name == "none":
             # Identity steps are skipped: the tensors' own bytes go out, copied once by the join.
             parts = builder.views()
@@ -286,8 +395,7 @@ def encode_state(
         else:
             raw = builder.to_bytes()
             raw_crc = zlib.crc32(raw)
-            filtered = raw if filt == "none" else compression.get_filter(filt).encode(raw, builder.dtype)
-            body = filtered if codec_obj.name == "none" else codec_obj.compress(filtered, level)
+            body = _filter_compress(raw, builder.dtype, filt, codec_obj, c.level)
             bodies.append(body)
             size, crc = len(body), zlib.crc32(body)
         seg_headers.append(
@@ -301,19 +409,119 @@ def encode_state(
                 "raw_crc32": raw_crc,
             }
         )
-    header = {
-        "version": WIRE_VERSION,
-        "kind": "delta" if quantize_update else "weights",
-        "dtype": wire_dtype,
-        "codec": codec_obj.name,
-        "level": level,
-        "segments": seg_headers,
-        "tensors": entries,
-        "meta": dict(meta or {}),
-    }
-    hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    hbytes = c.header(seg_headers)
     prefix = _PREFIX.pack(WIRE_MAGIC, WIRE_VERSION, 0, 0, len(hbytes), zlib.crc32(hbytes))
     return b"".join([prefix, hbytes, *bodies])
+
+
+def _filter_compress(raw: bytes | memoryview, dtype: str, filt: str, codec: compression.Codec,
+                     level: int | None) -> bytes | memoryview:
+    filtered = raw if filt == "none" else compression.get_filter(filt).encode(raw, dtype)
+    return filtered if codec.name == "none" else codec.compress(filtered, level)
+
+
+# ------------------------------------------------------------------ block-framed streaming
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_workers = 1
+
+
+def codec_pool() -> ThreadPoolExecutor:
+    """The threads that filter and (de)compress blocks; zstd, lz4 and numpy release the GIL, so
+    blocks of one payload (and of several clients' payloads) are coded in parallel."""
+    global _pool, _workers
+    with _pool_lock:
+        if _pool is None:
+            _workers = int(os.environ.get("FEDCORE_CODEC_THREADS", "0")) or min(4, os.cpu_count() or 1)
+            _pool = ThreadPoolExecutor(max_workers=_workers, thread_name_prefix="fedcore-codec")
+        return _pool
+
+
+def _encode_frame(raw: memoryview, dtype: str, filt: str, codec: compression.Codec, level: int | None) -> bytes:
+    body = _filter_compress(raw, dtype, filt, codec, level)
+    if len(body) > frame_body_limit(len(raw)):  # never seen with the registered codecs; refuse rather than send it
+        raise PayloadError(f"codec {codec.name} expanded a {len(raw)}-byte block to {len(body)} bytes")
+    return b"".join([_FRAME.pack(len(body), zlib.crc32(body), zlib.crc32(raw)), body])
+
+
+def iter_encode_state(
+    state: StateDict,
+    *,
+    dtype: str = DEFAULT_DTYPE,
+    codec: str = DEFAULT_CODEC,
+    level: int | None = DEFAULT_LEVEL,
+    filter: str = DEFAULT_FILTER,
+    reference: StateDict | None = None,
+    quantize_update: bool = False,
+    exact: Iterable[str] = (),
+    meta: Mapping[str, Any] | None = None,
+    block: int = DEFAULT_BLOCK,
+) -> Iterator[bytes]:
+    """A block-framed payload as a stream of byte strings: the prefix and header first (before
+    anything is compressed), then one frame per block in order, each yielded as soon as it is
+    coded; blocks are coded on :func:`codec_pool` a few ahead of the consumer."""
+    if block < MIN_BLOCK or block > MAX_BLOCK or block & (block - 1):
+        raise ValueError(f"block must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}, not {block}")
+    c = _collect(state, dtype=dtype, codec=codec, level=level, filter=filter, reference=reference,
+                 quantize_update=quantize_update, exact=exact, meta=meta)
+    filters = c.filters()
+    seg_headers = [{"dtype": b.dtype, "filter": f, "codec": c.codec.name, "raw": b.nbytes, "block": block}
+                   for b, f in zip(c.segments, filters)]
+    hbytes = c.header(seg_headers)
+    yield _PREFIX.pack(WIRE_MAGIC, WIRE_VERSION, FLAG_FRAMED, 0, len(hbytes), zlib.crc32(hbytes)) + hbytes
+    pool = codec_pool()
+    ahead = 2 * (_workers + 1)
+    pending: deque[Future[bytes]] = deque()
+    try:
+        for builder, filt in zip(c.segments, filters):
+            raw = builder.to_bytes()
+            for off in range(0, len(raw), block):
+                pending.append(pool.submit(_encode_frame, raw[off : off + block], builder.dtype, filt, c.codec, c.level))
+                while len(pending) >= ahead:
+                    yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+
+
+class EncodedStream:
+    """A payload being encoded, iterable any number of times: the first pass pulls chunks from
+    the encoder as they are ready (so they can be sent while the rest is coded), later passes
+    (a retried upload) replay what was kept."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._source: Iterator[bytes] | None = chunks
+        self._kept: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[bytes]:
+        i = 0
+        while True:
+            with self._lock:
+                if i < len(self._kept):
+                    chunk = self._kept[i]
+                elif self._source is None:
+                    return
+                else:
+                    nxt = next(self._source, None)
+                    if nxt is None:
+                        self._source = None
+                        return
+                    self._kept.append(nxt)
+                    chunk = nxt
+            i += 1
+            yield chunk
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes encoded so far (all of them once a pass has ended)."""
+        return sum(len(c) for c in self._kept)
+
+    def getvalue(self) -> bytes:
+        """The whole payload (encodes what is left)."""
+        return b"".join(self)
 
 
 # ------------------------------------------------------------------ header parsing
@@ -368,7 +576,7 @@ def _first_error(exc: pydantic.ValidationError) -> str:
     return f"{loc}: {e['msg']}{more}"
 
 
-def read_header(data: bytes | bytearray | memoryview) -> tuple[WireHeader, int]:
+def read_header(data: bytes | bytearray | memoryview) -> tuple[AnyHeader, int]:
     """Parse and check the prefix and JSON header; returns (header, offset of first segment)."""
     view = memoryview(data).cast("B")
     if len(view) < _PREFIX.size:
@@ -382,8 +590,8 @@ def read_header(data: bytes | bytearray | memoryview) -> tuple[WireHeader, int]:
         )
     if version != WIRE_VERSION:
         raise PayloadError(f"unsupported wire format version {version} (this build reads {WIRE_VERSION})")
-    if flags or reserved:
-        raise PayloadError(f"prefix flags ({flags}) and reserved ({reserved}) must be 0")
+    if flags not in (0, FLAG_FRAMED) or reserved:
+        raise PayloadError(f"prefix flags ({flags}) must be 0 or {FLAG_FRAMED} (block-framed) and reserved ({reserved}) 0")
     if hlen > WIRE_MAX_HEADER_BYTES:
         raise PayloadTooLargeError(f"header of {hlen} bytes is over the {WIRE_MAX_HEADER_BYTES}-byte limit")
     end = _PREFIX.size + hlen
@@ -406,7 +614,7 @@ def read_header(data: bytes | bytearray | memoryview) -> tuple[WireHeader, int]:
     if type(hv) is not int or hv != version:
         raise PayloadError(f"malformed header: header version {hv!r} differs from the prefix version {version}")
     try:
-        header = WireHeader.model_validate(obj)
+        header: AnyHeader = (FramedWireHeader if flags & FLAG_FRAMED else WireHeader).model_validate(obj)
     except pydantic.ValidationError as exc:
         raise PayloadError(f"malformed header: {_first_error(exc)}") from None
     _check_layout(header)
@@ -432,7 +640,7 @@ def _refs(t: RawTensor | Q8Tensor) -> list[tuple[str, list[int], str, int]]:
     return [("data", t.data, "int8", _numel(t.shape)), ("scale", t.scale, "float32", 4 * _channels(t.shape))]
 
 
-def _check_layout(h: WireHeader) -> None:
+def _check_layout(h: AnyHeader) -> None:
     """What the schema cannot say: cross-references, sizes, tiling, and the kind's rules."""
     nseg = len(h.segments)
     dtypes = [s.dtype for s in h.segments]
@@ -441,7 +649,7 @@ def _check_layout(h: WireHeader) -> None:
     for i, s in enumerate(h.segments):
         if s.codec != h.codec:
             raise PayloadError(f"malformed header: segment {i} uses codec {s.codec!r}, the header says {h.codec!r}")
-        if s.codec == "none" and s.size != s.raw:
+        if isinstance(s, SegmentHeader) and s.codec == "none" and s.size != s.raw:
             raise PayloadError(f"malformed header: segment {i} is stored (codec none) but size {s.size} != raw {s.raw}")
         if s.raw % ITEMSIZE[s.dtype]:
             raise PayloadError(f"malformed header: segment {i} raw size {s.raw} is not a whole number of {s.dtype}")
@@ -487,7 +695,7 @@ def _check_layout(h: WireHeader) -> None:
             raise PayloadError(f"malformed header: segment {i} declares {s.raw} raw bytes, its tensors hold {cursor}")
 
 
-def _check_expected(header: WireHeader, expected: Mapping[str, TensorSpec]) -> None:
+def _check_expected(header: AnyHeader, expected: Mapping[str, TensorSpec]) -> None:
     """Same names, shapes and dtypes as the model, and so exactly the model's bytes per segment."""
     got = {t.name: t for t in header.tensors}
     missing = sorted(set(expected) - set(got))
@@ -521,7 +729,7 @@ def decode_state(
     expected: Mapping[str, TensorSpec] | None = None,
     as_sent: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Decode a payload into tensors of their original dtypes.
+    """Decode a payload (whole or block-framed) into tensors of their original dtypes.
 
     With ``as_sent`` raw tensors stay in their wire dtype as read-only views of the decoded
     segment (no cast, no copy): for consumers that only read, such as an aggregator folding
@@ -534,14 +742,12 @@ def decode_state(
     A ``delta`` payload needs ``reference``.
     """
     header, pos = read_header(data)
+    if isinstance(header, FramedWireHeader):
+        dec = StreamDecoder(max_size=max_size, reference=reference, expected=expected, as_sent=as_sent)
+        dec.feed(data)
+        return dec.finish()
     view = memoryview(data).cast("B")
-    if expected is not None:
-        _check_expected(header, expected)
-    total_raw = sum(s.raw for s in header.segments)
-    if total_raw > max_size:
-        raise PayloadTooLargeError(f"payload inflates to {total_raw} bytes, over the {max_size}-byte limit")
-    if header.kind == "delta" and reference is None:
-        raise PayloadError("payload holds an update (delta); decoding it needs the reference global model")
+    _admit(header, max_size, reference, expected)
     body_bytes = sum(s.size for s in header.segments)
     if pos + body_bytes > len(view):
         raise PayloadError(f"payload truncated: segments need {body_bytes} bytes, {len(view) - pos} follow the header")
@@ -552,8 +758,25 @@ def decode_state(
     for i, s in enumerate(header.segments):
         body = view[pos : pos + s.size]
         pos += s.size
-        raws.append(_decode_segment(i, s, body))
+        raws.append(_inflate(f"segment {i}", s.dtype, s.filter, s.codec, s.raw, s.crc32, s.raw_crc32, body))
+    return _tensors(header, raws, reference, as_sent)
 
+
+def _admit(header: AnyHeader, max_size: int, reference: StateDict | None,
+           expected: Mapping[str, TensorSpec] | None) -> None:
+    """Every check that needs only the header: done before anything is decompressed."""
+    if expected is not None:
+        _check_expected(header, expected)
+    total_raw = sum(s.raw for s in header.segments)
+    if total_raw > max_size:
+        raise PayloadTooLargeError(f"payload inflates to {total_raw} bytes, over the {max_size}-byte limit")
+    if header.kind == "delta" and reference is None:
+        raise PayloadError("payload holds an update (delta); decoding it needs the reference global model")
+
+
+def _tensors(header: AnyHeader, raws: list[bytes | memoryview], reference: StateDict | None,
+             as_sent: bool) -> dict[str, torch.Tensor]:
+    """Tensors from the decoded segments (README section 5)."""
     out: dict[str, torch.Tensor] = {}
     for t in header.tensors:
         shape = tuple(t.shape)
@@ -567,25 +790,208 @@ def decode_state(
     return out
 
 
-def _decode_segment(i: int, s: SegmentHeader, body: memoryview) -> bytes | memoryview:
-    """Checksum, inflate (never past ``raw`` bytes), un-filter and checksum again."""
-    if zlib.crc32(body) != s.crc32:
-        raise PayloadError(f"segment {i} checksum mismatch: payload corrupt")
+def _inflate(what: str, dtype: str, filt: str, codec: str, raw_n: int, crc: int, raw_crc: int,
+             body: bytes | memoryview) -> bytes | memoryview:
+    """Checksum, inflate (never past ``raw_n`` bytes), un-filter and checksum again: one
+    segment of a whole payload or one block of a framed one."""
+    if zlib.crc32(body) != crc:
+        raise PayloadError(f"{what} checksum mismatch: payload corrupt")
     try:
-        if s.codec == "none":  # identity: size already equals raw; checked, never copied
+        if codec == "none":  # identity: size already equals raw; checked, never copied
             filtered: bytes | memoryview = body
         else:
-            filtered = compression.get_codec(s.codec).decompress(body, max_size=s.raw)
-        if len(filtered) != s.raw:
-            raise PayloadError(f"segment {i} inflated to {len(filtered)} bytes, header says {s.raw}")
-        raw = filtered if s.filter == "none" else compression.get_filter(s.filter).decode(filtered, s.dtype)
+            filtered = compression.get_codec(codec).decompress(body, max_size=raw_n)
+        if len(filtered) != raw_n:
+            raise PayloadError(f"{what} inflated to {len(filtered)} bytes, header says {raw_n}")
+        raw = filtered if filt == "none" else compression.get_filter(filt).decode(filtered, dtype)
     except compression.DecompressionLimitError as exc:
-        raise PayloadTooLargeError(f"segment {i}: {exc}") from None
+        raise PayloadTooLargeError(f"{what}: {exc}") from None
     except compression.CompressionError as exc:
-        raise PayloadError(f"segment {i} does not decode: {exc}") from None
-    if zlib.crc32(raw) != s.raw_crc32:
-        raise PayloadError(f"segment {i} raw checksum mismatch: wrong filter, codec or dtype label")
+        raise PayloadError(f"{what} does not decode: {exc}") from None
+    if zlib.crc32(raw) != raw_crc:
+        raise PayloadError(f"{what} raw checksum mismatch: wrong filter, codec or dtype label")
     return raw
+
+
+@dataclass(frozen=True)
+class _Block:
+    segment: int
+    offset: int
+    size: int
+
+
+class StreamDecoder:
+    """Decodes a payload while its bytes arrive: ``feed(chunk)`` as often as chunks come, then
+    ``finish()`` for the tensors.
+
+    A block-framed payload is checked against the model as soon as its header is in (before
+    any block is decompressed), and each frame is decoded on :func:`codec_pool` the moment its
+    last byte arrives, straight into the segment's buffer, so decoding overlaps the transfer
+    and ``finish()`` waits only for the last blocks. A whole (unframed) payload is buffered and
+    decoded by :func:`decode_state` at ``finish()``. Any error is a :class:`PayloadError` (or
+    :class:`PayloadTooLargeError`) raised by ``feed`` or ``finish``; after one the decoder is
+    spent and holds nothing.
+    """
+
+    _COMPACT = 1 << 20
+
+    def __init__(
+        self,
+        *,
+        max_size: int = DEFAULT_MAX_DECODED_BYTES,
+        reference: StateDict | None = None,
+        expected: Mapping[str, TensorSpec] | None = None,
+        as_sent: bool = False,
+        on_header: Callable[[AnyHeader], None] | None = None,
+    ) -> None:
+        self.max_size = max_size
+        self.reference = reference
+        self.expected = expected
+        self.as_sent = as_sent
+        self.on_header = on_header
+        self.header: AnyHeader | None = None
+        self.received = 0
+        self._buf = bytearray()
+        self._pos = 0
+        self._segments: list[bytearray] = []
+        self._blocks: list[_Block] = []
+        self._next = 0
+        self._frame: tuple[int, int, int] | None = None
+        self._jobs: list[Future[None]] = []
+        self._checked = 0
+        self._error: PayloadError | None = None
+
+    @property
+    def framed(self) -> bool:
+        return isinstance(self.header, FramedWireHeader)
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        try:
+            self._buf += chunk
+            self.received += len(chunk)
+            self._advance()
+            self._raise_done_errors()
+        except PayloadError as exc:
+            self._fail(exc)
+            raise
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """The decoded tensors; a payload that stopped short is a :class:`PayloadError`."""
+        if self._error is not None:
+            raise self._error
+        try:
+            if self.header is None:
+                raise PayloadError(f"payload truncated: {self.received} bytes hold no complete header")
+            if not isinstance(self.header, FramedWireHeader):
+                return decode_state(self._buf, max_size=self.max_size, reference=self.reference,
+                                    expected=self.expected, as_sent=self.as_sent)
+            if self._next < len(self._blocks):
+                raise PayloadError(
+                    f"payload truncated: {len(self._blocks) - self._next} of {len(self._blocks)} blocks did not arrive"
+                )
+            for job in self._jobs:
+                job.result()
+            raws: list[bytes | memoryview] = [memoryview(b) for b in self._segments]
+            out = _tensors(self.header, raws, self.reference, self.as_sent)
+        except PayloadError as exc:
+            self._fail(exc)
+            raise
+        self._segments = []
+        return out
+
+    def abort(self) -> None:
+        """Drop everything (a transport gave up on the stream)."""
+        self._fail(PayloadError("payload stream aborted"))
+
+    # ---------------------------------------------------------------- internals
+    def _fail(self, exc: PayloadError) -> None:
+        self._error = exc
+        for job in self._jobs:
+            job.cancel()
+        for job in self._jobs:  # a running block writes into the buffers: let it end first
+            if not job.cancelled():
+                try:
+                    job.result()
+                except Exception:  # noqa: BLE001 - the first error is the one reported
+                    pass
+        self._buf = bytearray()
+        self._segments = []
+        self._jobs = []
+
+    def _raise_done_errors(self) -> None:
+        while self._checked < len(self._jobs) and self._jobs[self._checked].done():
+            self._jobs[self._checked].result()
+            self._checked += 1
+
+    def _avail(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _take(self, n: int) -> memoryview:
+        view = memoryview(self._buf)[self._pos : self._pos + n]
+        self._pos += n
+        return view
+
+    def _advance(self) -> None:
+        if self.header is None and not self._read_header():
+            return
+        if not isinstance(self.header, FramedWireHeader):
+            return  # whole payload: kept as it comes, decoded at finish()
+        while True:
+            if self._next == len(self._blocks):
+                if self._avail():
+                    raise PayloadError(f"{self._avail()} trailing bytes after the last block")
+                break
+            block = self._blocks[self._next]
+            seg = self.header.segments[block.segment]
+            if self._frame is None:
+                if self._avail() < _FRAME.size:
+                    break
+                with self._take(_FRAME.size) as fh:
+                    size, crc, raw_crc = _FRAME.unpack(fh)
+                if seg.codec == "none" and size != block.size:
+                    raise PayloadError(f"block {self._next} is stored (codec none) but its size {size} != {block.size}")
+                if size > frame_body_limit(block.size):
+                    raise PayloadTooLargeError(
+                        f"block {self._next} declares a {size}-byte body for {block.size} raw bytes"
+                    )
+                self._frame = (size, crc, raw_crc)
+            size, crc, raw_crc = self._frame
+            if self._avail() < size:
+                break
+            body = bytes(self._take(size))
+            out = memoryview(self._segments[block.segment])[block.offset : block.offset + block.size]
+            self._jobs.append(codec_pool().submit(_decode_block, f"block {self._next} (segment {block.segment})",
+                                                  seg, block.size, crc, raw_crc, body, out))
+            self._frame = None
+            self._next += 1
+        if self._pos > self._COMPACT and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    def _read_header(self) -> bool:
+        if len(self._buf) < _PREFIX.size:
+            return False
+        hlen = _PREFIX.unpack_from(self._buf, 0)[4]
+        if hlen <= WIRE_MAX_HEADER_BYTES and len(self._buf) < _PREFIX.size + hlen:
+            return False  # read_header refuses the oversize header straight away
+        header, end = read_header(self._buf)
+        if self.on_header is not None:
+            self.on_header(header)
+        _admit(header, self.max_size, self.reference, self.expected)
+        self.header = header
+        if isinstance(header, FramedWireHeader):
+            self._pos = end
+            self._segments = [bytearray(s.raw) for s in header.segments]
+            self._blocks = [_Block(i, off, min(s.block, s.raw - off))
+                            for i, s in enumerate(header.segments) for off in range(0, s.raw, s.block)]
+        return True
+
+
+def _decode_block(what: str, seg: FramedSegmentHeader, n: int, crc: int, raw_crc: int, body: bytes,
+                  out: memoryview) -> None:
+    out[:] = _inflate(what, seg.dtype, seg.filter, seg.codec, n, crc, raw_crc, body)
 
 
 def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDict | None) -> torch.Tensor:
@@ -617,7 +1023,7 @@ def _view(raws: list[bytes | memoryview], ref: list[int], dtype: str) -> torch.T
         return torch.frombuffer(raws[seg_i], dtype=tdt, count=n // ITEMSIZE[dtype], offset=off)
 
 
-def payload_info(data: bytes | bytearray | memoryview) -> WireHeader:
+def payload_info(data: bytes | bytearray | memoryview) -> AnyHeader:
     """The header of a payload, for logging and the dashboard (no tensor decoding)."""
     header, _ = read_header(data)
     return header

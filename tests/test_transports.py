@@ -192,6 +192,63 @@ def test_bad_input_is_refused_and_server_survives(harness: Harness, transport: s
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_block_framed_rounds(harness: Harness, transport: str) -> None:
+    """framing = "blocks": the global is served block-framed and decoded as it downloads, and
+    updates are encoded while they are sent (no declared size) and decoded as they arrive."""
+    srv = harness.server(make_settings(transport, min_clients=2, framing="blocks"), stop_when_done=True)
+    fed = srv.federation
+    cs = [harness.client(srv, f"c{i}", i, transport=transport) for i in range(2)]
+    wait_until(lambda: fed.status().ready == 2, what="2 ready clients")
+    fed.start_autorun(2)
+    assert fed.wait_for_round(2, 60)
+    assert isinstance(wire.payload_info(fed._model.payload), wire.FramedWireHeader)
+    hist = fed.history()
+    assert [_names(h) for h in hist] == [["c0", "c1"]] * 2 and all(not h.refused for h in hist)
+    for c in cs:
+        c.thread.join(20)
+        assert c.error is None and c.result.rounds == [1, 2] and c.result.bytes_sent > 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bad_block_streams_are_refused_and_server_survives(harness: Harness, transport: str) -> None:
+    srv = harness.server(make_settings(transport, min_clients=1, framing="blocks"))
+    fed = srv.federation
+    spec = get_transport(transport)
+    cs = srv.client_settings()
+    t = spec.client(cs.address_for(transport), cs)
+    try:
+        reg = t.register("probe", 100)
+        assert reg.wire is not None and reg.wire.framing == "blocks"
+        dec = wire.StreamDecoder(expected=wire.spec_of(fed.global_state))
+        served = t.fetch_global(sink=dec.feed).payload
+        state = dec.finish()
+        assert isinstance(wire.payload_info(served), wire.FramedWireHeader)
+        t.signal(ClientState.READY)
+        fed.start_autorun(1)
+        wait_until(lambda: fed.status().current_round == 1, what="round 1")
+        assert t.signal(ClientState.READY).action is Action.TRAIN
+        before = {k: v.clone() for k, v in fed.global_state.items()}
+        w = reg.wire
+        good = list(wire.iter_encode_state(state, dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter,
+                                           block=wire.MIN_BLOCK))
+        assert len(good) >= 2
+        corrupt = [*good[:-1], good[-1][:-5] + bytes(b ^ 0x55 for b in good[-1][-5:])]
+        with pytest.raises(PayloadError, match="truncated"):
+            t.push_update(1, good[:-1], 100, {})
+        with pytest.raises(PayloadError, match="checksum|decode"):
+            t.push_update(1, corrupt, 100, {})
+        with pytest.raises(PayloadError, match="trailing"):
+            t.push_update(1, [*good, b"\0" * 3], 100, {})
+        assert all(torch.equal(before[k], v) for k, v in fed.global_state.items())
+        t.push_update(1, iter(good), 100, {})  # a one-shot stream, as an encoder yields it
+        assert fed.wait_for_round(1, 30)
+        refused = fed.history()[0].refused
+        assert len(refused) == 3 and all(r.client == "probe" for r in refused)
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_disconnect_and_status(harness: Harness, transport: str) -> None:
     srv = harness.server(make_settings(transport))
     spec = get_transport(transport)

@@ -28,11 +28,11 @@ from fedcore.operations import (
     Status,
 )
 from fedcore.states import ClientState
-from fedcore.transport import ClientTransport
+from fedcore.transport import ChunkSink, ClientTransport, Payload, payload_parts
 
 from . import fedcore_pb2 as pb
 from . import fedcore_pb2_grpc as pb_grpc
-from .chunking import BoundedBuffer, iter_chunks
+from .chunking import BoundedBuffer
 from .messages import (
     client_info_from_pb,
     control_from_pb,
@@ -107,7 +107,7 @@ class GrpcClientTransport(ClientTransport):
         self.client_name = name
         return reg
 
-    def fetch_global(self) -> GlobalModel:
+    def fetch_global(self, sink: ChunkSink | None = None) -> GlobalModel:
         req = pb.GetGlobalRequest(client_id=self._need_id())
 
         def receive() -> GlobalModel:
@@ -121,6 +121,8 @@ class GrpcClientTransport(ClientTransport):
                     if msg.WhichOneof("kind") != "data":
                         raise PayloadError("GlobalInfo may only come first")
                     assembler.write(msg.data)
+                    if sink is not None:  # decoding overlaps the rest of the stream
+                        sink(msg.data)
             except PayloadError:
                 stream.cancel()  # stop the server sending what we will not keep
                 raise
@@ -140,16 +142,15 @@ class GrpcClientTransport(ClientTransport):
         reply = _call(lambda: self._stub.SecAggExchange(req, timeout=timeout, metadata=_bearer(self.token)))
         return bytes(reply.body)
 
-    def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
-        info = pb.UpdateInfo(
-            client_id=self._need_id(), round=round_number, num_samples=num_samples, total_bytes=len(payload),
-            metrics={k: float(v) for k, v in metrics.items()},
-        )
-
+    def push_update(self, round_number: int, payload: Payload, num_samples: int, metrics: Mapping[str, float]) -> None:
         def messages() -> Iterator[pb.UpdateChunk]:
-            yield pb.UpdateChunk(info=info)
-            for chunk in iter_chunks(payload, CHUNK_BYTES):
-                yield pb.UpdateChunk(data=chunk)
+            declared, chunks = payload_parts(payload, CHUNK_BYTES)  # a stream declares no total_bytes
+            yield pb.UpdateChunk(info=pb.UpdateInfo(
+                client_id=self._need_id(), round=round_number, num_samples=num_samples, total_bytes=declared,
+                metrics={k: float(v) for k, v in metrics.items()},
+            ))
+            for chunk in chunks:
+                yield pb.UpdateChunk(data=bytes(chunk))
 
         _call(lambda: self._stub.PushUpdate(messages(), timeout=STREAM_TIMEOUT_S, metadata=_bearer(self.token)))
 

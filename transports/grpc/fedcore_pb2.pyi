@@ -40,18 +40,20 @@ ACTION_RECONNECT: Action
 ACTION_EVALUATE: Action
 
 class WireOptions(_message.Message):
-    __slots__ = ("dtype", "codec", "level", "filter", "update")
+    __slots__ = ("dtype", "codec", "level", "filter", "update", "framing")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     UPDATE_FIELD_NUMBER: _ClassVar[int]
+    FRAMING_FIELD_NUMBER: _ClassVar[int]
     dtype: str
     codec: str
     level: int
     filter: str
     update: str
-    def __init__(self, dtype: _Optional[str] = ..., codec: _Optional[str] = ..., level: _Optional[int] = ..., filter: _Optional[str] = ..., update: _Optional[str] = ...) -> None: ...
+    framing: str
+    def __init__(self, dtype: _Optional[str] = ..., codec: _Optional[str] = ..., level: _Optional[int] = ..., filter: _Optional[str] = ..., update: _Optional[str] = ..., framing: _Optional[str] = ...) -> None: ...
 
 class Endpoint(_message.Message):
     __slots__ = ("transport", "address")

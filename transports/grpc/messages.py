@@ -81,11 +81,12 @@ def action_from_pb(value: int) -> Action:
 
 # ---------------------------------------------------------------------- small values
 def wire_to_pb(w: WireOptions) -> pb.WireOptions:
-    return pb.WireOptions(dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter, update=w.update)
+    return pb.WireOptions(dtype=w.dtype, codec=w.codec, level=w.level, filter=w.filter, update=w.update,
+                          framing=w.framing)
 
 
 def wire_from_pb(m: pb.WireOptions) -> WireOptions:
-    return WireOptions(m.dtype, m.codec, _opt(m, "level"), m.filter, m.update or "weights")
+    return WireOptions(m.dtype, m.codec, _opt(m, "level"), m.filter, m.update or "weights", m.framing or "whole")
 
 
 def endpoint_to_pb(e: Endpoint) -> pb.Endpoint:

@@ -135,7 +135,8 @@ class FederationServicer(pb_grpc.FederationServicer):
                 info = first.info
                 received = 0
                 with self.ops.accept_update(
-                    caller_of(context, info.client_id), int(info.round), int(info.total_bytes),
+                    caller_of(context, info.client_id), int(info.round),
+                    int(info.total_bytes) if info.HasField("total_bytes") else None,
                     int(info.num_samples), dict(info.metrics),
                 ) as sink:
                     cutoff.arm(sink.remaining_s())  # the core's body time-out bounds the blocking reads too

@@ -30,7 +30,7 @@ from fedcore.operations import (
     iter_chunks,
 )
 from fedcore.states import ClientState
-from fedcore.transport import ClientTransport, ServerTransport, TransportSpec
+from fedcore.transport import ChunkSink, ClientTransport, Payload, ServerTransport, TransportSpec, payload_parts
 
 _SERVERS: dict[str, FederationOperations] = {}
 _LOCK = threading.Lock()
@@ -85,18 +85,23 @@ class MemoryClientTransport(ClientTransport):
         self.client_name = name
         return reg
 
-    def fetch_global(self) -> GlobalModel:
+    def fetch_global(self, sink: ChunkSink | None = None) -> GlobalModel:
         model = self._ops().fetch_global(self._me())
-        return GlobalModel(model.round, bytes(model.payload))
+        payload = bytes(model.payload)
+        if sink is not None:
+            for chunk in iter_chunks(payload, CHUNK_BYTES):
+                sink(bytes(chunk))
+        return GlobalModel(model.round, payload)
 
     def signal(self, state: ClientState, *, wait_s: float = 0.0) -> Instruction:
         return self._ops().signal(self._me(), state, wait_s)
 
-    def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
+    def push_update(self, round_number: int, payload: Payload, num_samples: int, metrics: Mapping[str, float]) -> None:
         if self.client_id is None:
             raise AuthError("register first: this transport has no client id")
-        with self._ops().accept_update(self._me(), round_number, len(payload), num_samples, metrics) as sink:
-            for chunk in iter_chunks(payload, CHUNK_BYTES):
+        declared, chunks = payload_parts(payload, CHUNK_BYTES)
+        with self._ops().accept_update(self._me(), round_number, declared, num_samples, metrics) as sink:
+            for chunk in chunks:
                 sink.write(chunk)
 
     def secagg_exchange(self, round_number: int, stage: str, body: bytes, *, wait_s: float = 0.0) -> bytes:

@@ -28,7 +28,7 @@ from fedcore.operations import (
     Status,
 )
 from fedcore.states import ClientState
-from fedcore.transport import ClientTransport
+from fedcore.transport import ChunkSink, ClientTransport, Payload
 from transports.rest.errors import KIND_FOR_STATUS
 
 _TIMEOUT = httpx.Timeout(60.0, connect=5.0)
@@ -78,19 +78,18 @@ class RestClientTransport(ClientTransport):
                                   limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
 
     # ------------------------------------------------------------------ plumbing
-    def _call(self, method: str, url: str, *, token: str | None = None, use_client_token: bool = True,
-              timeout: float | None = None, headers: Mapping[str, str] | None = None, **kw: Any) -> httpx.Response:
+    def _headers(self, token: str | None, use_client_token: bool, extra: Mapping[str, str] | None) -> dict[str, str]:
         h: dict[str, str] = {}
         tok = token if token is not None else (self.token if use_client_token else None)
         if tok:
             h["Authorization"] = f"Bearer {tok}"
         if self.client_id:
             h[HEADER_CLIENT_ID] = self.client_id
-        h.update(headers or {})
-        try:
-            resp = self._http.request(method, url, headers=h, timeout=timeout if timeout is not None else _TIMEOUT, **kw)
-        except httpx.TransportError as exc:  # connect / read failures: the caller may retry
-            raise TransportError(f"{method} {self.address}{url}: {exc}") from exc
+        h.update(extra or {})
+        return h
+
+    @staticmethod
+    def _raise_for_status(resp: httpx.Response) -> None:
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -99,6 +98,15 @@ class RestClientTransport(ClientTransport):
                 detail, kind = resp.text, None
             fallback = KIND_FOR_STATUS.get(resp.status_code, ErrorKind.UNAVAILABLE)
             raise error_for(kind, fallback, f"{detail} [HTTP {resp.status_code}]")
+
+    def _call(self, method: str, url: str, *, token: str | None = None, use_client_token: bool = True,
+              timeout: float | None = None, headers: Mapping[str, str] | None = None, **kw: Any) -> httpx.Response:
+        h = self._headers(token, use_client_token, headers)
+        try:
+            resp = self._http.request(method, url, headers=h, timeout=timeout if timeout is not None else _TIMEOUT, **kw)
+        except httpx.TransportError as exc:  # connect / read failures: the caller may retry
+            raise TransportError(f"{method} {self.address}{url}: {exc}") from exc
+        self._raise_for_status(resp)
         return resp
 
     def _admin_call(self, method: str, url: str, admin_token: str | None) -> ControlResult:
@@ -116,12 +124,25 @@ class RestClientTransport(ClientTransport):
         self.client_name = name
         return reg
 
-    def _params(self, url: str) -> GlobalModel:
-        resp = self._call("GET", url)
-        return GlobalModel(int(resp.headers[HEADER_ROUND]), resp.content)
+    def _params(self, url: str, sink: ChunkSink | None = None) -> GlobalModel:
+        if sink is None:
+            resp = self._call("GET", url)
+            return GlobalModel(int(resp.headers[HEADER_ROUND]), resp.content)
+        parts: list[bytes] = []
+        try:
+            with self._http.stream("GET", url, headers=self._headers(None, True, None), timeout=_TIMEOUT) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._raise_for_status(resp)
+                for chunk in resp.iter_bytes():  # handed on as it arrives: decoding overlaps the download
+                    parts.append(chunk)
+                    sink(chunk)
+                return GlobalModel(int(resp.headers[HEADER_ROUND]), b"".join(parts))
+        except httpx.TransportError as exc:
+            raise TransportError(f"GET {self.address}{url}: {exc}") from exc
 
-    def fetch_global(self) -> GlobalModel:
-        return self._params("/transmitter")
+    def fetch_global(self, sink: ChunkSink | None = None) -> GlobalModel:
+        return self._params("/transmitter", sink)
 
     def secagg_exchange(self, round_number: int, stage: str, body: bytes, *, wait_s: float = 0.0) -> bytes:
         resp = self._call("POST", f"/secagg/{round_number}/{stage}", params={"wait_s": wait_s}, content=body,
@@ -136,7 +157,7 @@ class RestClientTransport(ClientTransport):
                           timeout=wait_s + _POLL_MARGIN_S)
         return parse(Instruction, resp.json())
 
-    def push_update(self, round_number: int, payload: bytes, num_samples: int, metrics: Mapping[str, float]) -> None:
+    def push_update(self, round_number: int, payload: Payload, num_samples: int, metrics: Mapping[str, float]) -> None:
         if not self.client_name:
             raise AuthError("register first: this transport has no client name")
         headers = {
@@ -145,7 +166,9 @@ class RestClientTransport(ClientTransport):
             HEADER_SAMPLES: str(num_samples),
             HEADER_METRICS: json.dumps(dict(metrics)),
         }
-        self._call("POST", f"/transmitter/{self.client_name}", content=payload, headers=headers)
+        # Whole bytes go with a Content-Length; chunks go with chunked transfer encoding as they are encoded.
+        body = payload if isinstance(payload, (bytes, bytearray, memoryview)) else (bytes(c) for c in payload)
+        self._call("POST", f"/transmitter/{self.client_name}", content=body, headers=headers)
 
     def submit_evaluation(self, round_number: int, report: EvaluationReport) -> EvaluationReceipt:
         body = {"round": round_number, "num_examples": report.num_examples, "loss": report.loss,
