@@ -126,12 +126,48 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+def _segment(body: bytes, codec: str, filt: str, dtype: str, raw_len: int, crc: int, raw_crc: int) -> bytes:
+    """Section 4's four steps for one body (a segment, or a block of a framed payload)."""
+    if zlib.crc32(body) != crc:
+        raise DecodeError("body crc32")
+    filtered = _decompress(codec, body, raw_len)
+    if len(filtered) != raw_len:
+        raise DecodeError("raw size")
+    raw = _unfilter(filt, filtered, dtype)
+    if zlib.crc32(raw) != raw_crc:
+        raise DecodeError("raw_crc32")
+    return raw
+
+
+def _framed_segments(data: bytes, pos: int, segments: list[dict[str, Any]]) -> tuple[list[bytes], int]:
+    """Section 9: every segment's frames, in order; returns the segments' raw bytes and the end."""
+    raws: list[bytes] = []
+    for s in segments:
+        block, raw_len = s["block"], s["raw"]
+        if block < 65536 or block > 67108864 or block & (block - 1):
+            raise DecodeError("block size")
+        parts = []
+        for start in range(0, raw_len, block):
+            n = min(block, raw_len - start)
+            if len(data) < pos + 12:
+                raise DecodeError("truncated frame header")
+            size, crc, raw_crc = struct.unpack_from("<III", data, pos)
+            pos += 12
+            if (s["codec"] == "none" and size != n) or size > n + n // 8 + 4096 or len(data) < pos + size:
+                raise DecodeError("frame size")
+            parts.append(_segment(data[pos : pos + size], s["codec"], s["filter"], s["dtype"], n, crc, raw_crc))
+            pos += size
+        raws.append(b"".join(parts))
+    return raws, pos
+
+
 def decode(data: bytes, reference: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Decode a version-2 payload; ``reference`` (same representation) for a delta payload."""
+    """Decode a version-2 payload, whole or block-framed; ``reference`` (same representation) for
+    a delta payload."""
     if len(data) < 16:
         raise DecodeError("truncated prefix")
     magic, version, flags, reserved, hlen, hcrc = struct.unpack_from("<4sBBHII", data, 0)
-    if magic != MAGIC or version != VERSION or flags or reserved:
+    if magic != MAGIC or version != VERSION or flags not in (0, 1) or reserved:
         raise DecodeError("bad prefix")
     if hlen > MAX_HEADER or len(data) < 16 + hlen:
         raise DecodeError("bad header length")
@@ -144,21 +180,18 @@ def decode(data: bytes, reference: Mapping[str, np.ndarray] | None = None) -> di
 
     segments = header["segments"]
     pos = 16 + hlen
-    if pos + sum(s["size"] for s in segments) != len(data):
-        raise DecodeError("payload length does not match the segment sizes")
-    raws: list[bytes] = []
-    for s in segments:
-        body = data[pos : pos + s["size"]]
-        pos += s["size"]
-        if zlib.crc32(body) != s["crc32"]:
-            raise DecodeError("segment crc32")
-        filtered = _decompress(s["codec"], body, s["raw"])
-        if len(filtered) != s["raw"]:
-            raise DecodeError("segment raw size")
-        raw = _unfilter(s["filter"], filtered, s["dtype"])
-        if zlib.crc32(raw) != s["raw_crc32"]:
-            raise DecodeError("segment raw_crc32")
-        raws.append(raw)
+    if flags == 1:
+        raws, pos = _framed_segments(data, pos, segments)
+        if pos != len(data):
+            raise DecodeError("trailing bytes after the last frame")
+    else:
+        if pos + sum(s["size"] for s in segments) != len(data):
+            raise DecodeError("payload length does not match the segment sizes")
+        raws = []
+        for s in segments:
+            body = data[pos : pos + s["size"]]
+            pos += s["size"]
+            raws.append(_segment(body, s["codec"], s["filter"], s["dtype"], s["raw"], s["crc32"], s["raw_crc32"]))
 
     spans: list[list[tuple[int, int]]] = [[] for _ in segments]
 

@@ -64,19 +64,24 @@ def _assert_identical(ref: dict[str, np.ndarray], ours: dict[str, torch.Tensor])
         assert ref[name].tobytes() == mine.tobytes(), name
 
 
+@pytest.mark.parametrize("framed", [False, True], ids=["whole", "blocks"])
 @pytest.mark.parametrize("kind", ["weights", "delta"])
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("filt", FILTERS)
 @pytest.mark.parametrize("dtype", WIRE_DTYPES)
-def test_reference_decoder_matches_fedcore(dtype: str, filt: str, codec: str, kind: str) -> None:
+def test_reference_decoder_matches_fedcore(dtype: str, filt: str, codec: str, kind: str, framed: bool) -> None:
     state = _state()
+    blocks = dict(framed=framed, block=wire.MIN_BLOCK)
     if kind == "weights":
-        data = wire.encode_state(state, dtype=dtype, codec=codec, filter=filt, level=None, meta={"round": 1})
+        data = wire.encode_state(state, dtype=dtype, codec=codec, filter=filt, level=None, meta={"round": 1},
+                                 **blocks)  # type: ignore[arg-type]
         reference = None
     else:
         data = wire.encode_state(_update(state), dtype=dtype, codec=codec, filter=filt, reference=state,
-                                 quantize_update=True, meta={"round": 1, "client": "c"})
+                                 quantize_update=True, meta={"round": 1, "client": "c"},
+                                 **blocks)  # type: ignore[arg-type]
         reference = state
+    assert data[5] == int(framed)
     header = wire.payload_info(data)
     assert header.kind == kind and {s.codec for s in header.segments} == {codec}
     ours = wire.decode_state(data, reference=reference, expected=wire.spec_of(state))
@@ -84,11 +89,11 @@ def test_reference_decoder_matches_fedcore(dtype: str, filt: str, codec: str, ki
     _assert_identical(theirs, ours)
 
 
-def _doc_example() -> bytes:
-    """The worked example of the README's "Wire format" section, section 7, rebuilt from its text."""
+def _doc_example(start: str = "### 7. Worked example", end: str = "### 8.") -> bytes:
+    """A worked example of the README's "Wire format" section (section 7, or 9), rebuilt from its text."""
     text = DOC.read_text()
-    section = text[text.index("### 7. Worked example"):text.index("### 8.")]
-    block = section.split("```")[1]
+    section = text[text.index(start):text.index(end)]
+    block = section.split("```")[-2]  # the section's last code block
     prefix = bytes.fromhex(block.splitlines()[1].split(":", 1)[1])
     header = next(line for line in block.splitlines() if line.startswith("{")).encode()
     bodies = [bytes.fromhex(m) for m in re.findall(r"bytes\):\s+([0-9a-f ]+)", block)]
@@ -102,6 +107,28 @@ def test_documented_example_is_what_fedcore_writes() -> None:
     out = refdec.decode(data)
     assert out["w"].tolist() == [1.0, -2.0, 0.5] and out["n"].tolist() == [3]
     assert zlib.crc32(bytes.fromhex("803f00c0003f")) == 2882150737
+
+
+def test_documented_framed_example_is_what_fedcore_writes() -> None:
+    state = {"w": torch.tensor([1.0, -2.0, 0.5]), "n": torch.tensor([3], dtype=torch.int16)}
+    data = wire.encode_state(state, dtype="bf16", codec="none", level=None, meta={"round": 1}, framed=True,
+                             block=65536)
+    assert _doc_example("### 9. Block-framed", "## Transports") == data and len(data) == 489
+    out = refdec.decode(data)
+    assert out["w"].tolist() == [1.0, -2.0, 0.5] and out["n"].tolist() == [3]
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+def test_reference_decoder_reads_many_blocks(codec: str) -> None:
+    """Segments of several blocks, the last one short (the tiny state above fits one block)."""
+    g = torch.Generator().manual_seed(7)
+    state = {"a": torch.randn(70_000, generator=g), "b": torch.randint(0, 5, (50_001,), generator=g),
+             "c": torch.randn(3, generator=g).half()}
+    for dtype in ("fp32", "bf16"):
+        data = wire.encode_state(state, dtype=dtype, codec=codec, framed=True, block=wire.MIN_BLOCK)
+        _assert_identical(refdec.decode(data), wire.decode_state(data, expected=wire.spec_of(state)))
+        with pytest.raises(refdec.DecodeError):
+            refdec.decode(data[:-1])
 
 
 def test_reference_decoder_refuses_a_relabelled_filter() -> None:
