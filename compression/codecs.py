@@ -321,6 +321,16 @@ class ZstdCodec(Codec):
             cache[level] = c
         return c
 
+    def _decompressor(self) -> Any:
+        """One per thread, kept: its context (~100 KiB) is allocated once, not for every payload
+        (a bomb's decode then allocates nothing but its bounded output)."""
+        import zstandard as zstd
+
+        d = self._local.__dict__.get("d")
+        if d is None:
+            d = self._local.d = zstd.ZstdDecompressor()
+        return d
+
     def compress(self, data: Buffer, level: int | None = None) -> bytes:
         return cast(bytes, self._compressor(self._level(level)).compress(data))
 
@@ -337,7 +347,7 @@ class ZstdCodec(Codec):
             raise CorruptDataError(f"zstd: {exc}") from exc
         if size > max_size:
             raise _too_big(self.name, max_size)
-        d = zstd.ZstdDecompressor()
+        d = self._decompressor()
         try:
             # allow_extra_data=False: one frame, nothing after it (needs zstandard >= 0.23).
             out = d.decompress(data, max_output_size=max_size + 1 if size < 0 else max_size,

@@ -3,6 +3,8 @@ backend, fedcore's wire format in JavaScript) next to a Python client, on one in
 """
 from __future__ import annotations
 
+import time
+
 from collections.abc import Callable
 from typing import Any
 
@@ -104,13 +106,22 @@ def test_closed_tab_is_dropped_a_late_tab_joins_the_next_round_and_the_admin_can
                                        heartbeat_s=0.5, round_deadline_s=90.0, local_epochs=1, admin_token=ADMIN))
     url, fed = _url(srv), srv.federation
     steady = DevicePage(browser, url, "web_steady", 0)
-    doomed = DevicePage(browser, url, "web_doomed", 1, epochs=500)  # still training when its tab closes
+    doomed = DevicePage(browser, url, "web_doomed", 1)
     late: DevicePage | None = None
+    # The doomed tab's upload is held in the browser (the round's training config comes from the
+    # server, one fast epoch, so closing "while it trains" alone would race its upload): the tab
+    # closes with its update unsent, mid-round, and its heartbeats stop.
+    held: list[Any] = []
+    doomed.page.route(lambda u: "/transmitter/" in u,
+                      lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
     try:
         steady.wait_for("s.state === 'ready'")
         doomed.wait_for("s.state === 'ready'")
         _autorun(url, 3, ADMIN)
-        doomed.wait_for("s.state === 'training'", 60_000)
+        deadline = time.monotonic() + 60
+        while not held and time.monotonic() < deadline:
+            doomed.page.wait_for_timeout(100)  # a Playwright call: route handlers run during it
+        assert held, "the doomed tab never tried to upload its update"
         doomed.close()  # mid-round: no update, no heartbeats
         wait_until(lambda: fed.round >= 1, 60, "round 1 to finish without the closed tab")
         first = _hist(fed)[0]
