@@ -363,7 +363,7 @@ class ZstdCodec(Codec):
             raise _too_big(self.name, max_size)
         if size >= 0 and len(out) != size:
             raise CorruptDataError("zstd: frame size mismatch")
-        return out
+        return cast(bytes, out)
 
 
 class SnappyCodec(Codec):
