@@ -18,9 +18,9 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 # Try without refreshing the package lists first (fast, works offline against a local mirror).
-if ! apt-get install -y -q chromium >/dev/null 2>&1; then
-    apt-get update -q >/dev/null 2>&1 || true
-    apt-get install -y -q chromium >/dev/null 2>&1 \
+if ! apt-get -o DPkg::Lock::Timeout=300 install -y -q chromium >/dev/null 2>&1; then
+    apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null 2>&1 || true
+    apt-get -o DPkg::Lock::Timeout=300 install -y -q chromium >/dev/null 2>&1 \
         || echo "install_chromium.sh: apt-get install chromium failed" >&2
 fi
 exit 0
