@@ -172,21 +172,33 @@ def write_fixtures(fix: Path) -> dict[str, dict[str, torch.Tensor]]:
     rng = np.random.default_rng(13)
     state = sample_state(rng)
     cases, states = [], {}
+    big = {**state, "big.weight": torch.from_numpy(rng.standard_normal((300, 120)).astype(np.float32))}
     for dtype in DTYPES:
         for filt in FILTERS:
             for codec in CODECS:
-                name = f"py_{dtype}_{filt}_{codec}.fcw"
-                payload = wire.encode_state(state, dtype=dtype, filter=filt, codec=codec, meta={"case": name})
-                (fix / name).write_bytes(payload)
-                wd = wire.canonical_dtype(dtype)
-                cases.append({"file": name, "tensors": {k: {"shape": list(v.shape), "hex": expected_hex(v, wd, k)}
-                                                        for k, v in state.items()}})
+                for framed in (False, True):  # block-framed (section 9): the big tensor spans several blocks
+                    name = f"py_{dtype}_{filt}_{codec}{'_blocks' if framed else ''}.fcw"
+                    st = big if framed else state
+                    payload = wire.encode_state(st, dtype=dtype, filter=filt, codec=codec, meta={"case": name},
+                                                framed=framed, block=wire.MIN_BLOCK)
+                    (fix / name).write_bytes(payload)
+                    wd = wire.canonical_dtype(dtype)
+                    cases.append({"file": name, "tensors": {k: {"shape": list(v.shape), "hex": expected_hex(v, wd, k)}
+                                                            for k, v in st.items()}})
     (fix / "cases.json").write_text(json.dumps(cases))
     base = wire.encode_state(state, dtype="bf16", codec="zstd", filter="auto")
     entries = []
     for name, data, match, max_size in hostile(base):
         (fix / f"hostile_{name}.fcw").write_bytes(data)
         entries.append({"file": f"hostile_{name}.fcw", "match": match, "max_size": max_size})
+    framed = wire.encode_state(big, dtype="fp32", codec="zstd", filter="auto", framed=True, block=wire.MIN_BLOCK)
+    flipped = bytearray(framed)
+    flipped[-7] ^= 0x21
+    for name, data, match in (("framed_truncated", framed[:-1], "truncated"), ("framed_trailing", framed + b"\0", "trailing"),
+                              ("framed_block_crc", bytes(flipped), "checksum|decode"),
+                              ("framed_flags2", framed[:5] + b"\x02" + framed[6:], "flags")):
+        (fix / f"hostile_{name}.fcw").write_bytes(data)
+        entries.append({"file": f"hostile_{name}.fcw", "match": match, "max_size": None})
     (fix / "hostile.json").write_text(json.dumps(entries))
     inp = {k: v for k, v in state.items() if k != "empty" and v.dtype in (torch.float32, torch.int64, torch.int32,
                                                                           torch.uint8, torch.bool)}

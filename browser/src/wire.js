@@ -31,6 +31,11 @@ const CAST = { fp32: 'float32', bf16: 'bfloat16', fp16: 'float16', float32: 'flo
 const UNTRAINED = ['running_mean', 'running_var', 'num_batches_tracked'];
 const HEADER_KEYS = ['version', 'kind', 'dtype', 'codec', 'level', 'segments', 'tensors', 'meta'];
 const SEGMENT_KEYS = ['dtype', 'filter', 'codec', 'raw', 'size', 'crc32', 'raw_crc32'];
+// A block-framed payload (prefix flags 1, README wire format section 9): sizes and checksums are per frame.
+const FRAMED_SEGMENT_KEYS = ['dtype', 'filter', 'codec', 'raw', 'block'];
+const MIN_BLOCK = 65536;
+const MAX_BLOCK = 67108864;
+const FRAME_BYTES = 12;
 const RAW_KEYS = ['name', 'shape', 'dtype', 'enc', 'wire', 'data'];
 const Q8_KEYS = ['name', 'shape', 'dtype', 'enc', 'data', 'scale'];
 
@@ -141,7 +146,7 @@ function byteRef(v, what) {
 const numel = (shape) => shape.reduce((a, b) => a * b, 1);
 
 /** Validate a parsed header as strictly as fedcore/wire.py (schema, cross-references, tiling). */
-export function checkHeader(h, { codecs, allowV1 = false } = {}) {
+export function checkHeader(h, { codecs, allowV1 = false, framed = false } = {}) {
   const v1 = allowV1 && isObject(h) && h.version === 1;
   exactKeys(h, HEADER_KEYS, 'header');
   int(h.version, 'version', v1 ? 1 : WIRE_VERSION, v1 ? 1 : WIRE_VERSION);
@@ -164,18 +169,23 @@ export function checkHeader(h, { codecs, allowV1 = false } = {}) {
   }
   const seen = new Set();
   h.segments.forEach((s, i) => {
-    exactKeys(s, v1 ? SEGMENT_KEYS.filter((k) => k !== 'raw_crc32') : SEGMENT_KEYS, `segment ${i}`);
+    exactKeys(s, framed ? FRAMED_SEGMENT_KEYS : v1 ? SEGMENT_KEYS.filter((k) => k !== 'raw_crc32') : SEGMENT_KEYS, `segment ${i}`);
     oneOf(s.dtype, Object.keys(DTYPES), `segment ${i} dtype`);
     oneOf(s.filter, FILTERS, `segment ${i} filter`);
     oneOf(s.codec, Object.keys(codecs), `segment ${i} codec`);
     int(s.raw, `segment ${i} raw`);
-    int(s.size, `segment ${i} size`);
-    int(s.crc32, `segment ${i} crc32`, 0, 0xffffffff);
-    if (!v1) int(s.raw_crc32, `segment ${i} raw_crc32`, 0, 0xffffffff);
+    if (framed) {
+      int(s.block, `segment ${i} block`, MIN_BLOCK, MAX_BLOCK);
+      if (s.block & (s.block - 1)) throw bad(`segment ${i} block ${s.block} is not a power of two`);
+    } else {
+      int(s.size, `segment ${i} size`);
+      int(s.crc32, `segment ${i} crc32`, 0, 0xffffffff);
+      if (!v1) int(s.raw_crc32, `segment ${i} raw_crc32`, 0, 0xffffffff);
+    }
     if (seen.has(s.dtype)) throw bad(`two segments of dtype ${s.dtype}`);
     seen.add(s.dtype);
     if (s.codec !== h.codec) throw bad(`segment ${i} uses codec ${s.codec}, the header says ${h.codec}`);
-    if (s.codec === 'none' && s.size !== s.raw) throw bad(`segment ${i} is stored (codec none) but size ${s.size} != raw ${s.raw}`);
+    if (!framed && s.codec === 'none' && s.size !== s.raw) throw bad(`segment ${i} is stored (codec none) but size ${s.size} != raw ${s.raw}`);
     if (s.raw % DTYPES[s.dtype][0]) throw bad(`segment ${i} raw size ${s.raw} is not a whole number of ${s.dtype}`);
   });
   const names = new Set();
@@ -238,7 +248,10 @@ export function readHeader(bytes, opts) {
   const version = bytes[4];
   const v1ok = opts && opts.allowV1 && version === 1;
   if (version !== WIRE_VERSION && !v1ok) throw new WireError(`unsupported wire format version ${version} (this page reads ${WIRE_VERSION})`);
-  if (bytes[5] !== 0 || dv.getUint16(6, true) !== 0) throw new WireError('prefix flags and reserved bytes must be 0');
+  const flags = bytes[5];
+  if ((flags !== 0 && !(flags === 1 && version === WIRE_VERSION)) || dv.getUint16(6, true) !== 0) {
+    throw new WireError('prefix flags must be 0 or 1 (block-framed) and reserved bytes 0');
+  }
   const hlen = dv.getUint32(8, true);
   if (hlen > LIMITS.headerBytes) throw new TooLargeError(`header of ${hlen} bytes is over the ${LIMITS.headerBytes}-byte limit`);
   const end = PREFIX_BYTES + hlen;
@@ -259,7 +272,7 @@ export function readHeader(bytes, opts) {
     throw e instanceof WireError ? e : bad(`not JSON (${e.message})`);
   }
   if (isObject(header) && header.version !== version) throw bad(`header version ${header.version} != prefix version ${version}`);
-  return { header: checkHeader(header, opts), offset: end };
+  return { header: checkHeader(header, { ...opts, framed: flags === 1 }), offset: end, framed: flags === 1 };
 }
 
 function checkExpected(header, expected) {
@@ -320,36 +333,72 @@ function valuesOf(bytes, wire, dtype) {
  */
 export function decodePayload(bytes, opts) {
   const { codecs, maxSize = 256 * 1024 * 1024, expected = null } = opts;
-  const { header, offset } = readHeader(bytes, opts);
+  const { header, offset, framed } = readHeader(bytes, opts);
   if (header.kind === 'delta') throw new WireError('payload holds a quantised update (delta); this page decodes weights only');
   const totalRaw = header.segments.reduce((a, s) => a + s.raw, 0);
   if (totalRaw > maxSize) throw new TooLargeError(`payload inflates to ${totalRaw} bytes, over the ${maxSize}-byte limit`);
   if (expected) checkExpected(header, expected);
-  const bodyBytes = header.segments.reduce((a, s) => a + s.size, 0);
-  if (offset + bodyBytes > bytes.length) throw new WireError(`payload truncated: segments need ${bodyBytes} bytes, ${bytes.length - offset} follow the header`);
-  if (offset + bodyBytes < bytes.length) throw new WireError(`${bytes.length - offset - bodyBytes} trailing bytes after the last segment`);
-  let pos = offset;
-  const raws = header.segments.map((s, i) => {
-    const body = bytes.subarray(pos, pos + s.size);
-    pos += s.size;
-    if (crc32(body) !== s.crc32) throw new WireError(`segment ${i} checksum mismatch: payload corrupt`);
-    let filtered;
-    try {
-      filtered = codecs[s.codec].decompress(body, s.raw);
-    } catch (e) {
-      throw new WireError(`segment ${i} does not decode: ${e.message}`);
-    }
-    const raw = filterDecode(s.filter, filtered, s.dtype);
-    if ('raw_crc32' in s && crc32(raw) !== s.raw_crc32) {
-      throw new WireError(`segment ${i} raw checksum mismatch: wrong filter, codec or dtype label`);
-    }
-    return raw;
-  });
+  const raws = framed ? framedSegments(bytes, offset, header.segments, codecs) : wholeSegments(bytes, offset, header.segments, codecs);
   const tensors = header.tensors.map((t) => {
     const [seg, off, n] = t.data;
     return { name: t.name, shape: t.shape.slice(), dtype: t.dtype, wire: t.wire, values: valuesOf(raws[seg].subarray(off, off + n), t.wire, t.dtype) };
   });
   return { header, tensors };
+}
+
+/** Section 4's steps for one body: checksum, inflate within rawLen, un-filter, raw checksum. */
+function inflate(what, body, s, codecs, rawLen, crc, rawCrc) {
+  if (crc32(body) !== crc) throw new WireError(`${what} checksum mismatch: payload corrupt`);
+  let filtered;
+  try {
+    filtered = codecs[s.codec].decompress(body, rawLen);
+  } catch (e) {
+    throw new WireError(`${what} does not decode: ${e.message}`);
+  }
+  const raw = filterDecode(s.filter, filtered, s.dtype);
+  if (rawCrc !== undefined && crc32(raw) !== rawCrc) {
+    throw new WireError(`${what} raw checksum mismatch: wrong filter, codec or dtype label`);
+  }
+  return raw;
+}
+
+/** Section 9: each segment's frames in order, joined into the segment's raw bytes. */
+function framedSegments(bytes, offset, segments, codecs) {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let pos = offset;
+  let k = 0;
+  const raws = segments.map((s) => {
+    const out = new Uint8Array(s.raw);
+    for (let start = 0; start < s.raw; start += s.block, k++) {
+      const n = Math.min(s.block, s.raw - start);
+      if (pos + FRAME_BYTES > bytes.length) throw new WireError(`payload truncated: block ${k} has no frame header`);
+      const size = dv.getUint32(pos, true);
+      const crc = dv.getUint32(pos + 4, true);
+      const rawCrc = dv.getUint32(pos + 8, true);
+      pos += FRAME_BYTES;
+      if ((s.codec === 'none' && size !== n) || size > n + Math.floor(n / 8) + 4096) {
+        throw new TooLargeError(`block ${k} declares a ${size}-byte body for ${n} raw bytes`);
+      }
+      if (pos + size > bytes.length) throw new WireError(`payload truncated inside block ${k}`);
+      out.set(inflate(`block ${k}`, bytes.subarray(pos, pos + size), s, codecs, n, crc, rawCrc), start);
+      pos += size;
+    }
+    return out;
+  });
+  if (pos < bytes.length) throw new WireError(`${bytes.length - pos} trailing bytes after the last block`);
+  return raws;
+}
+
+function wholeSegments(bytes, offset, segments, codecs) {
+  const bodyBytes = segments.reduce((a, s) => a + s.size, 0);
+  if (offset + bodyBytes > bytes.length) throw new WireError(`payload truncated: segments need ${bodyBytes} bytes, ${bytes.length - offset} follow the header`);
+  if (offset + bodyBytes < bytes.length) throw new WireError(`${bytes.length - offset - bodyBytes} trailing bytes after the last segment`);
+  let pos = offset;
+  return segments.map((s, i) => {
+    const body = bytes.subarray(pos, pos + s.size);
+    pos += s.size;
+    return inflate(`segment ${i}`, body, s, codecs, s.raw, s.crc32, s.raw_crc32);
+  });
 }
 
 function bytesOf(t, wire) {
