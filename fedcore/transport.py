@@ -27,6 +27,7 @@ from fedcore.operations import (
     Registration,
     RoundRecord,
     Status,
+    iter_chunks,
 )
 from fedcore.states import ClientState
 
@@ -45,19 +46,11 @@ Payload = Union[bytes, bytearray, memoryview, Iterable[bytes]]
 ChunkSink = Callable[[bytes], None]
 
 
-def payload_parts(payload: Payload, chunk_bytes: int) -> tuple[int | None, Iterator[bytes | memoryview]]:
+def payload_parts(payload: Payload, chunk_bytes: int) -> tuple[int | None, Iterator[bytes]]:
     """(declared size, or None for a stream; the chunks to send, none over ``chunk_bytes``)."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
-        view = memoryview(payload).cast("B")
-        return len(view), (view[i : i + chunk_bytes] for i in range(0, len(view), chunk_bytes))
-
-    def pieces() -> Iterator[bytes | memoryview]:
-        for part in payload:
-            view = memoryview(part).cast("B")
-            for i in range(0, len(view), chunk_bytes):
-                yield view[i : i + chunk_bytes]
-
-    return None, pieces()
+        return memoryview(payload).nbytes, iter_chunks(payload, chunk_bytes)
+    return None, (piece for part in payload for piece in iter_chunks(part, chunk_bytes))
 
 
 class ClientTransport(ABC):

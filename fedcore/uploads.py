@@ -51,35 +51,42 @@ class RoundStateBusy(TransportError):
 class BoundedBuffer:
     """A payload's bytes as they arrive, under a size limit: the declared size is checked
     before any byte is taken and the running total on every write; a declared size fills one
-    pre-allocated buffer (one copy of the payload, not a list of chunks plus their join)."""
+    pre-allocated buffer (one copy of the payload, not a list of chunks plus their join).
+    With ``keep=False`` the bytes are only counted and checked, never stored."""
 
-    def __init__(self, limit: int, declared: int | None = None) -> None:
+    def __init__(self, limit: int, declared: int | None = None, *, keep: bool = True) -> None:
         if declared is not None and declared < 0:
             raise PayloadError(f"declared size {declared} is negative")
         if declared is not None and declared > limit:
             raise PayloadTooLargeError(f"payload of {declared} bytes is over the {limit}-byte limit")
         self.limit = limit
         self.declared = declared
+        self.keep = keep
         self.received = 0
-        self._buf = bytearray(declared) if declared is not None else bytearray()
+        self._buf = bytearray(declared) if keep and declared is not None else bytearray()
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         n = len(chunk)
         end = self.received + n
         if end > self.limit:
             raise PayloadTooLargeError(f"payload passed the {self.limit}-byte limit while streaming")
-        if self.declared is not None:
-            if end > self.declared:
-                raise PayloadError(f"payload is longer than its declared {self.declared} bytes")
-            self._buf[self.received : end] = chunk
-        else:
-            self._buf += chunk
+        if self.declared is not None and end > self.declared:
+            raise PayloadError(f"payload is longer than its declared {self.declared} bytes")
+        if self.keep:
+            if self.declared is not None:
+                self._buf[self.received : end] = chunk
+            else:
+                self._buf += chunk
         self.received = end
+
+    def check_complete(self) -> None:
+        """A body shorter than its declared size is a :class:`PayloadError`."""
+        if self.declared is not None and self.received != self.declared:
+            raise PayloadError(f"payload truncated: {self.received} of {self.declared} bytes arrived")
 
     def result(self) -> bytearray:
         """The whole payload; a truncated one is a :class:`PayloadError`."""
-        if self.declared is not None and self.received != self.declared:
-            raise PayloadError(f"payload truncated: {self.received} of {self.declared} bytes arrived")
+        self.check_complete()
         return self._buf
 
 
@@ -93,11 +100,7 @@ class UpdateBuffer(BoundedBuffer):
 
     def __init__(self, limit: int, declared: int | None, timeout_s: float,
                  decoder: StreamDecoder | None = None) -> None:
-        # With a decoder the declared size is checked here and counted in write(), never allocated.
-        super().__init__(limit, None if decoder is not None else declared)
-        if decoder is not None and declared is not None:
-            BoundedBuffer(limit, declared if declared < 0 or declared > limit else 0)  # raises for a bad one
-        self.expected_total = declared
+        super().__init__(limit, declared, keep=decoder is None)  # a decoder gets the bytes instead
         self.deadline = time.monotonic() + timeout_s
         self.timeout_s = timeout_s
         self.decoder = decoder
@@ -109,15 +112,9 @@ class UpdateBuffer(BoundedBuffer):
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if time.monotonic() > self.deadline:
             raise UploadTimeoutError(f"update body took longer than {self.timeout_s:.0f}s to arrive")
+        super().write(chunk)
         if self.decoder is None:
-            super().write(chunk)
             return
-        end = self.received + len(chunk)
-        if end > self.limit:
-            raise PayloadTooLargeError(f"payload passed the {self.limit}-byte limit while streaming")
-        if self.expected_total is not None and end > self.expected_total:
-            raise PayloadError(f"payload is longer than its declared {self.expected_total} bytes")
-        self.received = end
         try:
             self.decoder.feed(chunk)
         except PayloadError:
@@ -128,8 +125,7 @@ class UpdateBuffer(BoundedBuffer):
         """The tensors the decoder made of the whole body (a truncated body is a PayloadError)."""
         if self.decoder is None:
             raise RuntimeError("this buffer has no decoder")
-        if self.expected_total is not None and self.received != self.expected_total:
-            raise PayloadError(f"payload truncated: {self.received} of {self.expected_total} bytes arrived")
+        self.check_complete()
         try:
             return self.decoder.finish()
         except PayloadError:

@@ -150,7 +150,7 @@ class GrpcClientTransport(ClientTransport):
                 metrics={k: float(v) for k, v in metrics.items()},
             ))
             for chunk in chunks:
-                yield pb.UpdateChunk(data=bytes(chunk))
+                yield pb.UpdateChunk(data=chunk)
 
         _call(lambda: self._stub.PushUpdate(messages(), timeout=STREAM_TIMEOUT_S, metadata=_bearer(self.token)))
 

@@ -90,7 +90,7 @@ class MemoryClientTransport(ClientTransport):
         payload = bytes(model.payload)
         if sink is not None:
             for chunk in iter_chunks(payload, CHUNK_BYTES):
-                sink(bytes(chunk))
+                sink(chunk)
         return GlobalModel(model.round, payload)
 
     def signal(self, state: ClientState, *, wait_s: float = 0.0) -> Instruction:
