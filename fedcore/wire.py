@@ -194,13 +194,14 @@ class Q8Tensor(_Strict):
 TensorEntry = Annotated[Union[RawTensor, Q8Tensor], Field(discriminator="enc")]
 
 
-def _power_of_two(n: int) -> int:
-    if n & (n - 1):
-        raise ValueError(f"block {n} is not a power of two")
+def check_block(n: int) -> int:
+    """The block-size rule of README section 9: a power of two from MIN_BLOCK to MAX_BLOCK."""
+    if n < MIN_BLOCK or n > MAX_BLOCK or n & (n - 1):
+        raise ValueError(f"block must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}, not {n}")
     return n
 
 
-BlockSize = Annotated[int, Field(ge=MIN_BLOCK, le=MAX_BLOCK), AfterValidator(_power_of_two)]
+BlockSize = Annotated[int, Field(ge=MIN_BLOCK, le=MAX_BLOCK), AfterValidator(check_block)]
 
 
 class FramedSegmentHeader(_SegmentBase):
@@ -285,7 +286,8 @@ class _Collected:
         """The filter each segment uses (``auto`` resolved per dtype)."""
         return [compression.default_filter(b.dtype) if self.filter == "auto" else self.filter for b in self.segments]
 
-    def header(self, segments: list[dict[str, Any]]) -> bytes:
+    def head(self, segments: list[dict[str, Any]], flags: int) -> bytes:
+        """The prefix and the JSON header, for these segment entries."""
         header = {
             "version": WIRE_VERSION,
             "kind": self.kind,
@@ -296,7 +298,8 @@ class _Collected:
             "tensors": self.entries,
             "meta": self.meta,
         }
-        return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        hbytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        return _PREFIX.pack(WIRE_MAGIC, WIRE_VERSION, flags, 0, len(hbytes), zlib.crc32(hbytes)) + hbytes
 
 
 def _collect(
@@ -409,9 +412,7 @@ def encode_state(
                 "raw_crc32": raw_crc,
             }
         )
-    hbytes = c.header(seg_headers)
-    prefix = _PREFIX.pack(WIRE_MAGIC, WIRE_VERSION, 0, 0, len(hbytes), zlib.crc32(hbytes))
-    return b"".join([prefix, hbytes, *bodies])
+    return b"".join([c.head(seg_headers, 0), *bodies])
 
 
 def _filter_compress(raw: bytes | memoryview, dtype: str, filt: str, codec: compression.Codec,
@@ -460,15 +461,13 @@ def iter_encode_state(
     """A block-framed payload as a stream of byte strings: the prefix and header first (before
     anything is compressed), then one frame per block in order, each yielded as soon as it is
     coded; blocks are coded on :func:`codec_pool` a few ahead of the consumer."""
-    if block < MIN_BLOCK or block > MAX_BLOCK or block & (block - 1):
-        raise ValueError(f"block must be a power of two from {MIN_BLOCK} to {MAX_BLOCK}, not {block}")
+    check_block(block)
     c = _collect(state, dtype=dtype, codec=codec, level=level, filter=filter, reference=reference,
                  quantize_update=quantize_update, exact=exact, meta=meta)
     filters = c.filters()
     seg_headers = [{"dtype": b.dtype, "filter": f, "codec": c.codec.name, "raw": b.nbytes, "block": block}
                    for b, f in zip(c.segments, filters)]
-    hbytes = c.header(seg_headers)
-    yield _PREFIX.pack(WIRE_MAGIC, WIRE_VERSION, FLAG_FRAMED, 0, len(hbytes), zlib.crc32(hbytes)) + hbytes
+    yield c.head(seg_headers, FLAG_FRAMED)
     pool = codec_pool()
     ahead = 2 * (_workers + 1)
     pending: deque[Future[bytes]] = deque()
@@ -746,8 +745,14 @@ def decode_state(
         dec = StreamDecoder(max_size=max_size, reference=reference, expected=expected, as_sent=as_sent)
         dec.feed(data)
         return dec.finish()
-    view = memoryview(data).cast("B")
     _admit(header, max_size, reference, expected)
+    return _decode_whole(header, pos, data, reference, as_sent)
+
+
+def _decode_whole(header: WireHeader, pos: int, data: bytes | bytearray | memoryview,
+                  reference: StateDict | None, as_sent: bool) -> dict[str, torch.Tensor]:
+    """The segments of a whole (unframed) payload whose header was read and admitted."""
+    view = memoryview(data).cast("B")
     body_bytes = sum(s.size for s in header.segments)
     if pos + body_bytes > len(view):
         raise PayloadError(f"payload truncated: segments need {body_bytes} bytes, {len(view) - pos} follow the header")
@@ -884,9 +889,8 @@ class StreamDecoder:
         try:
             if self.header is None:
                 raise PayloadError(f"payload truncated: {self.received} bytes hold no complete header")
-            if not isinstance(self.header, FramedWireHeader):
-                return decode_state(self._buf, max_size=self.max_size, reference=self.reference,
-                                    expected=self.expected, as_sent=self.as_sent)
+            if not isinstance(self.header, FramedWireHeader):  # read and admitted at feed()
+                return _decode_whole(self.header, self._pos, self._buf, self.reference, self.as_sent)
             if self._next < len(self._blocks):
                 raise PayloadError(
                     f"payload truncated: {len(self._blocks) - self._next} of {len(self._blocks)} blocks did not arrive"
@@ -981,8 +985,8 @@ class StreamDecoder:
             self.on_header(header)
         _admit(header, self.max_size, self.reference, self.expected)
         self.header = header
+        self._pos = end  # a whole payload keeps its bytes from here to finish()
         if isinstance(header, FramedWireHeader):
-            self._pos = end
             self._segments = [bytearray(s.raw) for s in header.segments]
             self._blocks = [_Block(i, off, min(s.block, s.raw - off))
                             for i, s in enumerate(header.segments) for off in range(0, s.raw, s.block)]
