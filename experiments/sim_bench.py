@@ -80,16 +80,25 @@ def _descendants(root: int) -> list[int]:
 
 
 class PeakPss:
-    """Peak of the PSS summed over this process and its descendants."""
+    """Peak of the PSS summed over a process (default: this one) and its descendants, sampled
+    every ``period_s`` by a thread at nice 19: run it in the parent of the measured process tree,
+    so reading every smaps_rollup (milliseconds each) neither holds the measured interpreter's
+    GIL nor takes CPU time from its workers."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: int | None = None, period_s: float = 0.1) -> None:
         self.peak_kb = 0
+        self.root = root or os.getpid()
+        self.period_s = period_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _descendants(os.getpid())))
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
+        except OSError:
+            pass
+        while not self._stop.wait(self.period_s):
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _descendants(self.root)))
 
     def __enter__(self) -> PeakPss:
         self._thread.start()
@@ -101,12 +110,15 @@ class PeakPss:
 
 
 # ---------------------------------------------------------------- one measurement (child)
-def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, cpu_work: int, dim: int) -> Row:
+def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, cpu_work: int, dim: int,
+            kind: str = "torch") -> Row:
+    """One row, in this (fresh) interpreter; its parent samples the memory."""
     import logging
 
     logging.getLogger("fedcore").setLevel(logging.WARNING)
     from fedcore.config import Settings
-    from fedcore.sim import Backend, InlineBackend, ProcessBackend, SimClock, VectorClients, sim_federation, simulate
+    from fedcore.sim import (Backend, InlineBackend, NumpyVectorClients, ProcessBackend, SimClock, VectorClients,
+                             sim_federation, simulate)
 
     backend: Backend
     if backend_name == "inline":
@@ -117,17 +129,26 @@ def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, c
         from fedcore.sim.ray_backend import RayBackend
 
         backend = RayBackend(num_workers=workers)
-    vc = VectorClients(dim=dim, cpu_work=cpu_work)
+    vc: VectorClients | NumpyVectorClients
+    if kind == "numpy":
+        if cpu_work:
+            raise ValueError("the CPU-bound workload is a torch one")
+        vc = NumpyVectorClients(dim=dim)
+    else:
+        vc = VectorClients(dim=dim, cpu_work=cpu_work)
     clock = SimClock()
     # fp32 on the wire and no norm bound: the workload Flower's engine runs too.
     settings = Settings(dtype="fp32", max_update_norm=None)
     fed = sim_federation(vc.initial_state(), clients, settings=settings, clock=clock)
-    with PeakPss() as mem:
-        result = simulate(fed, vc, clients, clients, rounds, backend, clock=clock)
+    result = simulate(fed, vc, clients, clients, rounds, backend, clock=clock)
     later = result.round_s[1:] or result.round_s
-    return Row(backend_name, f"cpu_work={cpu_work}" if cpu_work else "tiny step", clients, result.num_workers,
+    return Row(backend_name, workload_name(kind, cpu_work), clients, result.num_workers,
                round(result.startup_s, 3), round(result.round_s[0], 3), round(min(later), 3),
-               round(mem.peak_kb / 1024, 1), result.history[-1].num_participants)
+               0.0, result.history[-1].num_participants)
+
+
+def workload_name(kind: str, cpu_work: int) -> str:
+    return f"cpu_work={cpu_work} (torch)" if cpu_work else f"tiny step ({kind})"
 
 
 # ---------------------------------------------------------------- Flower's engine (its own venv)
@@ -172,21 +193,32 @@ def run_flower(clients: int, rounds: int, dim: int) -> dict[str, float]:
                          initial_parameters=ndarrays_to_parameters([np.zeros(dim, np.float32)]))
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
 
-    with PeakPss() as mem:
-        run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
-                       num_supernodes=clients, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
+                   num_supernodes=clients, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     rounds_s = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]
     return {"startup_s": marks[0] - t0 if marks else -1.0, "first_round_s": rounds_s[0] if rounds_s else -1.0,
-            "round_s": min(rounds_s[1:] or rounds_s or [-1.0]), "peak_pss_mb": mem.peak_kb / 1024,
-            "rounds_done": len(rounds_s)}
+            "round_s": min(rounds_s[1:] or rounds_s or [-1.0]), "rounds_done": len(rounds_s)}
 
 
 # ---------------------------------------------------------------- orchestration (parent)
+def _run_sampled(cmd: list[str], env: dict[str, str], timeout_s: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``cmd``; the peak PSS (MB) of its whole process tree, sampled from here."""
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        with PeakPss(proc.pid) as mem:
+            try:
+                out, err = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), mem.peak_kb / 1024
+
+
 def measure(backend: str, clients: int, rounds: int, workers: int | None, cpu_work: int, dim: int,
-            timeout_s: float, root: Path = ROOT, code: str = "") -> Row | str:
+            timeout_s: float, root: Path = ROOT, code: str = "", kind: str = "torch") -> Row | str:
     """One row in a fresh interpreter, with the code under ``root`` (this checkout by default)."""
     args = [sys.executable, str(root / "experiments" / "sim_bench.py"), "--one", backend, str(clients), str(rounds),
-            str(workers or 0), str(cpu_work), str(dim)]
+            str(workers or 0), str(cpu_work), str(dim)] + ([kind] if kind != "torch" else [])
     if backend == "ray":  # never in the host's network namespace
         cmd = ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c",
                "ip link set lo up && exec " + " ".join(args)]
@@ -196,14 +228,15 @@ def measure(backend: str, clients: int, rounds: int, workers: int | None, cpu_wo
                RAY_USAGE_STATS_ENABLED="0")
     started = time.monotonic()
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        proc, peak_mb = _run_sampled(cmd, env, timeout_s)
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout_s:.0f}s"
     wall = time.monotonic() - started
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
-            row = Row(**{**json.loads(line), "code": code})
-            print(f"  {code:6s} {backend:8s} {clients:6d} clients: start-up {row.startup_s:.2f}s, round {row.round_s:.3f}s "
+            got = json.loads(line)  # a --baseline checkout may have sampled its own memory
+            row = Row(**{**got, "code": code, "peak_pss_mb": round(max(peak_mb, got.get("peak_pss_mb", 0.0)), 1)})
+            print(f"  {code:6s} {backend:8s} {row.workload:18s} {clients:6d} clients: start-up {row.startup_s:.2f}s, round {row.round_s:.3f}s "
                   f"(first {row.first_round_s:.3f}s), peak {row.peak_pss_mb:.0f} MB  [{wall:.0f}s wall]", flush=True)
             return row
     return f"failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
@@ -214,8 +247,7 @@ def measure_flower(python: str, clients: int, timeout_s: float) -> Row | str:
     cmd = ["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c",
            f"ip link set lo up && exec {python} {Path(__file__).resolve()} --flower-one {clients} 2"]
     try:
-        proc = subprocess.run(cmd, env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"), capture_output=True,
-                              text=True, timeout=timeout_s)
+        proc, peak_mb = _run_sampled(cmd, dict(os.environ, RAY_USAGE_STATS_ENABLED="0"), timeout_s)
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout_s:.0f}s"
     for line in reversed(proc.stdout.splitlines()):
@@ -224,8 +256,8 @@ def measure_flower(python: str, clients: int, timeout_s: float) -> Row | str:
             if r["rounds_done"] < 1:
                 break
             # Flower starts its actors inside the first round: no separate start-up figure.
-            row = Row("flower", "tiny step", clients, 0, -1.0,
-                      round(r["first_round_s"], 3), round(r["round_s"], 3), round(r["peak_pss_mb"], 1), clients)
+            row = Row("flower", "tiny step (numpy)", clients, 0, -1.0,
+                      round(r["first_round_s"], 3), round(r["round_s"], 3), round(peak_mb, 1), clients)
             print(f"  flower   {clients:6d} clients: round {row.round_s:.3f}s (first {row.first_round_s:.3f}s), "
                   f"peak {row.peak_pss_mb:.0f} MB", flush=True)
             return row
@@ -250,15 +282,15 @@ def _plot(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    for backend, code in sorted({(r.backend, r.code) for r in rows}):
+    for backend, code, workload in sorted({(r.backend, r.code, r.workload) for r in rows}):
         pts = sorted((r.clients, r.round_s, r.peak_pss_mb) for r in rows if r.backend == backend and
-                     r.code == code and r.workload == "tiny step")
-        label = f"{backend} ({code})" if code else backend
-        if pts:
-            ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
-                     linestyle="--" if code == "before" else "-")
-            ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=label,
-                     linestyle="--" if code == "before" else "-")
+                     r.code == code and r.workload == workload)
+        if not workload.startswith("tiny step") or not pts:
+            continue
+        label = f"{backend}, {workload.removeprefix('tiny step ').strip('()')}" + (f" ({code})" if code else "")
+        style = "--" if code == "before" or workload.endswith("(torch)") else "-"
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label, linestyle=style)
+        ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=label, linestyle=style)
     for ax, label in ((ax1, "round time (s)"), (ax2, "peak PSS (MB)")):
         ax.set_xscale("log")
         ax.set_xlabel("clients per round (1M-float model)")
@@ -274,13 +306,15 @@ def _plot(rows: list[Row], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--one", nargs=6, help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--flower-one", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--flower-python", default=os.environ.get("FEDCORE_FLOWER_PYTHON"),
                    help="interpreter with flwr[simulation] (its own venv); default FEDCORE_FLOWER_PYTHON")
     p.add_argument("--flower-sizes", default="100,1000")
     p.add_argument("--sizes", default="100,1000,10000")
     p.add_argument("--backends", default="inline,process,ray")
+    p.add_argument("--clients", default="numpy,torch",
+                   help="client kinds of the tiny-step rows: numpy (NumpyClient, workers without torch), torch (FLClient)")
     p.add_argument("--cpu-clients", type=int, default=200, help="clients of the CPU-bound round (0: skip)")
     p.add_argument("--cpu-work", type=int, default=150, help="128x128 matrix products per CPU-bound client")
     p.add_argument("--timeout", type=float, default=900)
@@ -292,12 +326,14 @@ def main() -> None:
         print(json.dumps(run_flower(clients, rounds, DIM)))
         return
     if a.one:
-        backend, clients, rounds, workers, cpu_work, dim = a.one
-        row = run_one(backend, int(clients), int(rounds), int(workers) or None, int(cpu_work), int(dim))
+        backend, clients, rounds, workers, cpu_work, dim, *kind = a.one
+        row = run_one(backend, int(clients), int(rounds), int(workers) or None, int(cpu_work), int(dim),
+                      kind[0] if kind else "torch")
         print(json.dumps(asdict(row)))
         return
     backends = [b for b in a.backends.split(",") if b]
     sizes = [int(x) for x in a.sizes.split(",") if x]
+    kinds = [k for k in a.clients.split(",") if k]
     if "ray" in backends and (shutil.which("unshare") is None or os.geteuid() != 0):
         print("ray skipped: needs root and unshare to run inside a private network namespace")
         backends.remove("ray")
@@ -308,14 +344,15 @@ def main() -> None:
     codes = [(a.baseline.resolve(), "before"), (ROOT, "after")] if a.baseline else [(ROOT, "")]
     for clients in sizes:
         rounds = 3 if clients <= 1000 else 1
-        for backend in backends:
-            for root, code in codes:
-                got = measure(backend, clients, rounds, None, 0, DIM, a.timeout, root, code)
-                if isinstance(got, Row):
-                    rows.append(got)
-                else:
-                    notes.append(f"{code} {backend}, {clients} clients: {got}".strip())
-                    print(f"  {code} {backend} {clients}: {got}", flush=True)
+        for kind in kinds:
+            for backend in backends:
+                for root, code in codes:
+                    got = measure(backend, clients, rounds, None, 0, DIM, a.timeout, root, code, kind)
+                    if isinstance(got, Row):
+                        rows.append(got)
+                    else:
+                        notes.append(f"{code} {backend}, {kind} clients, {clients} clients: {got}".strip())
+                        print(f"  {code} {backend} {kind} {clients}: {got}", flush=True)
     if a.cpu_clients and backends:
         for backend in backends:
             for root, code in codes:
@@ -347,11 +384,11 @@ def main() -> None:
     flower = {r.clients: r for r in rows if r.backend == "flower"}
     for r in rows:
         f = flower.get(r.clients)
-        if f is not None and r.backend == "ray" and r.workload == "tiny step" and r.round_s > 0:
-            ratios.append(f"- ray vs Flower's engine, {r.clients:,} clients: {f.round_s / r.round_s:.1f}x faster, "
-                          f"{r.peak_pss_mb / f.peak_pss_mb:.2f}x the memory")
+        if f is not None and r.backend != "flower" and r.workload.startswith("tiny step") and r.round_s > 0:
+            ratios.append(f"- {r.backend}, {r.workload} vs Flower's engine, {r.clients:,} clients: "
+                          f"{f.round_s / r.round_s:.1f}x faster, {r.peak_pss_mb / f.peak_pss_mb:.2f}x the memory")
     if ratios:
-        md.append("\nSpeed-up over InlineBackend (same run):\n\n" + "\n".join(ratios) + "\n")
+        md.append("\nRatios (same run):\n\n" + "\n".join(ratios) + "\n")
     if notes:
         md.append("\nNot measured:\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     a.out.with_suffix(".md").write_text("\n".join(md))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from fedcore.errors import AuthError, PayloadError, RoundStateError, TransportEr
 from fedcore.logger import get_logger
 from fedcore.operations import Endpoint, EvaluationReport, GlobalModel, Instruction, WireOptions
 from fedcore.privacy.local import local_dp
+from fedcore.seeds import client_round_seed
 from fedcore.states import Action, ClientState
 from fedcore.loops import evaluate as default_evaluate
 from fedcore.loops import train as default_train
@@ -228,7 +228,7 @@ class FLClient:
 
     def round_seed(self, round_number: int) -> int:
         """The seed of this client's local training in a round (same on every transport)."""
-        return (self.settings.seed * 1_000_003 + zlib.crc32(self.name.encode()) + round_number) % 2**31
+        return client_round_seed(self.settings.seed, self.name, round_number)
 
     def round_config(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The server's training config for this round, with the keys this client set explicitly."""

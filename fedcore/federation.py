@@ -91,7 +91,8 @@ from fedcore.secagg.coordinator import SecAggRound
 from fedcore.secagg.params import SecAggError, SecAggMessageError
 from fedcore.secagg.strategy import SecAggFedAvg
 from fedcore import wire
-from fedcore.wire import canonical_dtype, is_untrained
+from fedcore.update_checks import check_norm, is_untrained, non_finite_refusal
+from fedcore.wire import canonical_dtype
 
 if TYPE_CHECKING:
     from fedcore.config import Settings
@@ -463,7 +464,7 @@ class Federation(FederationOperations):
                 state = buffer.decoded()
                 buffer.decode_failed = True  # from here on every PayloadError is about the content
                 if not is_finite_state(state):
-                    raise PayloadError("update holds NaN or Inf values; refused")
+                    raise non_finite_refusal()
                 self._check_norm(state)
             except PayloadError as exc:
                 if buffer.decode_failed:
@@ -1047,8 +1048,7 @@ class FoldedUpdate:
 
 
 def check_update_norm(state: StateDict, global_state: StateDict, bound: float | None) -> None:
-    """Refuse an update far from the global model (relative L2 bound): one bad client cannot
-    drag the average to 1e38."""
+    """Refuse an update far from the global model (relative L2 bound, :func:`check_norm`)."""
     if bound is None:
         return
     diff_sq, ref_sq = 0.0, 0.0
@@ -1058,12 +1058,7 @@ def check_update_norm(state: StateDict, global_state: StateDict, bound: float | 
         g = global_state[name].double()
         diff_sq += float((t.double() - g).square().sum())
         ref_sq += float(g.square().sum())
-    norm, ref = math.sqrt(diff_sq), math.sqrt(ref_sq)
-    if norm > bound * (ref + 1.0):
-        raise PayloadError(
-            f"update is {norm:.3g} away from the global model, over the bound "
-            f"max_update_norm × (‖global‖ + 1) = {bound * (ref + 1.0):.3g}; refused"
-        )
+    check_norm(diff_sq, ref_sq, bound)
 
 
 def _opt_float(v: Any) -> float | None:

@@ -61,6 +61,7 @@ from fedcore.constants import (
     WIRE_VERSION,
 )
 from fedcore.errors import PayloadError, PayloadTooLargeError
+from fedcore.update_checks import is_untrained as is_untrained  # public here too (wire.is_untrained)
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -91,8 +92,7 @@ FLOAT_DTYPES = frozenset(name for dt, name in DTYPE_NAMES.items() if dt.is_float
 CAST_DTYPES = ("float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
-# Buffers that are not trained by gradient: in update mode they travel exactly, not as deltas.
-_UNTRAINED_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+# Buffers that are not trained by gradient (update_checks.is_untrained) travel exactly, not as deltas.
 
 
 def canonical_dtype(name: str) -> str:
@@ -101,11 +101,6 @@ def canonical_dtype(name: str) -> str:
     if canon not in CAST_DTYPES:
         raise ValueError(f"unknown wire dtype {name!r}; choose one of fp32, bf16, fp16")
     return canon
-
-
-def is_untrained(name: str) -> bool:
-    """BatchNorm statistics and counters: exact in every mode."""
-    return name.endswith(_UNTRAINED_SUFFIXES)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,19 @@ def _run_sim(backend: object) -> list[float]:
     return [float(x) for x in result.final_state["w"]]
 
 
+def _run_numpy_sim(backend: object) -> dict[str, object]:
+    """NumpyClients that report whether their worker loaded torch (sim_numpy_clients)."""
+    from sim_numpy_clients import ReportsTorchClients
+
+    from fedcore.sim import NumpyVectorClients, SimClock, sim_federation, simulate
+
+    clock = SimClock()
+    fed = sim_federation(NumpyVectorClients(dim=DIM).initial_state(), C, clock=clock)
+    result = simulate(fed, ReportsTorchClients(), N, C, ROUNDS, backend, seed=5, clock=clock)  # type: ignore[arg-type]
+    return {"w": [float(x) for x in result.final_state["w"]],
+            "torch_loaded": max(h.fit_metrics["torch_loaded"] for h in result.history)}
+
+
 def _niceness() -> int:
     return os.nice(0)
 
@@ -71,6 +84,7 @@ def _child(out: str, address: str | None) -> None:
         for k in WORKERS:
             results[str(k)] = _run_sim(RayBackend(num_workers=k))
             print(f"K={k} done {time.monotonic() - t0:.1f}s", file=sys.stderr, flush=True)
+        results["numpy"] = _run_numpy_sim(RayBackend(num_workers=2))
         # Ray's default nice 15 starves the workers on a loaded machine; init_local_ray sets 0.
         results["worker_nice"] = ray.get(ray.remote(num_cpus=1)(_niceness).remote(), timeout=60)
         ray.shutdown()
@@ -86,7 +100,8 @@ def _child(out: str, address: str | None) -> None:
 
 
 def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    # tests/ too: Ray's workers (started with this environment) unpickle sim_numpy_clients.
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
                 RAY_USAGE_STATS_ENABLED="0")
 
 
@@ -113,6 +128,10 @@ def test_ray_backend_matches_inline_in_a_private_namespace(inline_model: list[fl
     for k in WORKERS:
         _close(got[str(k)], inline_model)
     assert got["worker_nice"] == 0, "Ray workers run at reduced priority (RAY_worker_niceness not applied)"
+    from fedcore.sim import InlineBackend
+
+    _close(got["numpy"]["w"], _run_numpy_sim(InlineBackend())["w"])  # type: ignore[arg-type]
+    assert got["numpy"]["torch_loaded"] == 0.0, "a Ray actor running only NumpyClients imported torch"
 
 
 def _sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

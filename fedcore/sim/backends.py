@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Protocol, runtime_checkable
-
-import torch
 
 from fedcore.config import Settings
 from fedcore.sim.plan import ChunkResult, RoundPlan, Task
@@ -57,10 +56,9 @@ class InlineBackend:
 
     def start(self, client_fn: ClientFn, settings: Settings) -> None:
         tune_malloc()
-        if self._threads is not None:
-            self._saved_threads = torch.get_num_threads()
-            torch.set_num_threads(self._threads)
-        self._worker = SimWorker(client_fn, settings)
+        if self._threads is not None and "torch" in sys.modules:  # numpy-only runs never load it
+            self._saved_threads = sys.modules["torch"].get_num_threads()
+        self._worker = SimWorker(client_fn, settings, self._threads)
 
     def run_round(self, plan: RoundPlan, tasks: Sequence[Task]) -> Iterator[ChunkResult]:
         if self._worker is None:
@@ -71,7 +69,7 @@ class InlineBackend:
     def close(self) -> None:
         self._worker = None
         if self._saved_threads is not None:
-            torch.set_num_threads(self._saved_threads)
+            sys.modules["torch"].set_num_threads(self._saved_threads)
             self._saved_threads = None
 
 
@@ -81,8 +79,7 @@ _PROCESS_WORKER: SimWorker | None = None
 def _init_process(client_fn: ClientFn, settings: Settings, threads: int) -> None:
     global _PROCESS_WORKER
     tune_malloc()
-    torch.set_num_threads(threads)
-    _PROCESS_WORKER = SimWorker(client_fn, settings)
+    _PROCESS_WORKER = SimWorker(client_fn, settings, threads)
 
 
 def _run_in_process(plan: RoundPlan, task: Task) -> ChunkResult:

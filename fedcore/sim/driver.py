@@ -29,10 +29,11 @@ from fedcore.operations import Caller, Refusal, RoundRecord
 from fedcore.selection import ClientSelector, Sampling
 from fedcore.sim.backends import Backend, InlineBackend
 from fedcore.sim.faults import Faults, SimClock
-from fedcore.sim.plan import ChunkResult, RoundPlan, Task, to_plain
+from fedcore.sim.array_sum import ArraySum
+from fedcore.sim.plan import Bf16Bits, ChunkResult, PlainState, RoundPlan, Task
 from fedcore.sim.worker import ClientFn
 from fedcore.states import Action, ClientState
-from fedcore.strategy import Strategy, strategy_from_settings
+from fedcore.strategy import Strategy, WeightedSum, strategy_from_settings
 
 TRANSPORT = "sim"
 OnRound = Callable[[RoundRecord, float], None]
@@ -52,13 +53,38 @@ class SimResult:
     round_s: tuple[float, ...]  # wall time of each round as the driver saw it
 
 
+def to_plain(state: Mapping[str, torch.Tensor]) -> PlainState:
+    """The round's model as the workers receive it: numpy arrays (bfloat16 as its bits)."""
+    out: PlainState = {}
+    for k, t in state.items():
+        t = t.detach().cpu().contiguous()
+        out[k] = Bf16Bits(t.view(torch.int16).numpy().view(np.uint16)) if t.dtype == torch.bfloat16 else t.numpy()
+    return out
+
+
+def to_weighted_sum(partial: WeightedSum | ArraySum) -> WeightedSum:
+    """A numpy worker's partial sum as the strategy's own (the arrays shared, not copied, where
+    they are writable)."""
+    if isinstance(partial, WeightedSum):
+        return partial
+    out = WeightedSum()
+    out.sums = {k: torch.from_numpy(np.require(v, requirements="W")) for k, v in partial.sums.items()}
+    out.total, out.count = partial.total, partial.count
+    return out
+
+
+def as_tensors(state: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
+    """A model given as numpy arrays (a NumpyClient workload's) as the Federation's tensors."""
+    return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
+
+
 def cohort_sampling(base: Sampling, clients_per_round: int, seed: int) -> Sampling:
     """Exactly ``clients_per_round`` of the ready clients per round, drawn with ``seed``."""
     return replace(base, fraction_fit=1.0, min_fit_clients=clients_per_round, max_fit_clients=clients_per_round,
                    seed=seed)
 
 
-def sim_federation(initial_state: Mapping[str, torch.Tensor], clients_per_round: int, *,
+def sim_federation(initial_state: Mapping[str, torch.Tensor | np.ndarray], clients_per_round: int, *,
                    settings: Settings | None = None, strategy: Strategy | None = None,
                    evaluate_fn: EvaluateFn | None = None, clock: SimClock | None = None,
                    seed: int | None = None, selector: ClientSelector | None = None) -> Federation:
@@ -74,7 +100,7 @@ def sim_federation(initial_state: Mapping[str, torch.Tensor], clients_per_round:
         sampling=cohort_sampling(base.sampling, clients_per_round, s.seed if seed is None else seed),
     )
     strategy = strategy or strategy_from_settings(s)
-    return Federation(initial_state, config, strategy=strategy, evaluate_fn=evaluate_fn, clock=clock or SimClock(),
+    return Federation(as_tensors(initial_state), config, strategy=strategy, evaluate_fn=evaluate_fn, clock=clock or SimClock(),
                       selector=selector)
 
 
@@ -196,7 +222,7 @@ class _Driver:
         refused: list[Refusal] = []
         for res in results:
             if res.partial is not None:
-                total.merge(res.partial)
+                total.merge(to_weighted_sum(res.partial))
             for o in res.outcomes:
                 if o.status == "ok":
                     updates.append(FoldedUpdate(self.callers[o.cid], o.num_samples, o.metrics, payload_bytes))

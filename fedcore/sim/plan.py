@@ -1,19 +1,38 @@
 """What travels between the simulation driver and its workers: one round's plan (broadcast once)
-and one chunk's result. Frozen dataclasses that pickle, so every backend carries the same fields."""
+and one chunk's result. Frozen dataclasses that pickle, so every backend carries the same fields.
+
+Torch-free: a worker that runs numpy clients never imports torch (it would cost ~300 MB a
+process); tensors travel as numpy arrays, bfloat16 ones as their raw bits (``Bf16Bits``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from fedcore.operations import WireOptions
-from fedcore.strategy import WeightedSum
 
-# Tensors as numpy where numpy has the dtype (Ray hands those to actors without a copy).
-PlainState = dict[str, "np.ndarray | torch.Tensor"]
+if TYPE_CHECKING:
+    from fedcore.sim.array_sum import ArraySum
+    from fedcore.strategy import WeightedSum
+
+
+@dataclass(frozen=True)
+class Bf16Bits:
+    """A bfloat16 tensor as its raw bits (numpy has no bfloat16): the upper half of float32."""
+
+    bits: np.ndarray  # uint16
+
+    def as_float32(self) -> np.ndarray:
+        """The exact float32 values (bf16 widens without rounding)."""
+        return (self.bits.astype(np.uint32) << 16).view(np.float32)
+
+
+# Tensors as numpy arrays (Ray hands those to actors without a copy).
+PlainState = dict[str, "np.ndarray | Bf16Bits"]
 Status = Literal["ok", "failed", "refused"]
 
 
@@ -53,23 +72,6 @@ class ChunkResult:
     their encoded updates in ``payloads``, aligned with the ``ok`` outcomes)."""
 
     outcomes: tuple[ClientOutcome, ...]
-    partial: WeightedSum | None
+    partial: WeightedSum | ArraySum | None
     payloads: tuple[bytes, ...] = ()
     busy_s: float = 0.0
-
-
-def to_plain(state: Mapping[str, torch.Tensor]) -> PlainState:
-    """Tensors as numpy arrays where possible (bfloat16 stays a tensor)."""
-    out: PlainState = {}
-    for k, t in state.items():
-        t = t.detach().cpu().contiguous()
-        out[k] = t if t.dtype == torch.bfloat16 else t.numpy()
-    return out
-
-
-def to_torch(state: PlainState) -> dict[str, torch.Tensor]:
-    """Writable torch tensors (a copy: arrays from a shared object store are read-only)."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        out[k] = v.clone() if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True))
-    return out

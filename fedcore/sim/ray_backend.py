@@ -51,11 +51,8 @@ class _Actor:
     """The body of a Ray actor: one SimWorker for the actor's life."""
 
     def __init__(self, client_fn: ClientFn, settings: Settings, threads: int) -> None:
-        import torch
-
         tune_malloc()
-        torch.set_num_threads(threads)
-        self.worker = SimWorker(client_fn, settings)
+        self.worker = SimWorker(client_fn, settings, threads)
 
     def ready(self) -> bool:
         return True

@@ -1,29 +1,30 @@
 """The work of one simulation worker: run a chunk of a round's clients one after another and
 fold each checked update into the strategy's partial sum (or encode it, for strategies that
-need every update). Every backend runs this same code; only where it runs differs."""
+need every update). Every backend runs this same code; only where it runs differs.
+
+Torch-free at import: ``NumpyClient`` s run on ``fedcore.sim.numpy_worker`` and never load torch;
+the first ``FLClient`` or ``ClientApp`` a worker meets loads ``fedcore.sim.torch_worker``.
+"""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import time
-import zlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-
-from fedcore import wire
-from fedcore.app.apps import ClientApp
-from fedcore.client import FLClient
 from fedcore.config import Settings
 from fedcore.errors import PayloadError
-from fedcore.federation import check_update_norm
-from fedcore.operations import WireOptions
-from fedcore.privacy.local import local_dp
-from fedcore.sim.plan import ChunkResult, ClientOutcome, RoundPlan, Task, to_torch
-from fedcore.strategy import WeightedSum, is_finite_state
+from fedcore.sim.array_sum import ArraySum
+from fedcore.sim.numpy_client import NumpyClient
+from fedcore.sim.numpy_worker import NumpyRunner, Trained
+from fedcore.sim.plan import ChunkResult, ClientOutcome, RoundPlan, Task
 
-ClientFn = Callable[[int], "FLClient | ClientApp"]
+if TYPE_CHECKING:
+    from fedcore.strategy import WeightedSum
+
+#: ``client_fn(cid)`` returns an ``FLClient``, a ``ClientApp`` or a ``NumpyClient``.
+ClientFn = Callable[[int], Any]
 
 # glibc: model-sized numpy/torch temporaries stay on the heap instead of a fresh mmap each time
 # (measured 8x slower per client without), and freed memory is not trimmed back at once.
@@ -45,105 +46,88 @@ def tune_malloc() -> bool:
         return False
 
 
-def round_seed(seed: int, name: str, round_number: int) -> int:
-    """The client runtime's per-(round, client) seed (FLClient.train_round): any worker, any K."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode()) + round_number) % 2**31
+class ClientRunner(Protocol):
+    """One kind of client (numpy or torch) as a worker runs it."""
 
+    def receive(self, plan: RoundPlan) -> None: ...
 
-def as_received(state: Mapping[str, torch.Tensor], options: WireOptions,
-                reference: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-    """The update as the server would hold it after the wire: weights cast to the wire dtype, or
-    an int8 delta quantised against the model the client received."""
-    if options.update == "q8":
-        payload = wire.encode_state(state, dtype=options.dtype, codec="none", filter="none", reference=reference,
-                                    quantize_update=True)
-        return wire.decode_state(payload, reference=reference, as_sent=False)
-    target = wire.TORCH_DTYPES[wire.canonical_dtype(options.dtype)]
-    return {k: t.to(target) if t.is_floating_point() and not wire.is_untrained(k) else t for k, t in state.items()}
+    def train(self, made: Any, name: str, plan: RoundPlan) -> Trained: ...
 
+    def check(self, trained: Trained, plan: RoundPlan) -> Mapping[str, Any]: ...
 
-def seed_torch(seed: int) -> None:
-    """``torch.manual_seed`` without its per-call cost for accelerators nobody initialised
-    (it records a stack trace for each lazy CUDA/XPU/MTIA seed: ~2 ms a client)."""
-    torch.default_generator.manual_seed(seed)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
-        torch.cuda.manual_seed_all(seed)
+    def new_partial(self) -> WeightedSum | ArraySum: ...
+
+    def encode(self, trained: Trained, plan: RoundPlan, name: str) -> bytes: ...
 
 
 class SimWorker:
-    """Holds the user's ``client_fn`` for the worker's life; runs chunks of rounds."""
+    """Holds the user's ``client_fn`` for the worker's life; runs chunks of rounds. ``threads``:
+    torch's intra-op threads once a torch client runs here (None: leave as is)."""
 
-    def __init__(self, client_fn: ClientFn, settings: Settings | None = None) -> None:
+    def __init__(self, client_fn: ClientFn, settings: Settings | None = None, threads: int | None = None) -> None:
         self.client_fn = client_fn
         self.settings = settings or Settings()
-        self._round: int | None = None
-        self._global: dict[str, torch.Tensor] = {}
+        self._threads = threads
+        self._numpy: NumpyRunner | None = None
+        self._torch: ClientRunner | None = None
 
-    def _receive(self, plan: RoundPlan) -> dict[str, torch.Tensor]:
-        if self._round != plan.round:  # once per round per worker, however many chunks it runs
-            self._global = to_torch(plan.global_state)
-            self._round = plan.round
-        return self._global
+    def _runner(self, made: object, cid: int) -> ClientRunner:
+        if isinstance(made, NumpyClient):
+            if self._numpy is None:
+                self._numpy = NumpyRunner(self.settings)
+            return self._numpy
+        if self._torch is None:
+            from fedcore.app.apps import ClientApp
+            from fedcore.client import FLClient
+            from fedcore.sim.torch_worker import TorchRunner
 
-    def _client(self, cid: int, name: str) -> FLClient:
-        made = self.client_fn(cid)
-        if isinstance(made, FLClient):
-            return made
-        if isinstance(made, ClientApp):
-            return FLClient(made.model, made.train_data, name=name, settings=self.settings, val_data=made.val_data,
-                            train_fn=made.train_fn, evaluate_fn=made.evaluate_fn)
-        raise TypeError(f"client_fn({cid}) returned {type(made).__name__}; expected an FLClient or a ClientApp")
-
-    def _train(self, client: FLClient, name: str, plan: RoundPlan, glob: dict[str, torch.Tensor]) -> dict[str, float]:
-        client.model.load_state_dict(glob)
-        cfg: dict[str, Any] = client.round_config(plan.config)
-        seed = round_seed(client.settings.seed, name, plan.round)
-        seed_torch(seed)
-        metrics = dict(client.train_fn(
-            client.model, client.train_data, epochs=int(cfg["epochs"]), batch_size=int(cfg["batch_size"]),
-            lr=float(cfg["lr"]), proximal_mu=float(cfg.get("proximal_mu", 0.0)), global_state=glob, seed=seed,
-        ))
-        val = client.val_data
-        if val is not None and len(val) > 0:  # type: ignore[arg-type]
-            metrics.update({f"val_{k}": v for k, v in client.evaluate_fn(client.model, val).items()})
-        return {k: float(v) for k, v in metrics.items()}
+            if not isinstance(made, (FLClient, ClientApp)):
+                raise TypeError(f"client_fn({cid}) returned {type(made).__name__}; expected an FLClient, a ClientApp "
+                                "or a NumpyClient")
+            self._torch = TorchRunner(self.settings, self._threads)
+        return self._torch
 
     def run_chunk(self, plan: RoundPlan, task: Task) -> ChunkResult:
         """Each client of the chunk in turn: train from the round's model, check the update as
         the server's upload gate would, fold it (or encode it). A client that raises is a failed
-        result; one whose update the checks refuse is a refused result."""
+        result; one whose update the checks refuse is a refused result. One chunk holds one kind
+        of client (numpy or torch): its partial sum is of that kind."""
         started = time.perf_counter()
-        glob = self._receive(plan)
-        partial = None if plan.every_update else WeightedSum()
+        partial: WeightedSum | ArraySum | None = None
+        kind: ClientRunner | None = None
         outcomes: list[ClientOutcome] = []
         payloads: list[bytes] = []
         for cid, name in zip(task.cids, task.names):
+            made = None
             try:
-                client = self._client(cid, name)
-                metrics = self._train(client, name, plan, glob)
-                samples = min(int(client.num_samples), plan.max_num_samples)
-                if samples <= 0:
-                    raise ValueError(f"client {name} has no training samples")
-                state = local_dp(client.model.state_dict(), glob, client.settings, client=name, round_number=plan.round)
+                made = self.client_fn(cid)
             except Exception as exc:  # the user's code failed: the server sees the client drop
                 outcomes.append(ClientOutcome(cid, "failed", reason=f"{type(exc).__name__}: {exc}"))
                 continue
-            if plan.every_update:
-                payloads.append(wire.encode_state(
-                    state, dtype=plan.wire.dtype, codec=plan.wire.codec, level=plan.wire.level, filter=plan.wire.filter,
-                    reference=glob, quantize_update=plan.wire.update == "q8", meta={"round": plan.round, "client": name},
-                ))
-                outcomes.append(ClientOutcome(cid, "ok", samples, metrics))
-                continue
-            received = as_received(state, plan.wire, glob)
+            runner = self._runner(made, cid)
+            if kind is not None and runner is not kind:
+                raise TypeError("client_fn returned numpy and torch clients in one simulation; use one kind")
+            if kind is None:
+                kind = runner
+                runner.receive(plan)  # a misconfiguration (e.g. a codec numpy clients lack) raises here
             try:
-                if not is_finite_state(received):
-                    raise PayloadError("update holds NaN or Inf values; refused")
-                check_update_norm(received, glob, plan.max_update_norm)
+                trained = runner.train(made, name, plan)
+            except Exception as exc:
+                outcomes.append(ClientOutcome(cid, "failed", reason=f"{type(exc).__name__}: {exc}"))
+                continue
+            if plan.every_update:
+                payloads.append(runner.encode(trained, plan, name))
+                outcomes.append(ClientOutcome(cid, "ok", trained.num_samples, trained.metrics))
+                continue
+            try:
+                received = runner.check(trained, plan)
             except PayloadError as exc:
                 outcomes.append(ClientOutcome(cid, "refused", reason=str(exc)))
                 continue
-            assert partial is not None
-            partial.add(received, samples)
-            outcomes.append(ClientOutcome(cid, "ok", samples, metrics))
+            if partial is None:
+                partial = runner.new_partial()
+            partial.add(received, trained.num_samples)
+            outcomes.append(ClientOutcome(cid, "ok", trained.num_samples, trained.metrics))
+        if partial is None and kind is not None and not plan.every_update:
+            partial = kind.new_partial()
         return ChunkResult(tuple(outcomes), partial, tuple(payloads), time.perf_counter() - started)
