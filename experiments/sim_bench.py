@@ -201,7 +201,8 @@ def run_flower(clients: int, rounds: int, dim: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- orchestration (parent)
-def _run_sampled(cmd: list[str], env: dict[str, str], timeout_s: float) -> tuple[subprocess.CompletedProcess[str], float]:
+def _run_sampled(cmd: list[str], env: dict[str, str],
+                 timeout_s: float) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``cmd``; the peak PSS (MB) of its whole process tree, sampled from here."""
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         with PeakPss(proc.pid) as mem:
@@ -314,7 +315,8 @@ def main() -> None:
     p.add_argument("--sizes", default="100,1000,10000")
     p.add_argument("--backends", default="inline,process,ray")
     p.add_argument("--clients", default="numpy,torch",
-                   help="client kinds of the tiny-step rows: numpy (NumpyClient, workers without torch), torch (FLClient)")
+                   help="client kinds of the tiny-step rows: numpy (NumpyClient, workers without torch), "
+                        "torch (FLClient)")
     p.add_argument("--cpu-clients", type=int, default=200, help="clients of the CPU-bound round (0: skip)")
     p.add_argument("--cpu-work", type=int, default=150, help="128x128 matrix products per CPU-bound client")
     p.add_argument("--timeout", type=float, default=900)

@@ -30,12 +30,14 @@ def test_readme_numpy_client_example_runs() -> None:
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     swaps = {"backend=RayBackend(num_workers=2)": "backend=InlineBackend()",
              "np.zeros(1_000_000, np.float32)": "np.zeros(1_000, np.float32)",
-             "num_clients=10_000, clients_per_round=1000, rounds=5": "num_clients=100, clients_per_round=1000 // 50, rounds=2",
+             "num_clients=10_000, clients_per_round=1000, rounds=5":
+                 "num_clients=100, clients_per_round=1000 // 50, rounds=2",
              "clients_per_round=1000, clock=clock)": "clients_per_round=20, clock=clock)"}
     for old, new in swaps.items():
         assert old in code, f"README example changed: {old!r} not found"
         code = code.replace(old, new)
-    code = "from fedcore.sim import InlineBackend\n" + code + "\nprint(len(result.history), float(abs(result.final_state['w']).sum()))\n"
+    code = ("from fedcore.sim import InlineBackend\n" + code +
+            "\nprint(len(result.history), float(abs(result.final_state['w']).sum()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=220,
                          env={"FEDCORE_LOG_LEVEL": "WARNING", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]

@@ -100,8 +100,8 @@ def sim_federation(initial_state: Mapping[str, torch.Tensor | np.ndarray], clien
         sampling=cohort_sampling(base.sampling, clients_per_round, s.seed if seed is None else seed),
     )
     strategy = strategy or strategy_from_settings(s)
-    return Federation(as_tensors(initial_state), config, strategy=strategy, evaluate_fn=evaluate_fn, clock=clock or SimClock(),
-                      selector=selector)
+    return Federation(as_tensors(initial_state), config, strategy=strategy, evaluate_fn=evaluate_fn,
+                      clock=clock or SimClock(), selector=selector)
 
 
 def _settings_federation(settings: Settings, clients_per_round: int, clock: SimClock,
