@@ -39,7 +39,8 @@ def simulate_command(
     per_round: Annotated[Optional[int], typer.Option(
         help="Clients drawn per round (default: from fraction_fit / min_fit_clients / max_fit_clients, i.e. all).")] = None,
     rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 5,
-    backend: Annotated[str, typer.Option(help="inline | process | ray (pip install 'fedcore[sim]').")] = "inline",
+    # "\\[": rich markup would take "[sim]" for a style tag and print nothing.
+    backend: Annotated[str, typer.Option(help="inline | process | ray (pip install 'fedcore\\[sim]').")] = "inline",
     workers: Annotated[Optional[int], typer.Option(help="Worker processes / Ray actors (default: one per core).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster to join (ray backend).")] = None,
     dataset: Annotated[str, typer.Option(help="digits (bundled) | cifar10.")] = "digits",
