@@ -452,13 +452,14 @@ class Federation(FederationOperations):
             samples, clipped = self._registry.clip_samples(num_samples)
         if declared_size is not None and declared_size > cfg.max_payload_bytes:  # before any byte or slot
             raise PayloadTooLargeError(f"update of {declared_size} bytes is over the {cfg.max_payload_bytes}-byte limit")
-        self._slots.acquire(rec.client_id, cfg.body_timeout_s)
+        self._slots.enter(rec.client_id)
         buffer: UpdateBuffer | None = None
         try:
             # The decoder takes each chunk as it arrives (a block-framed body is decoded while
-            # the rest is on the wire); decoding is outside the lock so other clients go on.
+            # the rest is on the wire) once the buffer holds one of the decode slots, and the
+            # bytes are spooled until then; decoding is outside the lock so other clients go on.
             buffer = UpdateBuffer(cfg.max_payload_bytes, declared_size, cfg.body_timeout_s,
-                                  decoder=self._model.update_decoder())
+                                  decoder=self._model.update_decoder(), slots=self._slots)
             try:
                 yield buffer
                 state = buffer.decoded()
@@ -489,7 +490,7 @@ class Federation(FederationOperations):
         finally:
             if buffer is not None:
                 buffer.close()
-            self._slots.release(rec.client_id)
+            self._slots.leave(rec.client_id)
 
     def submit_update(self, caller: Caller, round_number: int, payload: bytes | bytearray | memoryview,
                       num_samples: int, metrics: Mapping[str, float] | None = None) -> None:

@@ -1,14 +1,21 @@
 """The upload gate's bookkeeping: size, time and concurrency bounds for update bodies.
 
-One body per client at a time, at most ``max_concurrent`` bodies buffered and decoded at once
-across all transports (server memory stays bounded whatever the number of clients), and each
-body must arrive within ``body_timeout_s`` (a slow-loris sender is cut off, not held).
+One body per client at a time; at most ``max_concurrent`` bodies *decoded* at once across all
+transports (each decoder builds a model-sized state, so server memory stays bounded whatever
+the number of clients); and each body must arrive within ``body_timeout_s`` (a slow-loris
+sender is cut off, not held).
+
+A body that arrives while every decode slot is taken is not held back: its bytes go to a spool
+(memory up to ``SPOOL_MEMORY_BYTES``, then an unlinked temporary file) and are decoded once a
+slot frees. Holding it back would serialise the transfers: on links slower than the decoder
+(a WAN, a phone) N clients' uploads would take ceil(N / max_concurrent) times one upload.
 """
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -18,8 +25,12 @@ if TYPE_CHECKING:
 from fedcore.errors import PayloadError, PayloadTooLargeError, TransportError, UploadTimeoutError
 
 
+SPOOL_MEMORY_BYTES = 1 << 20  # a waiting body's bytes past this go to a temporary file
+_REPLAY_BYTES = 1 << 20
+
+
 class UploadSlots:
-    """Global and per-client concurrency of uploads."""
+    """One upload per client at a time, and at most ``max_concurrent`` decode slots."""
 
     def __init__(self, max_concurrent: int) -> None:
         if max_concurrent < 1:
@@ -28,20 +39,26 @@ class UploadSlots:
         self._lock = threading.Lock()
         self._clients: set[str] = set()
 
-    def acquire(self, client_id: str, wait_s: float) -> None:
+    def enter(self, client_id: str) -> None:
         with self._lock:
             if client_id in self._clients:
                 raise RoundStateBusy("this client already has an upload in progress")
             self._clients.add(client_id)
-        if not self._global.acquire(timeout=max(0.0, wait_s)):
-            with self._lock:
-                self._clients.discard(client_id)
-            raise TransportError("server busy receiving other updates; retry")
 
-    def release(self, client_id: str) -> None:
-        self._global.release()
+    def leave(self, client_id: str) -> None:
         with self._lock:
             self._clients.discard(client_id)
+
+    def try_take(self) -> bool:
+        """A decode slot if one is free now."""
+        return self._global.acquire(blocking=False)
+
+    def take(self, wait_s: float) -> None:
+        if not self._global.acquire(timeout=max(0.0, wait_s)):
+            raise TransportError("server busy decoding other updates; retry")
+
+    def give(self) -> None:
+        self._global.release()
 
 
 class RoundStateBusy(TransportError):
@@ -96,15 +113,20 @@ class UpdateBuffer(BoundedBuffer):
 
     Given a ``decoder`` (a :class:`fedcore.wire.StreamDecoder`), the bytes are not kept: each
     write is fed to it, so a block-framed payload is decoded while the rest of it is still on
-    the wire and :meth:`decoded` returns the tensors."""
+    the wire and :meth:`decoded` returns the tensors. Given ``slots`` too, the decoder runs only
+    while this buffer holds a decode slot: until one is free the bytes are spooled, then
+    replayed into the decoder (see the module docstring)."""
 
     def __init__(self, limit: int, declared: int | None, timeout_s: float,
-                 decoder: StreamDecoder | None = None) -> None:
+                 decoder: StreamDecoder | None = None, slots: UploadSlots | None = None) -> None:
         super().__init__(limit, declared, keep=decoder is None)  # a decoder gets the bytes instead
         self.deadline = time.monotonic() + timeout_s
         self.timeout_s = timeout_s
         self.decoder = decoder
         self.decode_failed = False
+        self._slots = slots
+        self._holding = slots is None or decoder is None  # no decoder: nothing model-sized to bound
+        self._spool: IO[bytes] | None = None
 
     def remaining_s(self) -> float:
         return self.deadline - time.monotonic()
@@ -115,6 +137,40 @@ class UpdateBuffer(BoundedBuffer):
         super().write(chunk)
         if self.decoder is None:
             return
+        if not self._holding and not self._take(wait_s=None):
+            self._spool_write(chunk)
+            return
+        self._feed(chunk)
+
+    def _take(self, wait_s: float | None) -> bool:
+        """Take a decode slot (now, or waiting up to ``wait_s``) and replay what was spooled."""
+        assert self._slots is not None
+        if wait_s is None:
+            if not self._slots.try_take():
+                return False
+        else:
+            self._slots.take(wait_s)
+        self._holding = True
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            with spool:
+                spool.seek(0)
+                while piece := spool.read(_REPLAY_BYTES):
+                    self._feed(piece)
+        return True
+
+    def _spool_write(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self._spool is None:
+            try:
+                self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+            except OSError:  # nowhere to spool: wait for a slot instead (transfers serialise)
+                self._take(wait_s=self.remaining_s())
+                self._feed(chunk)
+                return
+        self._spool.write(chunk)
+
+    def _feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        assert self.decoder is not None
         try:
             self.decoder.feed(chunk)
         except PayloadError:
@@ -122,10 +178,13 @@ class UpdateBuffer(BoundedBuffer):
             raise
 
     def decoded(self) -> dict[str, torch.Tensor]:
-        """The tensors the decoder made of the whole body (a truncated body is a PayloadError)."""
+        """The tensors the decoder made of the whole body (a truncated body is a PayloadError).
+        A spooled body waits here for a decode slot (up to ``timeout_s``)."""
         if self.decoder is None:
             raise RuntimeError("this buffer has no decoder")
         self.check_complete()
+        if not self._holding:
+            self._take(wait_s=self.timeout_s)
         try:
             return self.decoder.finish()
         except PayloadError:
@@ -133,6 +192,13 @@ class UpdateBuffer(BoundedBuffer):
             raise
 
     def close(self) -> None:
-        """Release what a decoder holds when the body did not end in :meth:`decoded`."""
+        """Release what a decoder holds when the body did not end in :meth:`decoded`, the
+        spool, and the decode slot."""
         if self.decoder is not None:
             self.decoder.abort()
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        if self._holding and self._slots is not None and self.decoder is not None:
+            self._holding = False
+            self._slots.give()
