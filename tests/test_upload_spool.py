@@ -112,3 +112,33 @@ def test_without_a_spool_a_body_waits_for_a_slot_as_before(monkeypatch: pytest.M
         assert not ctx.__exit__(TransportError, err, None)
     fed.submit_update(b, 1, pb, 10)
     assert fed.status().submitted == 1
+
+
+def test_the_int8_reference_is_decoded_once_however_many_uploads_open_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every upload of a round opens its decoder at once now; each used to decode its own copy
+    of the reference an int8 update is relative to (10 clients: +380 MB of server RSS)."""
+    import threading
+    import time
+
+    from fedcore import global_model
+
+    calls = []
+    real = wire.decode_state
+
+    def slow_decode(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        time.sleep(0.05)  # wide enough for every thread to arrive while the first decodes
+        return real(*a, **k)
+
+    monkeypatch.setattr(global_model.wire, "decode_state", slow_decode)
+    model = global_model.GlobalModel({"w": torch.zeros(10)}, WireOptions("bf16", "zstd", None, "auto", "q8"),
+                                     1 << 20, None)
+    model.encode()
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(model.reference())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(got) == 8 and all(g is got[0] for g in got)
+    assert len(calls) == 1
