@@ -141,6 +141,11 @@ def shaping_skip_reason(shaping: Shaping) -> str | None:
     return _qdisc_reason(shaping.kind)
 
 
+def process_prefix() -> str:
+    """The start of every namespace name this process's Networks create by default."""
+    return f"fc{os.getpid()}x"
+
+
 class Network:
     """A bridge and the namespaces attached to it; a context manager that always cleans up."""
 
@@ -150,7 +155,9 @@ class Network:
         if not self.subnet.is_private or not str(self.subnet).startswith("10."):
             raise ValueError(f"use a 10.x subnet, got {subnet}")
         self.hub_mode = hub
-        self.tag = tag or f"fc{os.getpid() % 100000}{next(_COUNTER)}"
+        # pid and counter with a separator: "fc2992" + "17" and "fc29921" + "7" were the same tag,
+        # so two test processes on one host could collide on a namespace name.
+        self.tag = tag or f"{process_prefix()}{next(_COUNTER)}"
         self._hosts = self.subnet.hosts()
         self._created: list[str] = []
         self.members: list[Namespace] = []

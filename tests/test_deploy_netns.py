@@ -75,9 +75,12 @@ def _need_namespaces() -> None:
         pytest.skip(why)
 
 
-def _ns_names() -> set[str]:
+def _ns_names(mine: bool = False) -> set[str]:
+    """Network namespaces on this host (``mine``: only those this test process created; another
+    test run on the same host may be creating its own at the same moment)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    return {n for n in names if n.startswith(netns.process_prefix())} if mine else names
 
 
 # ------------------------------------------------------------------------ the helper
@@ -132,7 +135,7 @@ def test_rate_shaping_is_applied_on_both_ends() -> None:
 def test_delay_shaping_applies_or_fails_cleanly() -> None:
     shaping = netns.Shaping(delay_ms=20, loss_pct=0.5)
     why = netns.shaping_skip_reason(shaping)
-    before = _ns_names()
+    before = _ns_names(mine=True)
     if why is None:
         with netns.star(1, shaping=shaping) as s:
             out = subprocess.run(["tc", "-n", s.clients[0].name, "qdisc", "show", "dev", "eth0"],
@@ -142,7 +145,7 @@ def test_delay_shaping_applies_or_fails_cleanly() -> None:
         with pytest.raises(netns.NetnsError, match="qdisc"):
             with netns.star(1, shaping=shaping):
                 pass
-    assert _ns_names() == before
+    assert _ns_names(mine=True) == before
 
 
 def test_only_10_x_subnets() -> None:
