@@ -119,7 +119,11 @@ def _close(a: list[float], b: list[float]) -> None:
 
 def test_ray_backend_matches_inline_in_a_private_namespace(inline_model: list[float], tmp_path: Path) -> None:
     out = tmp_path / "ray.json"
-    cmd = f"ip link set lo up && exec {sys.executable} {__file__} child {out}"
+    # A private /tmp/ray (the mount namespace --mount-proc makes) holding a stale address, as a
+    # `ray start` earlier on this machine leaves: a local simulation must start its own Ray,
+    # not join or fail on that one.
+    cmd = ("ip link set lo up && mkdir -p /tmp/ray && mount -t tmpfs -o size=1g fcray /tmp/ray && "
+           f"echo 127.0.0.1:9 > /tmp/ray/ray_current_cluster && exec {sys.executable} {__file__} child {out}")
     proc = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "sh", "-c", cmd], env=_env(),
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

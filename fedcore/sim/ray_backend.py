@@ -41,10 +41,12 @@ def worker_env() -> dict[str, str]:
 def init_local_ray(num_cpus: int | None = None) -> None:
     """Start a local Ray for simulations. It inherits this environment, so its prestarted
     workers already have ``worker_env()`` (a runtime_env would start a second set), and it
-    does not probe for an external IP."""
+    does not probe for an external IP. ``address="local"``: always a new instance, never the
+    cluster a ``ray start`` on this machine recorded in /tmp/ray/ray_current_cluster (which
+    ``ray.init()`` would otherwise join, or fail on when it is stale)."""
     ray = _import_ray()
     os.environ.update(worker_env())
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1", num_cpus=num_cpus)
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1", num_cpus=num_cpus)
 
 
 class _Actor:
