@@ -387,8 +387,9 @@ def main() -> None:
     for r in rows:
         f = flower.get(r.clients)
         if f is not None and r.backend != "flower" and r.workload.startswith("tiny step") and r.round_s > 0:
-            ratios.append(f"- {r.backend}, {r.workload} vs Flower's engine, {r.clients:,} clients: "
-                          f"{f.round_s / r.round_s:.1f}x faster, {r.peak_pss_mb / f.peak_pss_mb:.2f}x the memory")
+            ratios.append(f"- {r.code + ': ' if r.code else ''}{r.backend}, {r.workload} vs Flower's engine, "
+                          f"{r.clients:,} clients: {f.round_s / r.round_s:.1f}x faster, "
+                          f"{r.peak_pss_mb / f.peak_pss_mb:.3f}x the memory")
     if ratios:
         md.append("\nRatios (same run):\n\n" + "\n".join(ratios) + "\n")
     if notes:

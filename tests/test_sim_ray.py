@@ -69,6 +69,18 @@ def _niceness() -> int:
     return os.nice(0)
 
 
+def _ray_services() -> list[str]:
+    """Ray's Python services running in this PID namespace, by script name."""
+    names = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        names += [Path(a.decode()).name for a in cmd if a.endswith(b".py") and b"/ray/" in a]
+    return sorted(names)
+
+
 def _child(out: str, address: str | None) -> None:
     import ray
 
@@ -87,6 +99,7 @@ def _child(out: str, address: str | None) -> None:
         results["numpy"] = _run_numpy_sim(RayBackend(num_workers=2))
         # Ray's default nice 15 starves the workers on a loaded machine; init_local_ray sets 0.
         results["worker_nice"] = ray.get(ray.remote(num_cpus=1)(_niceness).remote(), timeout=60)
+        results["services"] = _ray_services()
         ray.shutdown()
     else:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
@@ -132,6 +145,9 @@ def test_ray_backend_matches_inline_in_a_private_namespace(inline_model: list[fl
     for k in WORKERS:
         _close(got[str(k)], inline_model)
     assert got["worker_nice"] == 0, "Ray workers run at reduced priority (RAY_worker_niceness not applied)"
+    # The lean head: no autoscaler monitor, no log monitor (~145 MB); the dashboard API stays.
+    assert "monitor.py" not in got["services"] and "log_monitor.py" not in got["services"], got["services"]
+    assert "dashboard.py" in got["services"], got["services"]
     from fedcore.sim import InlineBackend
 
     _close(got["numpy"]["w"], _run_numpy_sim(InlineBackend())["w"])  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from fedcore.sim.backends import Backend, InlineBackend, ProcessBackend
 BACKENDS = ("inline", "process", "ray")
 
 
-def make_backend(name: str, workers: int | None, address: str | None) -> Backend:
+def make_backend(name: str, workers: int | None, address: str | None, worker_logs: bool = False) -> Backend:
     """A backend by name; one clear error for an unknown name or a missing Ray."""
     if name == "inline":
         return InlineBackend()
@@ -30,7 +30,7 @@ def make_backend(name: str, workers: int | None, address: str | None) -> Backend
     if name == "ray":
         from fedcore.sim.ray_backend import RayBackend
 
-        return RayBackend(num_workers=workers, address=address)
+        return RayBackend(num_workers=workers, address=address, worker_logs=worker_logs)
     raise typer.BadParameter(f"--backend must be one of {', '.join(BACKENDS)}, not {name!r}")
 
 
@@ -43,6 +43,8 @@ def simulate_command(
     backend: Annotated[str, typer.Option(help="inline | process | ray (pip install 'fedcore\\[sim]').")] = "inline",
     workers: Annotated[Optional[int], typer.Option(help="Worker processes / Ray actors (default: one per core).")] = None,
     address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster to join (ray backend).")] = None,
+    worker_logs: Annotated[bool, typer.Option(
+        help="Copy the Ray actors' prints to this terminal (a local Ray then runs its log monitor too).")] = False,
     dataset: Annotated[str, typer.Option(help="digits (bundled) | cifar10.")] = "digits",
     data_dir: Annotated[Optional[Path], typer.Option(help="CIFAR-10 folder (npz files or torchvision layout).")] = None,
     drop: Annotated[float, typer.Option(help="Share of selected clients that drop out mid-round.")] = 0.0,
@@ -69,7 +71,7 @@ def simulate_command(
     cohort = per_round or sample_size(clients, s.fraction_fit, s.min_fit_clients, s.max_fit_clients)
     if not 1 <= cohort <= clients:
         raise typer.BadParameter("--per-round must be in 1..--clients")
-    chosen = make_backend(backend, workers, address)
+    chosen = make_backend(backend, workers, address, worker_logs)
     console.print(f"[bold]fedcore simulate[/bold]: {clients} clients ({cohort} a round) × {rounds} rounds on "
                   f"{s.dataset}, backend {backend}, strategy {s.strategy}")
     started = time.monotonic()
