@@ -66,17 +66,29 @@ CODECS: dict[str, dict[str, Any]] = {
 PERTURB = 1e-3
 # Round trips a round needs besides the transfers: fedcore = the TRAIN answer to an open long poll
 # (½), fetch_global (1), push_update (1); Flower's bidi stream = FitIns down (½), FitRes up (½).
-ROUND_TRIPS = {"fedcore-grpc": 2.5, "fedcore-rest": 2.5, "flower-grpc": 1.0, "fedcore-grpc-oldwin": 2.5}
-OLD_WINDOW = "grpc-oldwin"  # --transports value: gRPC with the HTTP/2 window before issue 14 (64 KiB default)
+# --transports values for gRPC with another HTTP/2 receive window, for comparison rows: the
+# 64 KiB default before issue 14 (BDP probing off), and the 4 MiB window issue 14 first used.
+GRPC_WINDOWS: dict[str, int | None] = {"grpc-oldwin": None, "grpc-win4m": 4 * 1024 * 1024}
+OLD_WINDOW = "grpc-oldwin"
+ROUND_TRIPS = {"fedcore-grpc": 2.5, "fedcore-rest": 2.5, "flower-grpc": 1.0,
+               **{f"fedcore-{t}": 2.5 for t in GRPC_WINDOWS}}
 
 
-def use_old_grpc_window() -> None:
-    """In a bench child only: drop the fixed HTTP/2 receive window from gRPC's options, so the
-    stream window is gRPC's 64 KiB default with BDP probing off, as before issue 14."""
+def use_grpc_window(transport: str) -> str:
+    """In a bench child only: give gRPC's options the window a comparison variant names (no
+    fixed window: gRPC's 64 KiB default) and return the transport to run ("grpc")."""
+    if transport not in GRPC_WINDOWS:
+        return transport
     from transports.grpc import options
 
+    window = GRPC_WINDOWS[transport]
     for opts in (options.CHANNEL_OPTIONS, options.SERVER_OPTIONS):
         opts[:] = [o for o in opts if o[0] != "grpc.http2.lookahead_bytes"]
+        if window is not None:
+            opts.append(("grpc.http2.lookahead_bytes", window))
+    return "grpc"
+
+
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 * 1024 * 1024), "MALLOC_ARENA_MAX": "2"}
 NUM_SAMPLES = 100
 LONG_POLL_S = 10.0
@@ -202,9 +214,7 @@ def fedcore_server(transport: str, model: str, codec: str, clients: int, rounds:
     from experiments.emulation import join_netns
 
     join_netns(netns)
-    if transport == OLD_WINDOW:
-        use_old_grpc_window()
-        transport = "grpc"
+    transport = use_grpc_window(transport)
     from fedcore.config import Settings
     from fedcore.federation import Federation, FederationConfig
     from fedcore.operations import Endpoint, WireOptions
@@ -245,9 +255,7 @@ def fedcore_client(transport: str, port: int, name: str, codec: str, seed: int, 
     from experiments.emulation import join_netns
 
     join_netns(netns)
-    if transport == OLD_WINDOW:
-        use_old_grpc_window()
-        transport = "grpc"
+    transport = use_grpc_window(transport)
     import torch
 
     from fedcore import wire
@@ -327,7 +335,7 @@ def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, 
         parent.send("stop")
         if not res["ok"] or any(p != clients for p in res["participants"]):
             raise RuntimeError(f"{transport}/{codec}/N={clients}: incomplete rounds {res}")
-        system = f"fedcore-{transport}"  # fedcore-grpc-oldwin for the old-window row
+        system = f"fedcore-{transport}"  # fedcore-grpc-oldwin / -win4m for the window variants
         bound = physical_bound_s(profile, system, clients, statistics.median(res["bytes_out"]),
                                  statistics.median(res["bytes_in"])) if profile else None
         return RunResult(system, codec, clients, repeat, res["round_s"], res["bytes_per_round"],
@@ -481,7 +489,7 @@ def summarise(results: list[RunResult]) -> list[Row]:
             len(rs),
             statistics.median(bs) if (bs := [r.bound_s for r in rs if r.bound_s is not None]) else None,
         ))
-    order = {"flower-grpc": 0, "fedcore-grpc-oldwin": 1, "fedcore-grpc": 2, "fedcore-rest": 3}
+    order = {"flower-grpc": 0, "fedcore-grpc-oldwin": 1, "fedcore-grpc-win4m": 2, "fedcore-grpc": 3, "fedcore-rest": 4}
     return sorted(rows, key=lambda r: (r.clients, order.get(r.system, 9), r.codec))
 
 
@@ -557,11 +565,13 @@ def _link_goals(rows: list[Row], by: dict[tuple[str, str, int], Row], ns: list[i
                         lines.append(f"- wan N=5 {system} {codec} / Flower: {ratio:.2f}× (goal ≤ {target:.2f}×) "
                                      + ("PASS" if ratio <= target else "MISS"))
     lines += _codec_hidden_goals(by, ns, profile)
-    for r in rows:
-        old = by.get(("fedcore-grpc-oldwin", r.codec, r.clients))
-        if r.system == "fedcore-grpc" and old is not None:
-            lines.append(f"- N={r.clients} fedcore-grpc {r.codec}: round {r.median_round_s / old.median_round_s:.2f}× "
-                         f"the old 64 KiB HTTP/2 window's ({old.median_round_s:.2f} s → {r.median_round_s:.2f} s)")
+    for variant, label in (("grpc-oldwin", "the old 64 KiB HTTP/2 window's"), ("grpc-win4m", "a 4 MiB window's")):
+        for r in rows:
+            old = by.get((f"fedcore-{variant}", r.codec, r.clients))
+            if r.system == "fedcore-grpc" and old is not None:
+                lines.append(f"- N={r.clients} fedcore-grpc {r.codec}: round {r.median_round_s / old.median_round_s:.2f}× "
+                             f"{label} ({old.median_round_s:.2f} s → {r.median_round_s:.2f} s); server peak RSS "
+                             f"{old.peak_rss_mb:.0f} → {r.peak_rss_mb:.0f} MB")
     for r in rows:
         if r.system in ("fedcore-grpc", "fedcore-rest") and r.over_bound is not None:
             lines.append(f"- N={r.clients} {r.system} {r.codec}: {r.over_bound:.2f}× its physical bound "
@@ -694,8 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--transports", nargs="+", default=["grpc", "rest"], choices=["grpc", "rest", OLD_WINDOW],
-                   help=f"{OLD_WINDOW}: gRPC with its HTTP/2 window as before issue 14 (64 KiB), for comparison")
+    p.add_argument("--transports", nargs="+", default=["grpc", "rest"], choices=["grpc", "rest", *GRPC_WINDOWS],
+                   help="grpc-oldwin / grpc-win4m: gRPC with the 64 KiB default HTTP/2 window (before issue 14) "
+                        "or a 4 MiB one, for comparison rows")
     p.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
     p.add_argument("--client-mode", choices=["process", "thread"], default=None)
     p.add_argument("--flower", choices=["auto", "off"], default=None)

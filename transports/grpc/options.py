@@ -22,7 +22,7 @@ DEFAULT_MAX_WORKERS = 64
 
 MAX_MESSAGE_BYTES = max(4 * CHUNK_BYTES, 16 * 1024 * 1024)
 
-HTTP2_WINDOW_BYTES = 4 * 1024 * 1024
+HTTP2_WINDOW_BYTES = 1024 * 1024
 _KEEPALIVE_TIME_MS = 30_000
 _KEEPALIVE_TIMEOUT_MS = 10_000
 
@@ -35,8 +35,10 @@ _BOTH_ENDS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     # A fixed per-stream receive window instead of BDP probing: large enough to fill a long fat
-    # link (100 Mbit/s × 40 ms = 0.5 MB in flight), and bounded, so a
-    # server receiving many uploads holds at most this much per stream in its buffers.
+    # link (100 Mbit/s × 40 ms = 0.5 MB in flight: 1 MiB is twice that), and bounded, so a
+    # server receiving many uploads holds at most this much per stream in its buffers (4 MiB
+    # cost +72-82 MB of server RSS from 2 to 10 clients on lan; experiments/results/
+    # transport_bench_window.md compares the two).
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", HTTP2_WINDOW_BYTES),
 ]
