@@ -1003,12 +1003,16 @@ def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDic
         raise PayloadError(f"reference {t.name!r} has shape {tuple(ref.shape)}, update has {list(shape)}")
     q = _view(raws, t.data, "int8")
     scales = _view(raws, t.scale, "float32")
+    # In place on the one float32 copy of q: a server decoding several uploads at once holds
+    # one tensor-sized temporary per decode, not three (the sum is the same: + commutes).
     if q.numel() == 0:
-        delta = torch.zeros(shape, dtype=torch.float32)
+        out = torch.zeros(shape, dtype=torch.float32)
     else:
-        rows = q.reshape(scales.numel(), -1).to(torch.float32)
-        delta = (rows * scales.reshape(-1, 1)).reshape(shape)
-    return (ref.detach().to(torch.float32) + delta).to(TORCH_DTYPES[t.dtype])
+        out = q.reshape(scales.numel(), -1).to(torch.float32)
+        out.mul_(scales.reshape(-1, 1))
+        out = out.reshape(shape)
+    out.add_(ref.detach())
+    return out.to(TORCH_DTYPES[t.dtype])
 
 
 def _view(raws: list[bytes | memoryview], ref: list[int], dtype: str) -> torch.Tensor:
