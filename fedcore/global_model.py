@@ -48,10 +48,12 @@ class GlobalModel:
     def reference(self) -> dict[str, torch.Tensor]:
         """What clients received (the cast model): an int8 update is relative to exactly that.
         Decoded once per version: every upload of a round opens its decoder at once, and
-        without the lock each decoded its own copy (10 clients: +380 MB of server RSS)."""
+        without the lock each decoded its own copy (10 clients: +380 MB of server RSS). Kept
+        in the wire dtype (``as_sent``: bf16 is half of float32); dequantisation widens it
+        exactly, one tensor at a time."""
         with self._reference_lock:
             if self._reference is None:
-                self._reference = wire.decode_state(self.payload, max_size=self.max_decoded_bytes)
+                self._reference = wire.decode_state(self.payload, max_size=self.max_decoded_bytes, as_sent=True)
             return self._reference
 
     def update_decoder(self) -> wire.StreamDecoder:

@@ -142,3 +142,25 @@ def test_the_int8_reference_is_decoded_once_however_many_uploads_open_at_once(mo
         t.join(timeout=10)
     assert len(got) == 8 and all(g is got[0] for g in got)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_server_decodes_an_int8_update_against_the_wire_dtype_reference(dtype: str) -> None:
+    """The server keeps the int8 reference in the wire dtype (bf16: half the memory) and still
+    decodes every update bit for bit as a float32 reference would."""
+    from fedcore import global_model
+
+    gen = torch.Generator().manual_seed(3)
+    state = {"conv.weight": torch.randn(8, 4, 3, 3, generator=gen), "fc.bias": torch.randn(5, generator=gen),
+             "bn.num_batches_tracked": torch.tensor(7)}
+    model = global_model.GlobalModel(state, WireOptions(dtype, "zstd", None, "auto", "q8"), 1 << 24, None)
+    model.encode()
+    received = wire.decode_state(model.payload)  # what a client holds: float32
+    local = {k: v + 0.01 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+             for k, v in received.items()}
+    blob = wire.encode_state(local, dtype=dtype, reference=received, quantize_update=True)
+    assert model.reference()["conv.weight"].dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+    got, want = model.decode_update(blob), wire.decode_state(blob, reference=received)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
