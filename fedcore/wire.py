@@ -238,12 +238,35 @@ def frame_body_limit(raw: int) -> int:
 
 
 # ------------------------------------------------------------------ encoding
+class _Quantised:
+    """One tensor's int8 update, quantised when its bytes are first needed (once): a streamed
+    payload sends the blocks before it while this runs, instead of after every tensor is done."""
+
+    def __init__(self, tensor: torch.Tensor, ref: torch.Tensor) -> None:
+        self._tensor, self._ref = tensor, ref
+        self._done: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._lock:
+            if self._done is None:
+                delta = (self._tensor.detach().float() - self._ref.detach().float()).numpy()
+                q, scales = compression.quant.quantize_per_channel(delta)
+                self._done = (torch.from_numpy(q), torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
+                self._tensor = self._ref = torch.empty(0)  # what it needed is no longer held here
+            return self._done
+
+
+_Part = Union[torch.Tensor, tuple[_Quantised, int]]  # a tensor, or (quantised, 0 = data / 1 = scales)
+
+
 class _SegmentBuilder:
-    """Collects same-dtype tensors into one contiguous buffer."""
+    """Collects same-dtype tensors into one contiguous buffer (an int8 update's parts are
+    computed when they are first read: :class:`_Quantised`)."""
 
     def __init__(self, dtype: str) -> None:
         self.dtype = dtype
-        self.parts: list[torch.Tensor] = []
+        self.parts: list[_Part] = []
         self.nbytes = 0
 
     def add(self, t: torch.Tensor) -> tuple[int, int]:
@@ -253,15 +276,50 @@ class _SegmentBuilder:
         self.nbytes += n
         return offset, n
 
+    def add_quantised(self, quantised: _Quantised, which: int, nbytes: int) -> tuple[int, int]:
+        offset = self.nbytes
+        self.parts.append((quantised, which))
+        self.nbytes += nbytes
+        return offset, nbytes
+
+    def _tensors(self) -> Iterator[torch.Tensor]:
+        for part in self.parts:
+            yield part if isinstance(part, torch.Tensor) else part[0].get()[part[1]].reshape(-1)
+
     def views(self) -> list[memoryview]:
         """Each tensor's bytes without copying (bool and bfloat16 have no numpy twin: uint8 view)."""
-        return [p.view(torch.uint8).numpy().data for p in self.parts]
+        return list(self.iter_views())
+
+    def iter_views(self) -> Iterator[memoryview]:
+        for t in self._tensors():
+            yield t.view(torch.uint8).numpy().data
 
     def to_bytes(self) -> memoryview:
-        if not self.parts:
+        parts = list(self._tensors())
+        if not parts:
             return memoryview(b"")
-        joined = torch.cat(self.parts) if len(self.parts) > 1 else self.parts[0]
+        joined = torch.cat(parts) if len(parts) > 1 else parts[0]
         return joined.view(torch.uint8).numpy().data
+
+    def blocks(self, block: int) -> Iterator[memoryview | bytes]:
+        """The segment's bytes in blocks of ``block`` (the last may be shorter), each part read
+        only when the blocks reach it; a block that spans parts is copied, the others are views."""
+        pending = bytearray()
+        for view in self.iter_views():
+            pos = 0
+            if pending:
+                pos = min(block - len(pending), len(view))
+                pending += view[:pos]
+                if len(pending) < block:
+                    continue
+                yield bytes(pending)
+                pending = bytearray()
+            while len(view) - pos >= block:
+                yield view[pos : pos + block]
+                pos += block
+            pending += view[pos:]
+        if pending:
+            yield bytes(pending)
 
 
 @dataclass
@@ -334,13 +392,14 @@ def _collect(
             ref = reference[name] if reference is not None and name in reference else None
             if ref is None or tuple(ref.shape) != tuple(tensor.shape):
                 raise ValueError(f"reference has no tensor {name!r} of shape {tuple(tensor.shape)}")
-            delta = (tensor.detach().float() - ref.detach().float()).numpy()
-            q, scales = compression.quant.quantize_per_channel(delta)
+            if not bool(torch.isfinite(tensor).all()):  # refused before any byte is sent
+                raise compression.CompressionError("cannot quantise non-finite values (NaN/inf in the update)")
+            quantised = _Quantised(tensor, ref)
             qi, qb = seg("int8")
             si, sb = seg("float32")
             entry["enc"] = "q8"
-            entry["data"] = [qi, *qb.add(torch.from_numpy(q))]
-            entry["scale"] = [si, *sb.add(torch.from_numpy(np.ascontiguousarray(scales, np.float32)))]
+            entry["data"] = [qi, *qb.add_quantised(quantised, 0, tensor.numel())]
+            entry["scale"] = [si, *sb.add_quantised(quantised, 1, 4 * _channels(list(tensor.shape)))]
         else:
             target = tensor
             if floating and not is_untrained(name) and name not in exact_names:
@@ -433,7 +492,7 @@ def codec_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def _encode_frame(raw: memoryview, dtype: str, filt: str, codec: compression.Codec, level: int | None) -> bytes:
+def _encode_frame(raw: bytes | memoryview, dtype: str, filt: str, codec: compression.Codec, level: int | None) -> bytes:
     body = _filter_compress(raw, dtype, filt, codec, level)
     if len(body) > frame_body_limit(len(raw)):  # never seen with the registered codecs; refuse rather than send it
         raise PayloadError(f"codec {codec.name} expanded a {len(raw)}-byte block to {len(body)} bytes")
@@ -468,9 +527,8 @@ def iter_encode_state(
     pending: deque[Future[bytes]] = deque()
     try:
         for builder, filt in zip(c.segments, filters):
-            raw = builder.to_bytes()
-            for off in range(0, len(raw), block):
-                pending.append(pool.submit(_encode_frame, raw[off : off + block], builder.dtype, filt, c.codec, c.level))
+            for raw in builder.blocks(block):
+                pending.append(pool.submit(_encode_frame, raw, builder.dtype, filt, c.codec, c.level))
                 while len(pending) >= ahead:
                     yield pending.popleft().result()
         while pending:

@@ -187,3 +187,34 @@ def test_flags_other_than_framed_are_refused() -> None:
     whole = wire.encode_state(_state())
     with pytest.raises(PayloadError, match="malformed header"):  # a whole header under the framed flag
         wire.read_header(whole[:5] + b"\x01" + whole[6:])
+
+
+def test_int8_update_is_quantised_as_its_blocks_are_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streamed int8 update sends its first block before the later tensors are quantised
+    (quantisation overlaps the upload); the bytes are those of the whole payload."""
+    g = torch.Generator().manual_seed(5)
+    state = {f"layer{i}.weight": torch.randn(64, 64, 32, generator=g) for i in range(16)}  # 128 KiB of int8 each
+    ref = _reference(state)
+    calls: list[int] = []
+    real = compression.quant.quantize_per_channel
+
+    def counting(x: object, **k: object) -> object:
+        calls.append(1)
+        return real(x, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compression.quant, "quantize_per_channel", counting)
+    frames = wire.iter_encode_state(state, reference=ref, quantize_update=True, block=wire.MIN_BLOCK)
+    got = [next(frames), next(frames)]  # the head, then the first block's frame
+    assert 1 <= len(calls) < len(state)
+    got += list(frames)
+    assert len(calls) == len(state)  # each tensor once: its scales reuse the same result
+    assert b"".join(got) == wire.encode_state(state, reference=ref, quantize_update=True, framed=True,
+                                              block=wire.MIN_BLOCK)
+
+
+def test_non_finite_update_is_refused_before_any_byte() -> None:
+    state = _state()
+    ref = _reference(state)
+    state["conv.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(compression.CompressionError, match="non-finite"):
+        next(wire.iter_encode_state(state, reference=ref, quantize_update=True))
