@@ -69,7 +69,6 @@ PERTURB = 1e-3
 # --transports values for gRPC with another HTTP/2 receive window, for comparison rows: the
 # 64 KiB default before issue 14 (BDP probing off), and the 4 MiB window issue 14 first used.
 GRPC_WINDOWS: dict[str, int | None] = {"grpc-oldwin": None, "grpc-win4m": 4 * 1024 * 1024}
-OLD_WINDOW = "grpc-oldwin"
 ROUND_TRIPS = {"fedcore-grpc": 2.5, "fedcore-rest": 2.5, "flower-grpc": 1.0,
                **{f"fedcore-{t}": 2.5 for t in GRPC_WINDOWS}}
 

@@ -240,21 +240,20 @@ def frame_body_limit(raw: int) -> int:
 # ------------------------------------------------------------------ encoding
 class _Quantised:
     """One tensor's int8 update, quantised when its bytes are first needed (once): a streamed
-    payload sends the blocks before it while this runs, instead of after every tensor is done."""
+    payload sends the blocks before it while this runs, instead of after every tensor is done.
+    Read by the one thread that pulls the payload's blocks."""
 
     def __init__(self, tensor: torch.Tensor, ref: torch.Tensor) -> None:
         self._tensor, self._ref = tensor, ref
         self._done: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._lock = threading.Lock()
 
     def get(self) -> tuple[torch.Tensor, torch.Tensor]:
-        with self._lock:
-            if self._done is None:
-                delta = (self._tensor.detach().float() - self._ref.detach().float()).numpy()
-                q, scales = compression.quant.quantize_per_channel(delta)
-                self._done = (torch.from_numpy(q), torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
-                self._tensor = self._ref = torch.empty(0)  # what it needed is no longer held here
-            return self._done
+        if self._done is None:
+            delta = (self._tensor.detach().float() - self._ref.detach().float()).numpy()
+            q, scales = compression.quant.quantize_per_channel(delta)
+            self._done = (torch.from_numpy(q), torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
+            self._tensor = self._ref = torch.empty(0)  # what it needed is no longer held here
+        return self._done
 
 
 _Part = Union[torch.Tensor, tuple[_Quantised, int]]  # a tensor, or (quantised, 0 = data / 1 = scales)

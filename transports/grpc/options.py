@@ -36,9 +36,9 @@ _BOTH_ENDS: list[tuple[str, int | str]] = [
     ("grpc.http2.max_pings_without_data", 0),
     # A fixed per-stream receive window instead of BDP probing: large enough to fill a long fat
     # link (100 Mbit/s × 40 ms = 0.5 MB in flight: 1 MiB is twice that), and bounded, so a
-    # server receiving many uploads holds at most this much per stream in its buffers (4 MiB
-    # cost +72-82 MB of server RSS from 2 to 10 clients on lan; experiments/results/
-    # transport_bench_window.md compares the two).
+    # server receiving many uploads holds at most this much per stream in its buffers. Against
+    # the 4 MiB window used before, rounds took 0.98-1.07x as long on wan and lan
+    # (experiments/results/transport_bench_{wan,lan}_win1m.md).
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", HTTP2_WINDOW_BYTES),
 ]
