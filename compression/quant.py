@@ -17,6 +17,8 @@ side. Values are kept in [-127, 127] so the code book is symmetric.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import CompressionError
@@ -30,7 +32,8 @@ CLIP_GRID: tuple[float, ...] = (1.0, 0.85, 0.7, 0.55)
 
 def _rows(x: np.ndarray) -> np.ndarray:
     """View as (channels, elements): dim 0 for rank >= 2, one row for 0-d / 1-d."""
-    return x.reshape(x.shape[0], -1) if x.ndim >= 2 else x.reshape(1, -1)
+    # The row length is spelt out: -1 cannot be inferred for a tensor with no channels (0, k).
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])) if x.ndim >= 2 else x.reshape(1, -1)
 
 
 def _quantize_rows(r: np.ndarray, scale: np.ndarray) -> np.ndarray:
