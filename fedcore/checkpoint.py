@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedcore import wire
+from fedcore.arrays import Array, Kind
 from fedcore.constants import CHECKPOINT_STATE
 from fedcore.errors import PayloadError
 
@@ -34,7 +33,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def save_checkpoint(directory: Path, model: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> None:
+def save_checkpoint(directory: Path, model: Mapping[str, Array], state: Mapping[str, Any]) -> None:
     """Save the global model (lossless fp32) and the federation state for ``state['round']``."""
     model_name = f"global_r{int(state['round']):05d}.fcw"
     atomic_write(directory / model_name, wire.encode_state(model, dtype="float32", codec="zstd", level=3))
@@ -55,16 +54,17 @@ def save_state(directory: Path, state: Mapping[str, Any]) -> bool:
 
 
 def load_checkpoint(
-    directory: Path, expected: Mapping[str, wire.TensorSpec] | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """(model, state) of the last completed round, or None when the folder holds no checkpoint."""
+    directory: Path, expected: Mapping[str, wire.TensorSpec] | None = None, into: Kind = "torch"
+) -> tuple[dict[str, Array], dict[str, Any]] | None:
+    """(model, state) of the last completed round, or None when the folder holds no checkpoint;
+    the model as torch tensors or (``into="numpy"``) numpy arrays."""
     state_path = directory / CHECKPOINT_STATE
     if not state_path.exists():
         return None
     state = json.loads(state_path.read_text())
     model_path = directory / state["model"]
     try:
-        model = wire.decode_state(model_path.read_bytes(), expected=expected)
+        model = wire.decode_state(model_path.read_bytes(), expected=expected, into=into)
     except (OSError, PayloadError) as exc:
         raise PayloadError(f"checkpoint {model_path} does not load: {exc}") from exc
     return model, state

@@ -147,9 +147,9 @@ class Settings(BaseSettings):
         """A registered strategy is built once here so a wrong option, an impossible parameter or a
         min_clients too small for a robust strategy fails at load time (names registered later
         are checked when the federation is built)."""
-        from fedcore.strategy import registered_strategies, strategy_from_settings
+        from fedcore.strategy import is_registered, strategy_from_settings
 
-        if self.strategy.lower() not in registered_strategies():
+        if not is_registered(self.strategy):
             return self
         need = strategy_from_settings(self).min_updates
         if self.min_clients < need:

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import TypeAdapter
 
 from fedcore import __version__
+from fedcore.arrays import Array
 from fedcore.constants import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_CLIENT_TIMEOUT_S,
@@ -91,7 +91,7 @@ from fedcore.secagg.coordinator import SecAggRound
 from fedcore.secagg.params import SecAggError, SecAggMessageError
 from fedcore.secagg.strategy import SecAggFedAvg
 from fedcore import wire
-from fedcore.update_checks import check_norm, is_untrained, non_finite_refusal
+from fedcore.update_checks import check_update_norm, non_finite_refusal
 from fedcore.wire import canonical_dtype
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-StateDict = Mapping[str, torch.Tensor]
+StateDict = Mapping[str, Array]
 EvaluateFn = Callable[[StateDict], Mapping[str, float]]
 FitConfigFn = Callable[[int], Mapping[str, Any]]
 Clock = Callable[[], float]
@@ -221,6 +221,9 @@ class Federation(FederationOperations):
         )
         self._rounds = RoundController(cfg.round_deadline_s)
         self._model = GlobalModel(initial_state, cfg.wire, cfg.max_decoded_bytes, cfg.checkpoint_dir)
+        if self._model.kind == "numpy" and self._model.state and not self.strategy.supports_numpy:
+            raise ValueError(f"strategy {self.strategy.name!r} aggregates torch tensors: give the model as torch "
+                             "tensors (a numpy model needs a strategy with supports_numpy: fedavg, fedprox)")
         self._events = EventLog(wall_clock)
         self._slots = UploadSlots(cfg.max_concurrent_updates)
         self._history: list[RoundRecord] = []
@@ -800,7 +803,7 @@ class Federation(FederationOperations):
         if to_close is not None:
             self._close_round(to_close)
 
-    def _aggregate_updates(self, rs: RoundState) -> tuple[dict[str, torch.Tensor], str | None]:
+    def _aggregate_updates(self, rs: RoundState) -> tuple[dict[str, Array], str | None]:
         """The strategy's next global model, or the current one and why when the strategy cannot
         aggregate (too few updates for a robust strategy, or a bug in a custom one): a round
         never loses the global model, and the clients that took part still finish it."""
@@ -1022,7 +1025,7 @@ class Federation(FederationOperations):
             return self._events.seq
 
     @property
-    def global_state(self) -> dict[str, torch.Tensor]:
+    def global_state(self) -> dict[str, Array]:
         with self._cond:
             return dict(self._model.state)
 
@@ -1046,20 +1049,6 @@ class FoldedUpdate:
     num_samples: int  # the weight it was folded with
     metrics: Mapping[str, float]
     payload_bytes: int = 0  # what its upload would have weighed (bytes_in accounting)
-
-
-def check_update_norm(state: StateDict, global_state: StateDict, bound: float | None) -> None:
-    """Refuse an update far from the global model (relative L2 bound, :func:`check_norm`)."""
-    if bound is None:
-        return
-    diff_sq, ref_sq = 0.0, 0.0
-    for name, t in state.items():
-        if not t.is_floating_point() or is_untrained(name):
-            continue
-        g = global_state[name].double()
-        diff_sq += float((t.double() - g).square().sum())
-        ref_sq += float(g.square().sum())
-    check_norm(diff_sq, ref_sq, bound)
 
 
 def _opt_float(v: Any) -> float | None:

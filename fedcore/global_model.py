@@ -1,5 +1,6 @@
 """The global model: its tensors, its encoded bytes (encoded once per round, served to every
-client on every transport), the reference an int8 update is relative to, and its checkpoint."""
+client on every transport), the reference an int8 update is relative to, and its checkpoint.
+Torch tensors or numpy arrays (``fedcore.arrays``): updates decode into the model's own kind."""
 from __future__ import annotations
 
 import threading
@@ -7,14 +8,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from fedcore import wire
+from fedcore import arrays, wire
+from fedcore.arrays import Array
 from fedcore.checkpoint import load_checkpoint, save_checkpoint, save_state
 from fedcore.errors import PayloadError
 from fedcore.operations import WireOptions
 
-StateDict = Mapping[str, torch.Tensor]
+StateDict = Mapping[str, Array]
 
 
 class GlobalModel:
@@ -23,20 +23,21 @@ class GlobalModel:
 
     def __init__(self, initial_state: StateDict, options: WireOptions, max_decoded_bytes: int,
                  checkpoint_dir: Path | None) -> None:
-        self.state: dict[str, torch.Tensor] = {k: v.detach().clone() for k, v in initial_state.items()}
+        self.state: dict[str, Array] = arrays.clone_state(initial_state)
+        self.kind = arrays.kind_of(self.state)
         self.spec = wire.spec_of(self.state)
         self.options = options
         self.max_decoded_bytes = max_decoded_bytes
         self.checkpoint_dir = checkpoint_dir
         self.version = 0  # completed rounds
         self.payload = b""
-        self._reference: dict[str, torch.Tensor] | None = None
+        self._reference: dict[str, Array] | None = None
         self._reference_lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
         """Bytes of the model's tensors as the server holds them (the decode bound of an update)."""
-        return sum(t.numel() * t.element_size() for t in self.state.values())
+        return sum(arrays.nbytes(t) for t in self.state.values())
 
     def encode(self) -> None:
         """Encode the current version once; every fetch serves these bytes."""
@@ -45,7 +46,7 @@ class GlobalModel:
                                          meta={"round": self.version}, framed=o.framing == "blocks")
         self._reference = None
 
-    def reference(self) -> dict[str, torch.Tensor]:
+    def reference(self) -> dict[str, Array]:
         """What clients received (the cast model): an int8 update is relative to exactly that.
         Decoded once per version: every upload of a round opens its decoder at once, and
         without the lock each decoded its own copy (10 clients: +380 MB of server RSS). Kept
@@ -53,7 +54,8 @@ class GlobalModel:
         exactly, one tensor at a time."""
         with self._reference_lock:
             if self._reference is None:
-                self._reference = wire.decode_state(self.payload, max_size=self.max_decoded_bytes, as_sent=True)
+                self._reference = wire.decode_state(self.payload, max_size=self.max_decoded_bytes, as_sent=True,
+                                                    into=self.kind)
             return self._reference
 
     def update_decoder(self) -> wire.StreamDecoder:
@@ -72,15 +74,16 @@ class GlobalModel:
         reference = self.reference() if expected_kind == "delta" else None
         bound = min(self.max_decoded_bytes, max(4 * self.nbytes, 1 << 20))
         return wire.StreamDecoder(max_size=bound, reference=reference, expected=self.spec,
-                                  as_sent=expected_kind == "weights", on_header=check_kind)
+                                  as_sent=expected_kind == "weights" and self.kind == "torch",  # numpy: no bf16
+                                  on_header=check_kind, into=self.kind)
 
-    def decode_update(self, payload: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+    def decode_update(self, payload: bytes | bytearray | memoryview) -> dict[str, Array]:
         """A whole update at once (see :meth:`update_decoder`)."""
         dec = self.update_decoder()
         dec.feed(payload)
         return dec.finish()
 
-    def publish(self, new_state: dict[str, torch.Tensor], version: int) -> None:
+    def publish(self, new_state: dict[str, Array], version: int) -> None:
         self.state = new_state
         self.version = version
         self.encode()
@@ -102,7 +105,7 @@ class GlobalModel:
     def load(self) -> dict[str, Any] | None:
         if self.checkpoint_dir is None:
             return None
-        loaded = load_checkpoint(self.checkpoint_dir, expected=self.spec)
+        loaded = load_checkpoint(self.checkpoint_dir, expected=self.spec, into=self.kind)
         if loaded is None:
             return None
         model, state = loaded

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from fedcore.arrays import Array, torch_state
+
 
 def _batches(data: Dataset[Any], batch_size: int, shuffle: bool,
              generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -72,11 +74,12 @@ def evaluate(model: nn.Module, data: Dataset[Any], *, batch_size: int = 256) -> 
     return {"loss": total / max(seen, 1), "accuracy": correct / max(seen, 1)}
 
 
-def make_evaluate_fn(model: nn.Module, data: Dataset[Any]) -> Callable[[Mapping[str, torch.Tensor]], dict[str, float]]:
-    """Server-side evaluation hook: load the global state into ``model`` and score it on ``data``."""
+def make_evaluate_fn(model: nn.Module, data: Dataset[Any]) -> Callable[[Mapping[str, Array]], dict[str, float]]:
+    """Server-side evaluation hook: load the global state (torch tensors or numpy arrays) into
+    ``model`` and score it on ``data``."""
 
-    def evaluate_fn(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        model.load_state_dict(state)
+    def evaluate_fn(state: Mapping[str, Array]) -> dict[str, float]:
+        model.load_state_dict(torch_state(state))
         return evaluate(model, data)
 
     return evaluate_fn

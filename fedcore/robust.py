@@ -15,11 +15,13 @@ the federation keeps the global model and records why.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from abc import abstractmethod
 
 import torch
 
 from fedcore.errors import AggregationError
+from fedcore.arrays import Array, torch_state
 from fedcore.strategy import StateDict, Strategy, _check, register_strategy
 
 #: Bytes of one storage block (rows are appended into blocks this large, never copied).
@@ -73,7 +75,7 @@ class UpdateRows:
 class _Layout:
     """Where each tensor of the model sits in a flattened row (float and integer ones apart)."""
 
-    def __init__(self, global_state: StateDict) -> None:
+    def __init__(self, global_state: Mapping[str, torch.Tensor]) -> None:
         self.keys = tuple(global_state)
         self.floats: list[tuple[str, int, int]] = []
         self.ints: list[tuple[str, int, int]] = []
@@ -101,7 +103,8 @@ class RobustStrategy(Strategy):
         self._ints: UpdateRows | None = None
         self._metrics: dict[str, float] = {}
 
-    def begin_round(self, global_state: StateDict) -> None:
+    def begin_round(self, global_state_in: StateDict) -> None:
+        global_state = torch_state(global_state_in)
         layout = _Layout(global_state)
         self._layout = layout
         glob = torch.empty(layout.float_width, dtype=torch.float32)
@@ -112,9 +115,10 @@ class RobustStrategy(Strategy):
         self._ints = UpdateRows(layout.int_width, torch.int64)
         self._metrics = {}
 
-    def accumulate(self, state: StateDict, num_samples: int) -> None:
+    def accumulate(self, state_in: StateDict, num_samples: int) -> None:
         if num_samples <= 0:
             raise ValueError("num_samples must be positive")
+        state = torch_state(state_in)
         layout, rows, ints, glob = self._layout, self._rows, self._ints, self._global
         if layout is None or rows is None or ints is None or glob is None:
             raise RuntimeError(f"{self.name}: accumulate before begin_round")
@@ -146,7 +150,8 @@ class RobustStrategy(Strategy):
     def aggregate(self, rows: UpdateRows) -> torch.Tensor:
         """The aggregated row (float64, the width of ``rows``) from the round's n rows."""
 
-    def finish(self, global_state: StateDict) -> dict[str, torch.Tensor]:
+    def finish(self, global_state_in: StateDict) -> dict[str, Array]:
+        global_state = torch_state(global_state_in)
         layout, rows, ints = self._layout, self._rows, self._ints
         try:
             n = self.count
@@ -158,7 +163,7 @@ class RobustStrategy(Strategy):
             self._metrics = {"updates": float(n)}
             agg = self.aggregate(rows)
             int_agg = torch.median(ints.columns(0, ints.width), dim=0).values if ints.width else None
-            out: dict[str, torch.Tensor] = {}
+            out: dict[str, Array] = {}
             for name, off, size in layout.floats:
                 g = global_state[name]
                 work = torch.float64 if g.dtype == torch.float64 else torch.float32

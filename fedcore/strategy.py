@@ -9,6 +9,9 @@ A strategy whose running state is a sum can also hand out a mergeable accumulato
 the server merges the shares (``merge``), so the round's result is the same as folding every update on
 the server. A strategy that needs every update by itself (robust aggregation, per-client
 studies) keeps ``needs_every_update = True`` and gets them one by one.
+
+FedAvg and FedProx also aggregate numpy models (``supports_numpy``): a simulation of
+``NumpyClient``s then runs without torch in any process.
 """
 from __future__ import annotations
 
@@ -17,38 +20,81 @@ from collections.abc import Mapping
 import inspect
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
+
+from fedcore import arrays
+from fedcore.arrays import Array
 
 if TYPE_CHECKING:
+    import torch
+
     from fedcore.config import Settings
 
-StateDict = Mapping[str, torch.Tensor]
+StateDict = Mapping[str, Array]
+
+# The float64 product of one numpy block stays in L2 (512 KiB) instead of a model-sized temporary.
+_BLOCK = 1 << 16
 
 
-def fold_weighted(sums: dict[str, torch.Tensor], state: StateDict, num_samples: int) -> None:
-    """Add ``num_samples`` × ``state`` into the float64 sums (allocated on first use)."""
+def fold_weighted(sums: dict[str, Array], state: StateDict, num_samples: int,
+                  scratch: np.ndarray | None = None) -> np.ndarray | None:
+    """Add ``num_samples`` × ``state`` into the float64 sums (allocated on first use). For float32
+    and narrower tensors each n·w is exact in float64 (a 24-bit mantissa times a sample count
+    fits in 53 bits), so torch and numpy sums are bit-identical; float64 tensors agree to an ulp
+    (torch may fuse the multiply-add). Returns the numpy scratch block (reuse it next time)."""
     if num_samples <= 0:
         raise ValueError("num_samples must be positive")
     for name, t in state.items():
         acc = sums.get(name)
-        if acc is None:  # the accumulator itself is the only float64 copy ever allocated
+        if isinstance(t, np.ndarray):
+            if acc is None:
+                acc = sums[name] = np.array(t, dtype=np.float64, copy=True)
+                acc *= num_samples
+            else:
+                scratch = _fold_numpy(arrays.to_numpy(acc).reshape(-1), t.reshape(-1), num_samples, scratch)
+        elif acc is None:  # the accumulator itself is the only float64 copy ever allocated
+            import torch
+
             # copy=True: a float64 tensor would otherwise be the caller's own, scaled in place
             sums[name] = t.detach().to(torch.float64, copy=True).mul_(num_samples)
         else:
-            acc.add_(t.detach(), alpha=num_samples)
+            arrays.to_torch(acc).add_(t.detach(), alpha=num_samples)
+    return scratch
+
+
+def _fold_numpy(acc: np.ndarray, src: np.ndarray, n: int, scratch: np.ndarray | None) -> np.ndarray:
+    """acc += n × src in blocks: widen, scale, add, each a plain SIMD loop over L2-sized data."""
+    if scratch is None or scratch.size < min(_BLOCK, src.size):
+        scratch = np.empty(min(_BLOCK, src.size), np.float64)
+    for i in range(0, src.size, _BLOCK):
+        j = min(src.size, i + _BLOCK)
+        tmp = scratch[: j - i]
+        np.copyto(tmp, src[i:j])
+        np.multiply(tmp, n, out=tmp)
+        np.add(acc[i:j], tmp, out=acc[i:j])
+    return scratch
 
 
 class WeightedSum:
     """Σ n_k w_k (float64) and Σ n_k over some clients: FedAvg's running state as a value that
-    can be built anywhere (a simulation worker), sent (it pickles) and merged."""
+    can be built anywhere (a simulation worker), sent (it pickles) and merged. Over torch
+    tensors or numpy arrays, as the states folded into it are."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, Array] = {}
         self.total = 0
         self.count = 0
+        self._scratch: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"sums": self.sums, "total": self.total, "count": self.count}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._scratch = None
 
     def add(self, state: StateDict, num_samples: int) -> None:
-        fold_weighted(self.sums, state, num_samples)
+        self._scratch = fold_weighted(self.sums, state, num_samples, self._scratch)
         self.total += num_samples
         self.count += 1
 
@@ -61,17 +107,45 @@ class WeightedSum:
         for name, t in other.sums.items():
             acc = self.sums.get(name)
             if acc is None:
-                self.sums[name] = t.to(torch.float64, copy=True)
+                self.sums[name] = _float64_copy(t)
+            elif isinstance(acc, np.ndarray):
+                acc += arrays.to_numpy(t)
             else:
-                acc.add_(t)
+                acc.add_(t if not isinstance(t, np.ndarray) else _as_torch(t))
         self.total += other.total
         self.count += other.count
+
+
+def _float64_copy(t: Array) -> Array:
+    if isinstance(t, np.ndarray):
+        return np.array(t, dtype=np.float64, copy=True)
+    import torch
+
+    return t.to(torch.float64, copy=True)
+
+
+def _as_torch(a: np.ndarray) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(a)
+
+
+def mean_as(mean: Array, like: Array) -> Array:
+    """A float64 mean in the dtype of ``like`` (integers rounded half to even, as torch does)."""
+    if isinstance(like, np.ndarray):
+        m = arrays.to_numpy(mean)
+        return np.asarray(m if like.dtype.kind == "f" else np.round(m)).astype(like.dtype)
+    if isinstance(mean, np.ndarray):
+        mean = _as_torch(mean)
+    return mean.to(like.dtype) if like.is_floating_point() else mean.round().to(like.dtype)
 
 
 class Strategy(ABC):
     """Subclass this to write your own; register it with :func:`register_strategy`."""
 
     name: str = "custom"
+    #: True: ``finish`` also aggregates a numpy model (numpy updates, numpy global state).
+    supports_numpy: bool = False
     #: True: the strategy must see every client's update through ``accumulate`` (robust
     #: aggregation, per-client studies); False: ``new_accumulator``/``merge`` work.
     needs_every_update: bool = True
@@ -94,7 +168,7 @@ class Strategy(ABC):
         """Fold one client's weights into the round (called as each update arrives)."""
 
     @abstractmethod
-    def finish(self, global_state: StateDict) -> dict[str, torch.Tensor]:
+    def finish(self, global_state: StateDict) -> dict[str, Array]:
         """The next global model; ``global_state`` if no update arrived. Raises
         :class:`fedcore.errors.AggregationError` when the updates that did arrive cannot be
         aggregated (the federation then keeps the global model and records why)."""
@@ -123,11 +197,13 @@ class FedAvg(Strategy):
 
     name = "fedavg"
     needs_every_update = False
+    supports_numpy = True
 
     def __init__(self) -> None:
-        self._sum: dict[str, torch.Tensor] = {}
+        self._sum: dict[str, Array] = {}
         self._total = 0
         self.count = 0
+        self._scratch: np.ndarray | None = None
 
     def begin_round(self, global_state: StateDict) -> None:
         self._sum = {}
@@ -135,7 +211,7 @@ class FedAvg(Strategy):
         self.count = 0
 
     def accumulate(self, state: StateDict, num_samples: int) -> None:
-        fold_weighted(self._sum, state, num_samples)
+        self._scratch = fold_weighted(self._sum, state, num_samples, self._scratch)
         self._total += num_samples
         self.count += 1
 
@@ -150,16 +226,12 @@ class FedAvg(Strategy):
         mine.merge(partial)
         self._sum, self._total, self.count = mine.sums, mine.total, mine.count
 
-    def average(self, global_state: StateDict) -> dict[str, torch.Tensor]:
+    def average(self, global_state: StateDict) -> dict[str, Array]:
         if not self._total:
-            return {k: v.clone() for k, v in global_state.items()}
-        out: dict[str, torch.Tensor] = {}
-        for name, ref in global_state.items():
-            mean = self._sum[name] / self._total
-            out[name] = mean.to(ref.dtype) if ref.is_floating_point() else mean.round().to(ref.dtype)
-        return out
+            return arrays.clone_state(global_state)
+        return {name: mean_as(self._sum[name] / self._total, ref) for name, ref in global_state.items()}
 
-    def finish(self, global_state: StateDict) -> dict[str, torch.Tensor]:
+    def finish(self, global_state: StateDict) -> dict[str, Array]:
         out = self.average(global_state)
         self._sum = {}
         return out
@@ -204,19 +276,24 @@ class ServerOptimizer(FedAvg):
         self.lr = lr
         self._slots: dict[str, dict[str, torch.Tensor]] = {}
 
+    supports_numpy = False  # its steps are written in torch
+
     @abstractmethod
     def step(self, delta: torch.Tensor, slots: dict[str, torch.Tensor]) -> torch.Tensor:
         """The change to add to one tensor of the global model, given its Δ; ``slots`` is that
         tensor's optimiser state (empty on the first round), updated in place."""
 
-    def finish(self, global_state: StateDict) -> dict[str, torch.Tensor]:
+    def finish(self, global_state_in: StateDict) -> dict[str, Array]:
         if not self._total:
-            return super().finish(global_state)
-        out: dict[str, torch.Tensor] = {}
+            return super().finish(global_state_in)
+        import torch
+
+        global_state = arrays.torch_state(global_state_in)
+        out: dict[str, Array] = {}
         for name, g in global_state.items():
-            mean = self._sum[name] / self._total  # float64
+            mean = arrays.to_torch(self._sum[name]) / self._total  # float64
             if not g.is_floating_point() or _is_statistic(name):
-                out[name] = mean.to(g.dtype) if g.is_floating_point() else mean.round().to(g.dtype)
+                out[name] = mean_as(mean, g)
                 continue
             work = torch.float64 if g.dtype == torch.float64 else torch.float32
             delta = (mean - g.detach().to(torch.float64)).to(work)
@@ -229,6 +306,8 @@ class ServerOptimizer(FedAvg):
 def _slot(slots: dict[str, torch.Tensor], key: str, like: torch.Tensor) -> torch.Tensor:
     t = slots.get(key)
     if t is None:
+        import torch
+
         t = slots[key] = torch.zeros_like(like)
     return t
 
@@ -305,7 +384,7 @@ class FedYogi(_AdaptiveOptimizer):
         super().__init__(lr, beta1, beta2, eps)
 
     def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> None:
-        v.sub_(torch.sign(v - delta_sq).mul_(delta_sq), alpha=1 - self.beta2)
+        v.sub_((v - delta_sq).sign_().mul_(delta_sq), alpha=1 - self.beta2)
 
 
 _STRATEGIES: dict[str, type[Strategy]] = {
@@ -319,17 +398,33 @@ def register_strategy(name: str, cls: type[Strategy], *, replace: bool = True) -
         _STRATEGIES[name.lower()] = cls
 
 
+#: Built-in strategies defined in modules of their own, which register themselves when imported.
+#: They build on this module (a cycle at the top) and on torch, so each is imported when its name
+#: is first asked for: FedAvg on a numpy model never imports torch.
+BUILTIN_MODULES: dict[str, str] = {
+    "fedmedian": "fedcore.robust", "fedtrimmedavg": "fedcore.robust", "krum": "fedcore.robust",
+    "multikrum": "fedcore.robust", "bulyan": "fedcore.robust", "secagg": "fedcore.secagg",
+}
+
+
 def registered_strategies() -> dict[str, type[Strategy]]:
     """Every strategy selectable by name (the built-in robust ones included)."""
     _load_builtins()
     return dict(_STRATEGIES)
 
 
-def _load_builtins() -> None:
-    # The robust strategies and secure aggregation build on this module, so they register
-    # themselves on first use rather than being imported at the top (a cycle).
-    import fedcore.robust  # noqa: F401
-    import fedcore.secagg  # noqa: F401
+def is_registered(name: str) -> bool:
+    """Whether ``name`` selects a strategy, without importing the modules of the built-in ones."""
+    return name.lower() in _STRATEGIES or name.lower() in BUILTIN_MODULES
+
+
+def _load_builtins(name: str | None = None) -> None:
+    """Import the module that registers ``name`` (every built-in module when None)."""
+    import importlib
+
+    modules = set(BUILTIN_MODULES.values()) if name is None else {BUILTIN_MODULES.get(name, "")} - {""}
+    for module in sorted(modules):
+        importlib.import_module(module)
 
 
 def strategy_options(cls: type[Strategy]) -> set[str] | None:
@@ -348,8 +443,9 @@ def make_strategy(name: str, options: Mapping[str, Any] | None = None, *, settin
     values are left out so the strategy's own default applies. ``dp-<name>`` wraps the named
     strategy in central differential privacy (fedcore.privacy.central), configured from the
     ``dp_*`` fields of ``settings``."""
-    _load_builtins()
     key = name.lower()
+    if key not in _STRATEGIES:
+        _load_builtins(key)
     if key.startswith("dp-") and key not in _STRATEGIES:
         from fedcore.privacy.central import make_dp_strategy
 
@@ -357,7 +453,7 @@ def make_strategy(name: str, options: Mapping[str, Any] | None = None, *, settin
     try:
         cls = _STRATEGIES[key]
     except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(_STRATEGIES)}") from None
+        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted({*_STRATEGIES, *BUILTIN_MODULES})}") from None
     accepted = strategy_options(cls)
     kwargs = {k: v for k, v in defaults.items() if v is not None and (accepted is None or k in accepted)}
     for key, value in (options or {}).items():
@@ -376,12 +472,7 @@ def strategy_from_settings(settings: Settings) -> Strategy:
 
 def is_finite_state(state: StateDict) -> bool:
     """False if any floating tensor holds NaN or Inf (such updates are refused)."""
-    for t in state.values():
-        # Any NaN/Inf makes the sum non-finite, so a finite sum proves the tensor finite at the
-        # cost of one reduction; a non-finite sum (maybe only overflow) gets the exact check.
-        if t.is_floating_point() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-            return False
-    return True
+    return all(arrays.all_finite(t) for t in state.values())
 
 
 __all__ = [

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from fedcore.wire import StreamDecoder
 
+from fedcore.arrays import Array
 from fedcore.errors import PayloadError, PayloadTooLargeError, TransportError, UploadTimeoutError
 
 
@@ -177,7 +178,7 @@ class UpdateBuffer(BoundedBuffer):
             self.decode_failed = True
             raise
 
-    def decoded(self) -> dict[str, torch.Tensor]:
+    def decoded(self) -> dict[str, Array]:
         """The tensors the decoder made of the whole body (a truncated body is a PayloadError).
         A spooled body waits here for a decode slot (up to ``timeout_s``)."""
         if self.decoder is None:

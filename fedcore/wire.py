@@ -20,6 +20,9 @@ The decoder trusts nothing: the header is parsed into a strict schema (bounded s
 every tensor must tile its segment exactly, sizes are checked against the expected model before
 anything is decompressed, decompression is bounded by the declared raw size, and both the
 compressed body and the reconstructed raw bytes are checksummed. Nothing here ever unpickles.
+
+A state is torch tensors or numpy arrays (``fedcore.arrays``): both encode to the same bytes,
+and a decoder builds either (``into="numpy"``). Torch is imported only for torch tensors.
 """
 from __future__ import annotations
 
@@ -28,7 +31,6 @@ import math
 import os
 import struct
 import threading
-import warnings
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,10 +40,12 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import pydantic
-import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 import compression
+from fedcore import arrays
+from fedcore.arrays import ITEMSIZE as ITEMSIZE
+from fedcore.arrays import Array, Kind
 from fedcore.constants import (
     DEFAULT_CODEC,
     DEFAULT_DTYPE,
@@ -63,7 +67,7 @@ from fedcore.constants import (
 from fedcore.errors import PayloadError, PayloadTooLargeError
 from fedcore.update_checks import is_untrained as is_untrained  # public here too (wire.is_untrained)
 
-StateDict = Mapping[str, torch.Tensor]
+StateDict = Mapping[str, Array]
 
 _PREFIX = struct.Struct("<4sBBHII")
 _FRAME = struct.Struct("<III")  # body size, crc32 of the body, crc32 of the block's raw bytes
@@ -74,25 +78,21 @@ MIN_BLOCK = 1 << 16
 MAX_BLOCK = 1 << 26
 DEFAULT_BLOCK = 1 << 20
 
-DTYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.float64: "float64",
-    torch.int64: "int64",
-    torch.int32: "int32",
-    torch.int16: "int16",
-    torch.int8: "int8",
-    torch.uint8: "uint8",
-    torch.bool: "bool",
-}
-TORCH_DTYPES: dict[str, torch.dtype] = {v: k for k, v in DTYPE_NAMES.items()}
-ITEMSIZE: dict[str, int] = {name: torch.empty((), dtype=dt).element_size() for dt, name in DTYPE_NAMES.items()}
-FLOAT_DTYPES = frozenset(name for dt, name in DTYPE_NAMES.items() if dt.is_floating_point)
+FLOAT_DTYPES = frozenset(("float32", "float16", "bfloat16", "float64"))
 CAST_DTYPES = ("float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 # Buffers that are not trained by gradient (update_checks.is_untrained) travel exactly, not as deltas.
+
+
+def __getattr__(name: str) -> Any:
+    """``DTYPE_NAMES`` (torch dtype → wire name) and ``TORCH_DTYPES`` (the reverse) import torch
+    on first use, so a numpy-only process never does."""
+    if name == "DTYPE_NAMES":
+        return arrays.torch_names()
+    if name == "TORCH_DTYPES":
+        return arrays.torch_dtypes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def canonical_dtype(name: str) -> str:
@@ -112,7 +112,13 @@ class TensorSpec:
 
 
 def spec_of(state: StateDict) -> dict[str, TensorSpec]:
-    return {k: TensorSpec(tuple(v.shape), DTYPE_NAMES[v.dtype]) for k, v in state.items()}
+    out: dict[str, TensorSpec] = {}
+    for k, v in state.items():
+        name = arrays.dtype_name(v)
+        if name is None:
+            raise ValueError(f"tensor {k!r} has a dtype the wire cannot carry: {v.dtype}")
+        out[k] = TensorSpec(arrays.shape_of(v), name)
+    return out
 
 
 # ------------------------------------------------------------------ header schema
@@ -243,20 +249,29 @@ class _Quantised:
     payload sends the blocks before it while this runs, instead of after every tensor is done.
     Read by the one thread that pulls the payload's blocks."""
 
-    def __init__(self, tensor: torch.Tensor, ref: torch.Tensor) -> None:
-        self._tensor, self._ref = tensor, ref
-        self._done: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, tensor: Array, ref: Array) -> None:
+        self._tensor: Array | None = tensor
+        self._ref: Array | None = ref
+        self._done: tuple[np.ndarray, np.ndarray] | None = None
 
-    def get(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self) -> tuple[np.ndarray, np.ndarray]:
         if self._done is None:
-            delta = (self._tensor.detach().float() - self._ref.detach().float()).numpy()
+            assert self._tensor is not None and self._ref is not None
+            delta = _float32(self._tensor) - _float32(self._ref)
             q, scales = compression.quant.quantize_per_channel(delta)
-            self._done = (torch.from_numpy(q), torch.from_numpy(np.ascontiguousarray(scales, np.float32)))
-            self._tensor = self._ref = torch.empty(0)  # what it needed is no longer held here
+            self._done = (q, np.ascontiguousarray(scales, np.float32))
+            self._tensor = self._ref = None  # what it needed is no longer held here
         return self._done
 
 
-_Part = Union[torch.Tensor, tuple[_Quantised, int]]  # a tensor, or (quantised, 0 = data / 1 = scales)
+def _float32(x: Array) -> np.ndarray:
+    """A float value as float32 numpy (a fresh array where it had to be cast)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float32, copy=False)
+    return x.detach().float().numpy()
+
+
+_Part = Union[Array, tuple[_Quantised, int]]  # a tensor, or (quantised, 0 = data / 1 = scales)
 
 
 class _SegmentBuilder:
@@ -268,10 +283,9 @@ class _SegmentBuilder:
         self.parts: list[_Part] = []
         self.nbytes = 0
 
-    def add(self, t: torch.Tensor) -> tuple[int, int]:
-        flat = t.detach().reshape(-1).contiguous()
-        offset, n = self.nbytes, flat.numel() * flat.element_size()
-        self.parts.append(flat)
+    def add(self, t: Array) -> tuple[int, int]:
+        offset, n = self.nbytes, arrays.nbytes(t)
+        self.parts.append(t)
         self.nbytes += n
         return offset, n
 
@@ -281,24 +295,19 @@ class _SegmentBuilder:
         self.nbytes += nbytes
         return offset, nbytes
 
-    def _tensors(self) -> Iterator[torch.Tensor]:
-        for part in self.parts:
-            yield part if isinstance(part, torch.Tensor) else part[0].get()[part[1]].reshape(-1)
-
     def views(self) -> list[memoryview]:
-        """Each tensor's bytes without copying (bool and bfloat16 have no numpy twin: uint8 view)."""
+        """Each tensor's bytes without copying (a non-contiguous tensor is copied once)."""
         return list(self.iter_views())
 
     def iter_views(self) -> Iterator[memoryview]:
-        for t in self._tensors():
-            yield t.view(torch.uint8).numpy().data
+        for part in self.parts:
+            yield arrays.flat_bytes(part[0].get()[part[1]] if isinstance(part, tuple) else part)
 
     def to_bytes(self) -> memoryview:
-        parts = list(self._tensors())
-        if not parts:
-            return memoryview(b"")
-        joined = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return joined.view(torch.uint8).numpy().data
+        views = self.views()
+        if len(views) == 1:
+            return views[0]
+        return memoryview(b"".join(views))
 
     def blocks(self, block: int) -> Iterator[memoryview | bytes]:
         """The segment's bytes in blocks of ``block`` (the last may be shorter), each part read
@@ -382,28 +391,28 @@ def _collect(
         return list(segments).index(d), segments[d]
 
     for name, tensor in state.items():
-        src = DTYPE_NAMES.get(tensor.dtype)
+        src = arrays.dtype_name(tensor)
         if src is None:
             raise PayloadError(f"tensor {name!r} has unsupported dtype {tensor.dtype}")
-        entry: dict[str, Any] = {"name": name, "shape": list(tensor.shape), "dtype": src}
-        floating = tensor.is_floating_point()
+        shape = arrays.shape_of(tensor)
+        entry: dict[str, Any] = {"name": name, "shape": list(shape), "dtype": src}
+        floating = arrays.is_floating(tensor)
         if quantize_update and floating and not is_untrained(name) and name not in exact_names:
             ref = reference[name] if reference is not None and name in reference else None
-            if ref is None or tuple(ref.shape) != tuple(tensor.shape):
-                raise ValueError(f"reference has no tensor {name!r} of shape {tuple(tensor.shape)}")
-            if not bool(torch.isfinite(tensor).all()):  # refused before any byte is sent
+            if ref is None or arrays.shape_of(ref) != shape:
+                raise ValueError(f"reference has no tensor {name!r} of shape {shape}")
+            if not arrays.all_finite(tensor):  # refused before any byte is sent
                 raise compression.CompressionError("cannot quantise non-finite values (NaN/inf in the update)")
             quantised = _Quantised(tensor, ref)
             qi, qb = seg("int8")
             si, sb = seg("float32")
             entry["enc"] = "q8"
-            entry["data"] = [qi, *qb.add_quantised(quantised, 0, tensor.numel())]
-            entry["scale"] = [si, *sb.add_quantised(quantised, 1, 4 * _channels(list(tensor.shape)))]
+            entry["data"] = [qi, *qb.add_quantised(quantised, 0, _numel(shape))]
+            entry["scale"] = [si, *sb.add_quantised(quantised, 1, 4 * _channels(list(shape)))]
         else:
-            target = tensor
+            target, wd = tensor, src
             if floating and not is_untrained(name) and name not in exact_names:
-                target = tensor.to(TORCH_DTYPES[wire_dtype])
-            wd = DTYPE_NAMES[target.dtype]
+                target, wd = arrays.cast_to_wire(tensor, wire_dtype), wire_dtype
             i, b = seg(wd)
             entry["enc"] = "raw"
             entry["wire"] = wd
@@ -779,12 +788,15 @@ def decode_state(
     reference: StateDict | None = None,
     expected: Mapping[str, TensorSpec] | None = None,
     as_sent: bool = False,
-) -> dict[str, torch.Tensor]:
+    into: Kind = "torch",
+) -> dict[str, Array]:
     """Decode a payload (whole or block-framed) into tensors of their original dtypes.
 
     With ``as_sent`` raw tensors stay in their wire dtype as read-only views of the decoded
     segment (no cast, no copy): for consumers that only read, such as an aggregator folding
-    them into a float64 sum.
+    them into a float64 sum. ``into="numpy"`` builds numpy arrays instead of torch tensors
+    (torch is not imported); numpy has no bfloat16, so a bfloat16 segment read ``as_sent``
+    holds its raw bits (uint16), and a model whose own dtype is bfloat16 cannot be decoded so.
 
     Raises :class:`PayloadError` for truncated / corrupt bytes, a malformed header, or a payload
     that does not match ``expected`` (names, shapes, dtypes, bytes per segment), and
@@ -794,15 +806,15 @@ def decode_state(
     """
     header, pos = read_header(data)
     if isinstance(header, FramedWireHeader):
-        dec = StreamDecoder(max_size=max_size, reference=reference, expected=expected, as_sent=as_sent)
+        dec = StreamDecoder(max_size=max_size, reference=reference, expected=expected, as_sent=as_sent, into=into)
         dec.feed(data)
         return dec.finish()
     _admit(header, max_size, reference, expected)
-    return _decode_whole(header, pos, data, reference, as_sent)
+    return _decode_whole(header, pos, data, reference, as_sent, into)
 
 
 def _decode_whole(header: WireHeader, pos: int, data: bytes | bytearray | memoryview,
-                  reference: StateDict | None, as_sent: bool) -> dict[str, torch.Tensor]:
+                  reference: StateDict | None, as_sent: bool, into: Kind) -> dict[str, Array]:
     """The segments of a whole (unframed) payload whose header was read and admitted."""
     view = memoryview(data).cast("B")
     body_bytes = sum(s.size for s in header.segments)
@@ -816,7 +828,7 @@ def _decode_whole(header: WireHeader, pos: int, data: bytes | bytearray | memory
         body = view[pos : pos + s.size]
         pos += s.size
         raws.append(_inflate(f"segment {i}", s.dtype, s.filter, s.codec, s.raw, s.crc32, s.raw_crc32, body))
-    return _tensors(header, raws, reference, as_sent)
+    return _tensors(header, raws, reference, as_sent, into)
 
 
 def _admit(header: AnyHeader, max_size: int, reference: StateDict | None,
@@ -832,18 +844,20 @@ def _admit(header: AnyHeader, max_size: int, reference: StateDict | None,
 
 
 def _tensors(header: AnyHeader, raws: list[bytes | memoryview], reference: StateDict | None,
-             as_sent: bool) -> dict[str, torch.Tensor]:
+             as_sent: bool, into: Kind) -> dict[str, Array]:
     """Tensors from the decoded segments (README section 5)."""
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, Array] = {}
     for t in header.tensors:
         shape = tuple(t.shape)
         if isinstance(t, Q8Tensor):
-            out[t.name] = _dequantize(t, raws, reference)
+            out[t.name] = _dequantize(t, raws, reference, into)
             continue
-        tensor = _view(raws, t.data, t.wire).reshape(shape)
-        if t.wire == "bool" and tensor.numel() and bool((tensor.view(torch.uint8) > 1).any()):
+        if t.wire == "bool" and _numel(shape) and _view(raws, t.data, "uint8", "numpy").max() > 1:
             raise PayloadError(f"tensor {t.name!r}: bool bytes must be 0 or 1")
-        out[t.name] = tensor if as_sent else tensor.to(TORCH_DTYPES[t.dtype], copy=True)
+        if into == "numpy" and t.dtype == "bfloat16" and not as_sent:
+            raise PayloadError(f"tensor {t.name!r} is bfloat16, which numpy has no dtype for: decode into torch")
+        tensor = _view(raws, t.data, t.wire, into).reshape(shape)
+        out[t.name] = tensor if as_sent else arrays.from_wire(tensor, t.wire, t.dtype)
     return out
 
 
@@ -900,7 +914,9 @@ class StreamDecoder:
         expected: Mapping[str, TensorSpec] | None = None,
         as_sent: bool = False,
         on_header: Callable[[AnyHeader], None] | None = None,
+        into: Kind = "torch",
     ) -> None:
+        self.into: Kind = into
         self.max_size = max_size
         self.reference = reference
         self.expected = expected
@@ -934,7 +950,7 @@ class StreamDecoder:
             self._fail(exc)
             raise
 
-    def finish(self) -> dict[str, torch.Tensor]:
+    def finish(self) -> dict[str, Array]:
         """The decoded tensors; a payload that stopped short is a :class:`PayloadError`."""
         if self._error is not None:
             raise self._error
@@ -942,7 +958,7 @@ class StreamDecoder:
             if self.header is None:
                 raise PayloadError(f"payload truncated: {self.received} bytes hold no complete header")
             if not isinstance(self.header, FramedWireHeader):  # read and admitted at feed()
-                return _decode_whole(self.header, self._pos, self._buf, self.reference, self.as_sent)
+                return _decode_whole(self.header, self._pos, self._buf, self.reference, self.as_sent, self.into)
             if self._next < len(self._blocks):
                 raise PayloadError(
                     f"payload truncated: {len(self._blocks) - self._next} of {len(self._blocks)} blocks did not arrive"
@@ -950,7 +966,7 @@ class StreamDecoder:
             for job in self._jobs:
                 job.result()
             raws: list[bytes | memoryview] = [memoryview(b) for b in self._segments]
-            out = _tensors(self.header, raws, self.reference, self.as_sent)
+            out = _tensors(self.header, raws, self.reference, self.as_sent, self.into)
         except PayloadError as exc:
             self._fail(exc)
             raise
@@ -1050,7 +1066,7 @@ def _decode_block(what: str, seg: FramedSegmentHeader, n: int, crc: int, raw_crc
     out[:] = _inflate(what, seg.dtype, seg.filter, seg.codec, n, crc, raw_crc, body)
 
 
-def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDict | None) -> torch.Tensor:
+def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDict | None, into: Kind) -> Array:
     """reference + q × scale[channel], computed in float32, then cast to the tensor's dtype."""
     shape = tuple(t.shape)
     if reference is None or t.name not in reference:
@@ -1058,8 +1074,12 @@ def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDic
     ref = reference[t.name]
     if tuple(ref.shape) != shape:
         raise PayloadError(f"reference {t.name!r} has shape {tuple(ref.shape)}, update has {list(shape)}")
-    q = _view(raws, t.data, "int8")
-    scales = _view(raws, t.scale, "float32")
+    if into == "numpy":
+        return _dequantize_numpy(t, raws, ref)
+    import torch
+
+    q = arrays.to_torch(_view(raws, t.data, "int8", into))
+    scales = arrays.to_torch(_view(raws, t.scale, "float32", into))
     # In place on the one float32 copy of q: a server decoding several uploads at once holds
     # one tensor-sized temporary per decode, not three (the sum is the same: + commutes).
     if q.numel() == 0:
@@ -1068,19 +1088,39 @@ def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDic
         out = q.reshape(scales.numel(), -1).to(torch.float32)
         out.mul_(scales.reshape(-1, 1))
         out = out.reshape(shape)
-    out.add_(ref.detach())
-    return out.to(TORCH_DTYPES[t.dtype])
+    out.add_(torch.from_numpy(_float_numpy(ref)) if isinstance(ref, np.ndarray) else ref.detach())
+    return out.to(arrays.torch_dtypes()[t.dtype])
 
 
-def _view(raws: list[bytes | memoryview], ref: list[int], dtype: str) -> torch.Tensor:
+def _dequantize_numpy(t: Q8Tensor, raws: list[bytes | memoryview], ref: Array) -> np.ndarray:
+    """:func:`_dequantize` into numpy (the same float32 operations in the same order); a
+    bfloat16 reference read ``as_sent`` is its bits, widened exactly."""
+    if t.dtype == "bfloat16":
+        raise PayloadError(f"tensor {t.name!r} is bfloat16, which numpy has no dtype for: decode into torch")
+    shape = tuple(t.shape)
+    q = arrays.to_numpy(_view(raws, t.data, "int8", "numpy"))
+    scales = arrays.to_numpy(_view(raws, t.scale, "float32", "numpy"))
+    if q.size == 0:
+        out = np.zeros(shape, dtype=np.float32)
+    else:
+        out = q.reshape(scales.size, -1).astype(np.float32)
+        out *= scales.reshape(-1, 1)
+        out = out.reshape(shape)
+    out += _float_numpy(ref)
+    return out.astype(arrays.NUMPY_DTYPES[t.dtype], copy=False)
+
+
+def _float_numpy(ref: Array) -> np.ndarray:
+    """A reference tensor as numpy floats (bfloat16 bits, as a numpy decoder reads them ``as_sent``,
+    widened exactly)."""
+    r = arrays.to_numpy(ref)
+    return arrays.widen_bf16(r) if r.dtype == np.uint16 else r
+
+
+def _view(raws: list[bytes | memoryview], ref: list[int], dtype: str, into: Kind) -> Array:
     """A read-only tensor over a segment's bytes (offsets and sizes were checked by the layout)."""
     seg_i, off, n = ref
-    tdt = TORCH_DTYPES[dtype]
-    if n == 0:
-        return torch.empty(0, dtype=tdt)
-    with warnings.catch_warnings():  # read-only buffer: every caller copies or casts before use
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.frombuffer(raws[seg_i], dtype=tdt, count=n // ITEMSIZE[dtype], offset=off)
+    return arrays.from_buffer(raws[seg_i], dtype, n // ITEMSIZE[dtype], off, into)
 
 
 def payload_info(data: bytes | bytearray | memoryview) -> AnyHeader:

@@ -264,3 +264,53 @@ def test_admin_kick_stops_the_client_for_good() -> None:
     assert {c.name: c.state for c in fed.clients()}["a"] == "left"  # its heartbeat does not revive it
     status = fed.status()
     assert status.num_clients == 0 and status.selected_clients == ()
+
+
+# ---------------------------------------------------------------- a numpy model (fedcore.arrays)
+def _numpy_fed(clock: FakeClock, **kw) -> Federation:
+    import numpy as np
+
+    model = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32),
+             "bn.num_batches_tracked": np.zeros((), np.int64)}
+    cfg = FederationConfig(min_clients=2, round_deadline_s=60.0, client_timeout_s=30.0,
+                           wire=WireOptions("bf16", "zstd", None, "auto"), **kw)
+    return Federation(model, cfg, clock=clock, strategy=FedProx(mu=0.1))
+
+
+def test_numpy_model_takes_torch_clients_uploads_and_refuses_bad_ones(tmp_path: Path) -> None:
+    """A numpy Federation serves the bytes torch clients decode, decodes their uploads into numpy
+    (a bf16 wire widened to float32), refuses NaN and wrong shapes, and resumes from its checkpoint."""
+    import numpy as np
+
+    clock = FakeClock()
+    fed = _numpy_fed(clock, checkpoint_dir=tmp_path)
+    a, b = _join(fed, "a", 10), _join(fed, "b", 30)
+    got = wire.decode_state(fed.fetch_global(a).payload)  # a torch client's view
+    assert got["w"].dtype == torch.float32 and torch.equal(got["w"], torch.zeros(3, 2))
+    fed.start_autorun(1)
+    fed.tick()
+    nan = {"w": torch.full((3, 2), float("nan")), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
+    with pytest.raises(PayloadError, match="NaN"):
+        fed.submit_update(a, 1, wire.encode_state(nan, dtype="bf16"), 10)
+    wrong = {"w": torch.zeros(2, 2), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
+    with pytest.raises(PayloadError):
+        fed.submit_update(a, 1, wire.encode_state(wrong, dtype="bf16"), 10)
+    for who, value, n in ((a, 1.0, 10), (b, 3.0, 30)):
+        state = {"w": torch.full((3, 2), value), "b": torch.full((2,), value), "bn.num_batches_tracked": torch.tensor(n)}
+        fed.submit_update(who, 1, wire.encode_state(state, dtype="bf16"), n)
+    fed.tick()
+    assert fed.round == 1
+    g = fed.global_state
+    assert isinstance(g["w"], np.ndarray) and g["w"].dtype == np.float32
+    assert np.array_equal(g["w"], np.full((3, 2), 2.5, np.float32))  # (10·1 + 30·3) / 40
+    assert g["bn.num_batches_tracked"].dtype == np.int64 and int(g["bn.num_batches_tracked"]) == 25  # (10·10 + 30·30) / 40
+    again = _numpy_fed(FakeClock(), checkpoint_dir=tmp_path)
+    assert again.round == 1
+    assert all(isinstance(v, np.ndarray) and np.array_equal(v, g[k]) for k, v in again.global_state.items())
+
+
+def test_numpy_model_with_a_torch_strategy_is_refused_in_one_line() -> None:
+    import numpy as np
+
+    with pytest.raises(ValueError, match="fedadam.*aggregates torch tensors"):
+        Federation({"w": np.zeros(3, np.float32)}, strategy=FedAdam())

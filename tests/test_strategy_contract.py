@@ -624,3 +624,52 @@ def test_multikrum_federation_learns_digits_despite_a_garbage_client() -> None:
         assert float(max(v.abs().max() for v in fed.global_state.values() if v.is_floating_point())) < 100
     finally:
         harness.close()
+
+
+# ---------------------------------------------------------------- numpy models
+NUMPY_NAMES = [n for n in NAMES if registered_strategies()[n].supports_numpy]
+
+
+def test_numpy_strategies_are_the_plain_means() -> None:
+    """supports_numpy is claimed only where finish is the weighted mean (the numpy path has no
+    server optimiser step): a new claim must come with its own numpy arithmetic and test."""
+    assert NUMPY_NAMES == ["fedavg", "fedprox"]
+
+
+@pytest.mark.parametrize("name", NUMPY_NAMES)
+@pytest.mark.parametrize("merged", [False, True], ids=["accumulate", "merge"])
+def test_numpy_model_aggregates_bit_for_bit_like_torch(name: str, merged: bool) -> None:
+    """The same round over numpy arrays and over torch tensors: the same bytes out (float32,
+    float16, integer rounding half to even, untrained buffers), through accumulate or merge.
+    float64 tensors agree to an ulp: torch may fuse n·w + sum, numpy rounds twice."""
+    g = _mixed_global()
+    ups = _mixed_updates(g, N)
+    results = []
+    for as_numpy in (False, True):
+        conv = (lambda s: {k: v.numpy().copy() for k, v in s.items()}) if as_numpy else (lambda s: dict(s))
+        s = _make(name)
+        s.begin_round(conv(g))
+        for part in ((range(0, 4), range(4, N)) if merged else (range(N),)):
+            if merged:
+                acc = s.new_accumulator()
+                for i in part:
+                    acc.add(conv(ups[i]), 10 + i)
+                s.merge(acc)
+            else:
+                for i in part:
+                    s.accumulate(conv(ups[i]), 10 + i)
+        results.append(s.finish(conv(g)))
+    want, got = results
+    for k in g:
+        assert isinstance(got[k], np.ndarray) and got[k].dtype == want[k].numpy().dtype, k
+        if got[k].dtype == np.float64:
+            assert np.allclose(got[k], want[k].numpy(), rtol=1e-14, atol=0), k
+        else:
+            assert got[k].tobytes() == want[k].numpy().tobytes(), k
+
+
+def test_builtin_modules_register_the_names_listed() -> None:
+    from fedcore.strategy import BUILTIN_MODULES
+
+    for name, module in BUILTIN_MODULES.items():
+        assert registered_strategies()[name].__module__.startswith(module), name

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from fedcore.arrays import Array, torch_state
 from fedcore import wire
 from fedcore.app.data import load_federated
 from fedcore.app.models import build_configured_model
@@ -73,9 +74,9 @@ def _split_federation(settings: Settings, model: nn.Module, test_data: object, n
     scorer_split = cut(scorer, at=settings.split_at or getattr(model, "cut_at"), head_at=settings.split_head_at)
     edge = EdgeTrainer(setup.split.edge, setup.config.edge, optimizer=sgd(lr=settings.lr))
 
-    def evaluate_split(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    def evaluate_split(state: Mapping[str, Array]) -> dict[str, float]:
         """The whole model: the new device side with the edge as it is now."""
-        scorer_split.device_side.load_state_dict(state)
+        scorer_split.device_side.load_state_dict(torch_state(state))
         scorer_split.edge.load_state_dict(edge.edge_state())
         return evaluate(scorer, test_data)  # type: ignore[arg-type]
 

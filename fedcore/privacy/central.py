@@ -31,6 +31,7 @@ import torch
 from fedcore.logger import get_logger
 from fedcore.privacy.accountant import RoundAccountant, noise_for_epsilon
 from fedcore.privacy.clipping import AdaptiveClip, clip_delta, gaussian_like, make_generator
+from fedcore.arrays import Array, to_torch, torch_state
 from fedcore.strategy import StateDict, Strategy, WeightedSum
 
 if TYPE_CHECKING:
@@ -137,14 +138,14 @@ class DPStrategy(Strategy):
         return self.inner.client_config()
 
     def begin_round(self, global_state: StateDict) -> None:
-        self._global = {k: v.detach().clone() for k, v in global_state.items()}
+        self._global = {k: v.detach().clone() for k, v in torch_state(global_state).items()}
         self._partial = WeightedSum()
         self._unclipped = 0
         self._metrics = {}
 
     def accumulate(self, state: StateDict, num_samples: int) -> None:
         c = self._clip.clip_norm
-        delta, norm = clip_delta(state, self._global, c)
+        delta, norm = clip_delta(torch_state(state), self._global, c)
         self._partial.add(delta, 1)  # unweighted: one client, one vote of norm <= C
         if norm <= c:
             self._unclipped += 1
@@ -159,7 +160,7 @@ class DPStrategy(Strategy):
                      self._z, cfg.target_epsilon, cfg.delta, cfg.rounds, q)
         return self._z
 
-    def finish(self, global_state: StateDict) -> dict[str, torch.Tensor]:
+    def finish(self, global_state: StateDict) -> dict[str, Array]:
         m = self._partial.count
         self.inner.begin_round(global_state)
         if not m:
@@ -177,10 +178,10 @@ class DPStrategy(Strategy):
             unclipped = noised + m / 2
         # The wrapped strategy folds states: Σ (w_global + clip(Δ_k)) + noise, with weight 1 each.
         states = WeightedSum()
-        for k, g in global_state.items():
+        for k, g in torch_state(global_state).items():
             total = g.detach().to(torch.float64) * m
             if g.is_floating_point():
-                total.add_(self._partial.sums[k])
+                total.add_(to_torch(self._partial.sums[k]))
                 if z_update > 0:
                     total.add_(gaussian_like(total, z_update * c, self._generator))
             states.sums[k] = total

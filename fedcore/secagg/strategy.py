@@ -5,17 +5,20 @@ the new global is w_global + dequantised mean. Non-float tensors (counters) keep
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from fedcore.arrays import Array, torch_state
 from fedcore.errors import RoundStateError
 from fedcore.secagg.coordinator import SecAggRound
 from fedcore.secagg.params import SecAggParams, dequantize_mean
 from fedcore.strategy import Strategy
 
-StateDict = Mapping[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported when a round is finished, not by the Federation's import
+    import torch
+
+StateDict = Mapping[str, "torch.Tensor"]
 
 
 def float_names(state: StateDict) -> list[str]:
@@ -47,7 +50,8 @@ class SecAggFedAvg(Strategy):
         self._length = 0
         self._last: SecAggRound | None = None
 
-    def begin_round(self, global_state: StateDict) -> None:
+    def begin_round(self, global_state_in: Mapping[str, Array]) -> None:
+        global_state = torch_state(global_state_in)
         self._length = sum(global_state[k].numel() for k in float_names(global_state))
         self.round = None
 
@@ -58,14 +62,17 @@ class SecAggFedAvg(Strategy):
                                      self.max_message_bytes)
         return self.round
 
-    def accumulate(self, state: StateDict, num_samples: int) -> None:
+    def accumulate(self, state: Mapping[str, Array], num_samples: int) -> None:
         raise RoundStateError("this federation aggregates securely: send the update through secagg_exchange")
 
     def client_config(self) -> dict[str, Any]:
         return {"secagg": {"version": 1}}
 
-    def finish(self, global_state: StateDict) -> dict[str, torch.Tensor]:
-        out = {k: v.clone() for k, v in global_state.items()}
+    def finish(self, global_state_in: Mapping[str, Array]) -> dict[str, Array]:
+        import torch
+
+        global_state = torch_state(global_state_in)
+        out: dict[str, Array] = {k: v.clone() for k, v in global_state.items()}
         sa, self._last, self.round = self.round, self.round, None
         if sa is None or sa.result is None or not sa.result.survivors:
             return out

@@ -16,6 +16,7 @@ from typing import Any, Literal, cast, get_args
 import torch
 
 from fedcore import wire
+from fedcore.arrays import torch_state
 from fedcore.errors import PayloadError, PayloadTooLargeError
 
 Kind = Literal["forward", "backward", "grad", "output"]
@@ -156,7 +157,7 @@ def decode_message(data: bytes | memoryview, expect: Expect) -> SplitMessage:
         raise PayloadError(f"tensor {name!r} travels as {wires.get(name)!r}, not a float wire dtype")
     _check_tensors(header, spec)
     limit = sum(4 * math.prod(s.shape) if s.dtype == "float32" else 8 * math.prod(s.shape) for s in spec.values())
-    state = wire.decode_state(data, max_size=limit, expected=spec)
+    state = torch_state(wire.decode_state(data, max_size=limit, expected=spec))
     tensor = state[name]
     if not bool(torch.isfinite(tensor).all()):
         raise PayloadError(f"{name} of step {meta.step} micro {meta.micro} hold NaN or Inf")
