@@ -46,6 +46,7 @@ class Row:
     peak_pss_mb: float
     participants: int
     code: str = ""  # "before" (the --baseline checkout) or "after"; "" without --baseline
+    driver_torch: bool | None = None  # whether the driver process imported torch (None: not reported)
 
 
 # ---------------------------------------------------------------- memory
@@ -117,8 +118,7 @@ def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, c
 
     logging.getLogger("fedcore").setLevel(logging.WARNING)
     from fedcore.config import Settings
-    from fedcore.sim import (Backend, InlineBackend, NumpyVectorClients, ProcessBackend, SimClock, VectorClients,
-                             sim_federation, simulate)
+    from fedcore.sim import Backend, InlineBackend, ProcessBackend, SimClock, sim_federation, simulate
 
     backend: Backend
     if backend_name == "inline":
@@ -129,12 +129,16 @@ def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, c
         from fedcore.sim.ray_backend import RayBackend
 
         backend = RayBackend(num_workers=workers)
-    vc: VectorClients | NumpyVectorClients
-    if kind == "numpy":
+    vc: Any
+    if kind == "numpy":  # imported by kind: fedcore.sim.workloads (torch clients) imports torch
+        from fedcore.sim.numpy_workloads import NumpyVectorClients
+
         if cpu_work:
             raise ValueError("the CPU-bound workload is a torch one")
         vc = NumpyVectorClients(dim=dim)
     else:
+        from fedcore.sim.workloads import VectorClients
+
         vc = VectorClients(dim=dim, cpu_work=cpu_work)
     clock = SimClock()
     # fp32 on the wire and no norm bound: the workload Flower's engine runs too.
@@ -144,7 +148,7 @@ def run_one(backend_name: str, clients: int, rounds: int, workers: int | None, c
     later = result.round_s[1:] or result.round_s
     return Row(backend_name, workload_name(kind, cpu_work), clients, result.num_workers,
                round(result.startup_s, 3), round(result.round_s[0], 3), round(min(later), 3),
-               0.0, result.history[-1].num_participants)
+               0.0, result.history[-1].num_participants, driver_torch="torch" in sys.modules)
 
 
 def workload_name(kind: str, cpu_work: int) -> str:
@@ -268,12 +272,16 @@ def measure_flower(python: str, clients: int, timeout_s: float) -> Row | str:
 def _table(rows: list[Row]) -> str:
     coded = any(r.code for r in rows)
     head = (("| code " if coded else "") + "| backend | workload | clients/round | workers | start-up (s) | "
-            "first round (s) | round (s) | peak PSS (MB) |\n" + ("|---" if coded else "") +
-            "|---|---|---:|---:|---:|---:|---:|---:|\n")
+            "first round (s) | round (s) | peak PSS (MB) | driver imports torch |\n" + ("|---" if coded else "") +
+            "|---|---|---:|---:|---:|---:|---:|---:|---|\n")
     return head + "".join(
         (f"| {r.code} " if coded else "") + f"| {r.backend} | {r.workload} | {r.clients:,} | {r.workers or 'n/a'} | "
         f"{f'{r.startup_s:.2f}' if r.startup_s >= 0 else 'in 1st round'} | {r.first_round_s:.3f} | "
-        f"{r.round_s:.3f} | {r.peak_pss_mb:.0f} |\n" for r in rows)
+        f"{r.round_s:.3f} | {r.peak_pss_mb:.0f} | {_yes_no(r.driver_torch)} |\n" for r in rows)
+
+
+def _yes_no(flag: bool | None) -> str:
+    return "n/a" if flag is None else "yes" if flag else "no"
 
 
 def _plot(rows: list[Row], path: Path) -> None:

@@ -8,6 +8,10 @@ same code as a deployed server) draws each round's ``clients_per_round`` of them
 Only the training and the folding of updates happen on the backend's workers; their partial sums
 enter the round through ``Federation.accept_folded`` (``accept_update`` per client for
 strategies that need every update).
+
+A numpy model (a ``NumpyClient`` workload's ``initial_state``) aggregated by a strategy that
+``supports_numpy`` (FedAvg, FedProx) stays numpy in the Federation, so neither the driver nor its
+workers import torch (~500 MB a process); other strategies get the model as torch tensors.
 """
 from __future__ import annotations
 
@@ -19,9 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
-from fedcore import wire
+from fedcore import arrays, wire
+from fedcore.arrays import Array
 from fedcore.config import Settings
 from fedcore.errors import FedcoreError, PayloadError
 from fedcore.federation import EvaluateFn, Federation, FederationConfig, FoldedUpdate
@@ -29,7 +33,6 @@ from fedcore.operations import Caller, Refusal, RoundRecord
 from fedcore.selection import ClientSelector, Sampling
 from fedcore.sim.backends import Backend, InlineBackend
 from fedcore.sim.faults import Faults, SimClock
-from fedcore.sim.array_sum import ArraySum
 from fedcore.sim.plan import Bf16Bits, ChunkResult, PlainState, RoundPlan, Task
 from fedcore.sim.worker import ClientFn
 from fedcore.states import Action, ClientState
@@ -46,36 +49,42 @@ class SimulationError(FedcoreError):
 @dataclass(frozen=True)
 class SimResult:
     history: tuple[RoundRecord, ...]
-    final_state: Mapping[str, torch.Tensor]
+    final_state: Mapping[str, Array]  # numpy arrays when the Federation's model is numpy
     backend: str
     num_workers: int
     startup_s: float  # backend start (workers, ray.init) + registrations
     round_s: tuple[float, ...]  # wall time of each round as the driver saw it
 
 
-def to_plain(state: Mapping[str, torch.Tensor]) -> PlainState:
+def to_plain(state: Mapping[str, Array]) -> PlainState:
     """The round's model as the workers receive it: numpy arrays (bfloat16 as its bits)."""
     out: PlainState = {}
     for k, t in state.items():
+        if isinstance(t, np.ndarray):
+            out[k] = t
+            continue
         t = t.detach().cpu().contiguous()
-        out[k] = Bf16Bits(t.view(torch.int16).numpy().view(np.uint16)) if t.dtype == torch.bfloat16 else t.numpy()
+        bf16 = arrays.dtype_name(t) == "bfloat16"
+        out[k] = Bf16Bits(t.view(arrays.torch_dtypes()["int16"]).numpy().view(np.uint16)) if bf16 else t.numpy()
     return out
 
 
-def to_weighted_sum(partial: WeightedSum | ArraySum) -> WeightedSum:
-    """A numpy worker's partial sum as the strategy's own (the arrays shared, not copied, where
-    they are writable)."""
-    if isinstance(partial, WeightedSum):
+def to_weighted_sum(partial: WeightedSum, kind: arrays.Kind) -> WeightedSum:
+    """A worker's partial sum over the Federation's kind of arrays (numpy sums and CPU torch
+    tensors share their memory where they can)."""
+    if all(isinstance(v, np.ndarray) == (kind == "numpy") for v in partial.sums.values()):
         return partial
     out = WeightedSum()
-    out.sums = {k: torch.from_numpy(np.require(v, requirements="W")) for k, v in partial.sums.items()}
+    out.sums = arrays.as_kind(partial.sums, kind)
     out.total, out.count = partial.total, partial.count
     return out
 
 
-def as_tensors(state: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
-    """A model given as numpy arrays (a NumpyClient workload's) as the Federation's tensors."""
-    return {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
+def model_for(initial_state: Mapping[str, Array], strategy: Strategy) -> dict[str, Array]:
+    """The Federation's model: a numpy one stays numpy when the strategy aggregates numpy;
+    otherwise torch tensors."""
+    kind: arrays.Kind = "numpy" if arrays.kind_of(initial_state) == "numpy" and strategy.supports_numpy else "torch"
+    return arrays.as_kind(initial_state, kind)
 
 
 def cohort_sampling(base: Sampling, clients_per_round: int, seed: int) -> Sampling:
@@ -84,14 +93,15 @@ def cohort_sampling(base: Sampling, clients_per_round: int, seed: int) -> Sampli
                    seed=seed)
 
 
-def sim_federation(initial_state: Mapping[str, torch.Tensor | np.ndarray], clients_per_round: int, *,
+def sim_federation(initial_state: Mapping[str, Array], clients_per_round: int, *,
                    settings: Settings | None = None, strategy: Strategy | None = None,
                    evaluate_fn: EvaluateFn | None = None, clock: SimClock | None = None,
                    seed: int | None = None, selector: ClientSelector | None = None) -> Federation:
     """A Federation configured for in-process simulated clients: each round selects
     ``clients_per_round`` clients (min_clients of them must be ready), no registration rate
     limit, idle clients never time out. ``seed`` (default: the settings' seed) seeds the
-    selector; ``simulate`` sets it again from its own ``seed``."""
+    selector; ``simulate`` sets it again from its own ``seed``. A numpy ``initial_state`` stays
+    numpy (no torch) when the strategy ``supports_numpy``; ``evaluate_fn`` then gets numpy arrays."""
     s = settings or Settings()
     base = FederationConfig.from_settings(s)
     config = replace(
@@ -100,7 +110,7 @@ def sim_federation(initial_state: Mapping[str, torch.Tensor | np.ndarray], clien
         sampling=cohort_sampling(base.sampling, clients_per_round, s.seed if seed is None else seed),
     )
     strategy = strategy or strategy_from_settings(s)
-    return Federation(as_tensors(initial_state), config, strategy=strategy, evaluate_fn=evaluate_fn,
+    return Federation(model_for(initial_state, strategy), config, strategy=strategy, evaluate_fn=evaluate_fn,
                       clock=clock or SimClock(), selector=selector)
 
 
@@ -147,6 +157,7 @@ class _Driver:
         self.callers: list[Caller] = []
         self.names: list[str] = []
         self.cid_of: dict[str, int] = {}
+        self.kind = arrays.kind_of(fed.global_state)
 
     def register(self) -> None:
         with _quiet("fedcore.federation"):  # thousands of "joined" lines say nothing
@@ -193,7 +204,8 @@ class _Driver:
         runnable = [cid for cid in cohort if fates[cid] == "ok"]
         cfg = fed.config
         every = fed.strategy.needs_every_update
-        plan = RoundPlan(number, to_plain(wire.decode_state(payload, max_size=cfg.max_decoded_bytes)), dict(config),
+        received = wire.decode_state(payload, max_size=cfg.max_decoded_bytes, into=self.kind)
+        plan = RoundPlan(number, to_plain(received), dict(config),
                          cfg.wire, cfg.max_update_norm, cfg.max_num_samples, every)
         size = 16 if every else max(1, math.ceil(len(runnable) / max(1, self.backend.num_workers)))
         tasks = [Task(tuple(ch), tuple(self.names[c] for c in ch)) for ch in split(runnable, math.ceil(len(runnable) / size))]
@@ -222,7 +234,7 @@ class _Driver:
         refused: list[Refusal] = []
         for res in results:
             if res.partial is not None:
-                total.merge(to_weighted_sum(res.partial))
+                total.merge(to_weighted_sum(res.partial, self.kind))
             for o in res.outcomes:
                 if o.status == "ok":
                     updates.append(FoldedUpdate(self.callers[o.cid], o.num_samples, o.metrics, payload_bytes))

@@ -3,7 +3,7 @@
 The update goes through the upload gate's rules as the server would hold it after the wire: cast
 to the wire dtype (float16, or bfloat16 rounded to nearest even as torch does), refused if any
 value is NaN/Inf or it is too far from the global model (``fedcore.update_checks``), then folded
-into an ``ArraySum``.
+into a ``WeightedSum`` (its numpy fold: fedcore.strategy is torch-free until a tensor is one).
 """
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from fedcore.arrays import all_finite, bf16_bits, widen_bf16
 from fedcore.config import Settings
 from fedcore.seeds import client_round_seed
-from fedcore.sim.array_sum import ArraySum
 from fedcore.sim.numpy_client import FitResult, NumpyClient
 from fedcore.sim.plan import Bf16Bits, RoundPlan
-from fedcore.update_checks import check_norm, is_untrained, non_finite_refusal
+from fedcore.strategy import WeightedSum
+from fedcore.update_checks import check_update_norm, is_untrained, non_finite_refusal
 
 _WIRE_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
                 "bf16": "bfloat16", "bfloat16": "bfloat16"}
@@ -34,18 +35,9 @@ class Trained:
 
 
 def round_to_bf16(a: np.ndarray) -> np.ndarray:
-    """float32 values rounded to the nearest bfloat16 (ties to even), as float32. Finite input
-    only (the caller refuses NaN/Inf first); values past bfloat16's range become ±Inf."""
-    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-    rounded &= np.uint32(0xFFFF0000)
-    return rounded.view(np.float32)
-
-
-def _finite(a: np.ndarray) -> bool:
-    # A finite sum proves every value finite in one reduction; a non-finite one (NaN/Inf, or an
-    # overflow of large finite values) gets the exact check.
-    return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float32; values past
+    bfloat16's range become ±Inf."""
+    return widen_bf16(bf16_bits(a))
 
 
 def as_received(state: Mapping[str, np.ndarray], wire_dtype: str) -> dict[str, np.ndarray]:
@@ -55,7 +47,7 @@ def as_received(state: Mapping[str, np.ndarray], wire_dtype: str) -> dict[str, n
     out: dict[str, np.ndarray] = {}
     for name, a in state.items():
         if a.dtype.kind == "f":
-            if not _finite(a):
+            if not all_finite(a):
                 raise non_finite_refusal()
             if not is_untrained(name):
                 if target == "float32":
@@ -64,25 +56,10 @@ def as_received(state: Mapping[str, np.ndarray], wire_dtype: str) -> dict[str, n
                     a = a.astype(np.float16)
                 else:
                     a = round_to_bf16(a)
-                if target != "float32" and not _finite(a):  # past the narrower type's range
+                if target != "float32" and not all_finite(a):  # past the narrower type's range
                     raise non_finite_refusal()
         out[name] = a
     return out
-
-
-def check_update_norm(state: Mapping[str, np.ndarray], glob: Mapping[str, np.ndarray], bound: float | None) -> None:
-    """``fedcore.federation.check_update_norm`` over numpy arrays (float64 sums)."""
-    if bound is None:
-        return
-    diff_sq, ref_sq = 0.0, 0.0
-    for name, a in state.items():
-        if a.dtype.kind != "f" or is_untrained(name):
-            continue
-        g = np.asarray(glob[name], dtype=np.float64).reshape(-1)
-        d = np.subtract(a.reshape(-1), g, dtype=np.float64)
-        diff_sq += float(np.dot(d, d))
-        ref_sq += float(np.dot(g, g))
-    check_norm(diff_sq, ref_sq, bound)
 
 
 class NumpyRunner:
@@ -129,8 +106,8 @@ class NumpyRunner:
         check_update_norm(received, self._global, plan.max_update_norm)
         return received
 
-    def new_partial(self) -> ArraySum:
-        return ArraySum()
+    def new_partial(self) -> WeightedSum:
+        return WeightedSum()
 
     def encode(self, trained: Trained, plan: RoundPlan, name: str) -> bytes:
         """For strategies that need every update: the update's wire payload (torch is imported

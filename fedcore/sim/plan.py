@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedcore.arrays import widen_bf16
 from fedcore.operations import WireOptions
 
 if TYPE_CHECKING:
-    from fedcore.sim.array_sum import ArraySum
     from fedcore.strategy import WeightedSum
 
 
@@ -28,7 +28,7 @@ class Bf16Bits:
 
     def as_float32(self) -> np.ndarray:
         """The exact float32 values (bf16 widens without rounding)."""
-        return (self.bits.astype(np.uint32) << 16).view(np.float32)
+        return widen_bf16(self.bits)
 
 
 # Tensors as numpy arrays (Ray hands those to actors without a copy).
@@ -72,6 +72,6 @@ class ChunkResult:
     their encoded updates in ``payloads``, aligned with the ``ok`` outcomes)."""
 
     outcomes: tuple[ClientOutcome, ...]
-    partial: WeightedSum | ArraySum | None
+    partial: WeightedSum | None
     payloads: tuple[bytes, ...] = ()
     busy_s: float = 0.0

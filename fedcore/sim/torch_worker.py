@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from fedcore import wire
+from fedcore.arrays import torch_state
 from fedcore.app.apps import ClientApp
 from fedcore.client import FLClient
 from fedcore.config import Settings
-from fedcore.federation import check_update_norm
+from fedcore.update_checks import check_update_norm
 from fedcore.operations import WireOptions
 from fedcore.privacy.local import local_dp
 from fedcore.seeds import client_round_seed
@@ -41,7 +42,7 @@ def as_received(state: Mapping[str, torch.Tensor], options: WireOptions,
     if options.update == "q8":
         payload = wire.encode_state(state, dtype=options.dtype, codec="none", filter="none", reference=reference,
                                     quantize_update=True)
-        return wire.decode_state(payload, reference=reference, as_sent=False)
+        return torch_state(wire.decode_state(payload, reference=reference, as_sent=False))
     target = wire.TORCH_DTYPES[wire.canonical_dtype(options.dtype)]
     return {k: t.to(target) if t.is_floating_point() and not wire.is_untrained(k) else t for k, t in state.items()}
 

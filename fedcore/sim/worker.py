@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fedcore.config import Settings
 from fedcore.errors import PayloadError
-from fedcore.sim.array_sum import ArraySum
 from fedcore.sim.numpy_client import NumpyClient
 from fedcore.sim.numpy_worker import NumpyRunner, Trained
 from fedcore.sim.plan import ChunkResult, ClientOutcome, RoundPlan, Task
@@ -55,7 +54,7 @@ class ClientRunner(Protocol):
 
     def check(self, trained: Trained, plan: RoundPlan) -> Mapping[str, Any]: ...
 
-    def new_partial(self) -> WeightedSum | ArraySum: ...
+    def new_partial(self) -> WeightedSum: ...
 
     def encode(self, trained: Trained, plan: RoundPlan, name: str) -> bytes: ...
 
@@ -93,7 +92,7 @@ class SimWorker:
         result; one whose update the checks refuse is a refused result. One chunk holds one kind
         of client (numpy or torch): its partial sum is of that kind."""
         started = time.perf_counter()
-        partial: WeightedSum | ArraySum | None = None
+        partial: WeightedSum | None = None
         kind: ClientRunner | None = None
         outcomes: list[ClientOutcome] = []
         payloads: list[bytes] = []
