@@ -205,10 +205,10 @@ def run_flower(clients: int, rounds: int, dim: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- orchestration (parent)
-def _run_sampled(cmd: list[str], env: dict[str, str],
-                 timeout_s: float) -> tuple[subprocess.CompletedProcess[str], float]:
+def _run_sampled(cmd: list[str], env: dict[str, str], timeout_s: float,
+                 cwd: Path | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``cmd``; the peak PSS (MB) of its whole process tree, sampled from here."""
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd) as proc:
         with PeakPss(proc.pid) as mem:
             try:
                 out, err = proc.communicate(timeout=timeout_s)
@@ -233,7 +233,9 @@ def measure(backend: str, clients: int, rounds: int, workers: int | None, cpu_wo
                RAY_USAGE_STATS_ENABLED="0")
     started = time.monotonic()
     try:
-        proc, peak_mb = _run_sampled(cmd, env, timeout_s)
+        # cwd=root too: a local Ray's workers put the driver's working directory first on their
+        # path, so a --baseline row run from here would have its workers import this checkout.
+        proc, peak_mb = _run_sampled(cmd, env, timeout_s, cwd=root)
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout_s:.0f}s"
     wall = time.monotonic() - started
