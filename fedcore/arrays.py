@@ -209,6 +209,8 @@ def torch_state(state: Mapping[str, Array]) -> dict[str, torch.Tensor]:
 
 def to_torch(x: Array) -> torch.Tensor:
     """The value as a torch tensor (a numpy array's memory shared where it is writable)."""
+    if isinstance(x, np.generic):  # numpy arithmetic on a 0-d array gives a scalar
+        x = np.asarray(x)
     if not isinstance(x, np.ndarray):
         return x
     import torch

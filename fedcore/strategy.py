@@ -111,7 +111,7 @@ class WeightedSum:
             elif isinstance(acc, np.ndarray):
                 acc += arrays.to_numpy(t)
             else:
-                acc.add_(t if not isinstance(t, np.ndarray) else _as_torch(t))
+                acc.add_(arrays.to_torch(t))
         self.total += other.total
         self.count += other.count
 
@@ -124,19 +124,12 @@ def _float64_copy(t: Array) -> Array:
     return t.to(torch.float64, copy=True)
 
 
-def _as_torch(a: np.ndarray) -> torch.Tensor:
-    import torch
-
-    return torch.from_numpy(a)
-
-
 def mean_as(mean: Array, like: Array) -> Array:
     """A float64 mean in the dtype of ``like`` (integers rounded half to even, as torch does)."""
     if isinstance(like, np.ndarray):
         m = arrays.to_numpy(mean)
         return np.asarray(m if like.dtype.kind == "f" else np.round(m)).astype(like.dtype)
-    if isinstance(mean, np.ndarray):
-        mean = _as_torch(mean)
+    mean = arrays.to_torch(mean)
     return mean.to(like.dtype) if like.is_floating_point() else mean.round().to(like.dtype)
 
 

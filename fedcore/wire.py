@@ -265,9 +265,10 @@ class _Quantised:
 
 
 def _float32(x: Array) -> np.ndarray:
-    """A float value as float32 numpy (a fresh array where it had to be cast)."""
+    """A float value as float32 numpy (a fresh array where it had to be cast; bfloat16 bits, as
+    a numpy decoder reads a reference ``as_sent``, widened exactly)."""
     if isinstance(x, np.ndarray):
-        return x.astype(np.float32, copy=False)
+        return _float_numpy(x).astype(np.float32, copy=False)
     return x.detach().float().numpy()
 
 

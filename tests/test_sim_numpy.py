@@ -186,3 +186,13 @@ def test_numpy_clients_say_what_they_cannot_do() -> None:
         _run(InlineBackend(), settings=Settings(quantize_update=True), rounds=1)
     with pytest.raises(ValueError, match="local DP"):
         NumpyRunner(Settings(local_dp_clip=1.0))  # a worker's settings (simulate(Settings(...), ...))
+
+
+def test_a_torch_only_strategy_gets_the_numpy_clients_model_as_tensors() -> None:
+    """FedAdam steps in torch: the Federation converts the numpy model, and the workers' numpy
+    partial sums are merged as tensors; the same rounds on torch clients give the same model."""
+    settings = Settings(strategy="fedadam", max_update_norm=None)
+    a = _run(InlineBackend(num_workers=2), clients=_NumpySteps(), settings=settings)
+    b = _run(InlineBackend(num_workers=2), clients=_TorchSteps(), settings=settings)
+    assert isinstance(a.final_state["w"], torch.Tensor)
+    assert torch.equal(a.final_state["w"], b.final_state["w"]) and float(a.final_state["w"].abs().sum()) > 0
