@@ -176,6 +176,16 @@ def test_min_clients_gate() -> None:
         fed.step()
 
 
+def _refuses_nan_and_wrong_shapes(fed: Federation, who: Caller, dtype: str) -> None:
+    """Round 1's upload gate refuses a NaN update and one of the wrong shape (PayloadError)."""
+    nan = {"w": torch.full((3, 2), float("nan")), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
+    with pytest.raises(PayloadError, match="NaN"):
+        fed.submit_update(who, 1, wire.encode_state(nan, dtype=dtype), 10)
+    wrong = {"w": torch.zeros(2, 2), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
+    with pytest.raises(PayloadError):
+        fed.submit_update(who, 1, wire.encode_state(wrong, dtype=dtype), 10)
+
+
 def test_bad_input_never_corrupts_the_global_model() -> None:
     clock = FakeClock()
     fed = _fed(clock, max_payload_bytes=10_000)
@@ -183,12 +193,7 @@ def test_bad_input_never_corrupts_the_global_model() -> None:
     fed.start_autorun(1)
     fed.tick()
     before = {k: v.clone() for k, v in fed.global_state.items()}
-    nan = {"w": torch.full((3, 2), float("nan")), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
-    with pytest.raises(PayloadError, match="NaN"):
-        fed.submit_update(a, 1, wire.encode_state(nan, dtype="fp32"), 10)
-    wrong = {"w": torch.zeros(2, 2), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
-    with pytest.raises(PayloadError):
-        fed.submit_update(a, 1, wire.encode_state(wrong, dtype="fp32"), 10)
+    _refuses_nan_and_wrong_shapes(fed, a, "fp32")
     with pytest.raises(PayloadError):
         fed.submit_update(a, 1, b"garbage", 10)
     with pytest.raises(PayloadTooLargeError):
@@ -289,12 +294,7 @@ def test_numpy_model_takes_torch_clients_uploads_and_refuses_bad_ones(tmp_path: 
     assert got["w"].dtype == torch.float32 and torch.equal(got["w"], torch.zeros(3, 2))
     fed.start_autorun(1)
     fed.tick()
-    nan = {"w": torch.full((3, 2), float("nan")), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
-    with pytest.raises(PayloadError, match="NaN"):
-        fed.submit_update(a, 1, wire.encode_state(nan, dtype="bf16"), 10)
-    wrong = {"w": torch.zeros(2, 2), "b": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(1)}
-    with pytest.raises(PayloadError):
-        fed.submit_update(a, 1, wire.encode_state(wrong, dtype="bf16"), 10)
+    _refuses_nan_and_wrong_shapes(fed, a, "bf16")
     for who, value, n in ((a, 1.0, 10), (b, 3.0, 30)):
         state = {"w": torch.full((3, 2), value), "b": torch.full((2,), value), "bn.num_batches_tracked": torch.tensor(n)}
         fed.submit_update(who, 1, wire.encode_state(state, dtype="bf16"), n)
