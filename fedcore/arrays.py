@@ -58,10 +58,6 @@ def torch_names() -> dict[torch.dtype, str]:
     return {v: k for k, v in torch_dtypes().items()}
 
 
-def is_numpy(x: object) -> bool:
-    return isinstance(x, np.ndarray)
-
-
 def kind_of(state: Mapping[str, Array]) -> Kind:
     """``numpy`` when every value is a numpy array (an empty model too), else ``torch``."""
     return "numpy" if all(isinstance(v, np.ndarray) for v in state.values()) else "torch"

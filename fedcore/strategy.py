@@ -415,8 +415,11 @@ def _load_builtins(name: str | None = None) -> None:
     """Import the module that registers ``name`` (every built-in module when None)."""
     import importlib
 
-    modules = set(BUILTIN_MODULES.values()) if name is None else {BUILTIN_MODULES.get(name, "")} - {""}
-    for module in sorted(modules):
+    if name is None:
+        modules = sorted(set(BUILTIN_MODULES.values()))
+    else:
+        modules = [BUILTIN_MODULES[name]] if name in BUILTIN_MODULES else []
+    for module in modules:
         importlib.import_module(module)
 
 

@@ -850,13 +850,15 @@ def _tensors(header: AnyHeader, raws: list[bytes | memoryview], reference: State
     out: dict[str, Array] = {}
     for t in header.tensors:
         shape = tuple(t.shape)
+        # A numpy decoder keeps bfloat16 only as raw bits read as sent; a dequantised delta or a
+        # cast back to bfloat16 would need the dtype numpy lacks.
+        if into == "numpy" and t.dtype == "bfloat16" and (isinstance(t, Q8Tensor) or not as_sent):
+            raise PayloadError(f"tensor {t.name!r} is bfloat16, which numpy has no dtype for: decode into torch")
         if isinstance(t, Q8Tensor):
             out[t.name] = _dequantize(t, raws, reference, into)
             continue
         if t.wire == "bool" and _numel(shape) and _view(raws, t.data, "uint8", "numpy").max() > 1:
             raise PayloadError(f"tensor {t.name!r}: bool bytes must be 0 or 1")
-        if into == "numpy" and t.dtype == "bfloat16" and not as_sent:
-            raise PayloadError(f"tensor {t.name!r} is bfloat16, which numpy has no dtype for: decode into torch")
         tensor = _view(raws, t.data, t.wire, into).reshape(shape)
         out[t.name] = tensor if as_sent else arrays.from_wire(tensor, t.wire, t.dtype)
     return out
@@ -1095,9 +1097,8 @@ def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDic
 
 def _dequantize_numpy(t: Q8Tensor, raws: list[bytes | memoryview], ref: Array) -> np.ndarray:
     """:func:`_dequantize` into numpy (the same float32 operations in the same order); a
-    bfloat16 reference read ``as_sent`` is its bits, widened exactly."""
-    if t.dtype == "bfloat16":
-        raise PayloadError(f"tensor {t.name!r} is bfloat16, which numpy has no dtype for: decode into torch")
+    bfloat16 reference read ``as_sent`` is its bits, widened exactly (a bfloat16 tensor was
+    refused by :func:`_tensors`)."""
     shape = tuple(t.shape)
     q = arrays.to_numpy(_view(raws, t.data, "int8", "numpy"))
     scales = arrays.to_numpy(_view(raws, t.scale, "float32", "numpy"))
