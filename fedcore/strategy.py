@@ -58,14 +58,19 @@ def fold_weighted(sums: dict[str, Array], state: StateDict, num_samples: int,
             # copy=True: a float64 tensor would otherwise be the caller's own, scaled in place
             sums[name] = t.detach().to(torch.float64, copy=True).mul_(num_samples)
         else:
-            arrays.to_torch(acc).add_(t.detach(), alpha=num_samples)
+            scratch = _fold_torch(arrays.to_torch(acc).view(-1), t.detach().reshape(-1), num_samples, scratch)
+    return scratch
+
+
+def _scratch_for(size: int, scratch: np.ndarray | None) -> np.ndarray:
+    if scratch is None or scratch.size < min(_BLOCK, size):
+        scratch = np.empty(min(_BLOCK, max(size, 1)), np.float64)
     return scratch
 
 
 def _fold_numpy(acc: np.ndarray, src: np.ndarray, n: int, scratch: np.ndarray | None) -> np.ndarray:
     """acc += n × src in blocks: widen, scale, add, each a plain SIMD loop over L2-sized data."""
-    if scratch is None or scratch.size < min(_BLOCK, src.size):
-        scratch = np.empty(min(_BLOCK, src.size), np.float64)
+    scratch = _scratch_for(src.size, scratch)
     for i in range(0, src.size, _BLOCK):
         j = min(src.size, i + _BLOCK)
         tmp = scratch[: j - i]
@@ -73,6 +78,47 @@ def _fold_numpy(acc: np.ndarray, src: np.ndarray, n: int, scratch: np.ndarray | 
         np.multiply(tmp, n, out=tmp)
         np.add(acc[i:j], tmp, out=acc[i:j])
     return scratch
+
+
+def _fold_torch(acc: torch.Tensor, src: torch.Tensor, n: int, scratch: np.ndarray | None) -> np.ndarray:
+    """:func:`_fold_numpy` for torch (any dtype, bfloat16 too): ``acc.add_(src, alpha=n)`` on
+    mixed dtypes would allocate a model-sized float64 temporary (with the recommended
+    ``MALLOC_MMAP_THRESHOLD_`` a fresh mapping per upload, every page faulted in: 2-5x slower).
+    The same sums: each n·w is exact in float64, whether or not the add is fused."""
+    import torch
+
+    scratch = _scratch_for(src.numel(), scratch)
+    block = torch.from_numpy(scratch)
+    for i in range(0, src.numel(), _BLOCK):
+        j = min(src.numel(), i + _BLOCK)
+        tmp = block[: j - i]
+        tmp.copy_(src[i:j])
+        acc[i:j].add_(tmp, alpha=n)
+    return scratch
+
+
+def mean_of(total: Array, count: int, like: Array, scratch: np.ndarray | None = None) -> Array:
+    """``total / count`` (float64) in the dtype of ``like``, as :func:`mean_as`; for a floating
+    ``like`` divided and cast block by block, without a model-sized float64 quotient."""
+    if not arrays.is_floating(like) or arrays.dtype_name(like) == "float64":
+        return mean_as(total / count, like)
+    scratch = _scratch_for(int(np.prod(arrays.shape_of(like))), scratch)
+    if isinstance(like, np.ndarray):
+        src, out, tmp_all = arrays.to_numpy(total).reshape(-1), np.empty(like.shape, like.dtype), scratch
+        flat = out.reshape(-1)
+    else:
+        import torch
+
+        src, tmp_all = arrays.to_torch(total).view(-1), torch.from_numpy(scratch)
+        out = torch.empty(like.shape, dtype=like.dtype)
+        flat = out.view(-1)
+    for i in range(0, flat.shape[0], _BLOCK):
+        j = min(flat.shape[0], i + _BLOCK)
+        tmp = tmp_all[: j - i]
+        tmp[:] = src[i:j]
+        tmp /= count
+        flat[i:j] = tmp
+    return out
 
 
 class WeightedSum:
@@ -222,7 +268,7 @@ class FedAvg(Strategy):
     def average(self, global_state: StateDict) -> dict[str, Array]:
         if not self._total:
             return arrays.clone_state(global_state)
-        return {name: mean_as(self._sum[name] / self._total, ref) for name, ref in global_state.items()}
+        return {name: mean_of(self._sum[name], self._total, ref, self._scratch) for name, ref in global_state.items()}
 
     def finish(self, global_state: StateDict) -> dict[str, Array]:
         out = self.average(global_state)

@@ -929,7 +929,7 @@ class StreamDecoder:
         self.received = 0
         self._buf = bytearray()
         self._pos = 0
-        self._segments: list[bytearray] = []
+        self._segments: list[np.ndarray] = []
         self._blocks: list[_Block] = []
         self._next = 0
         self._frame: tuple[int, int, int] | None = None
@@ -1058,7 +1058,9 @@ class StreamDecoder:
         self.header = header
         self._pos = end  # a whole payload keeps its bytes from here to finish()
         if isinstance(header, FramedWireHeader):
-            self._segments = [bytearray(s.raw) for s in header.segments]
+            # np.empty: every byte is written by its block before finish() reads it (a missing
+            # block fails finish()), so the pages need no zero-fill: bytearray(n) memsets n bytes.
+            self._segments = [np.empty(s.raw, np.uint8) for s in header.segments]
             self._blocks = [_Block(i, off, min(s.block, s.raw - off))
                             for i, s in enumerate(header.segments) for off in range(0, s.raw, s.block)]
         return True
@@ -1077,45 +1079,47 @@ def _dequantize(t: Q8Tensor, raws: list[bytes | memoryview], reference: StateDic
     ref = reference[t.name]
     if tuple(ref.shape) != shape:
         raise PayloadError(f"reference {t.name!r} has shape {tuple(ref.shape)}, update has {list(shape)}")
+    out = _dequantize_numpy(t, raws, ref)
     if into == "numpy":
-        return _dequantize_numpy(t, raws, ref)
+        return out.astype(arrays.NUMPY_DTYPES[t.dtype], copy=False)
     import torch
 
-    q = arrays.to_torch(_view(raws, t.data, "int8", into))
-    scales = arrays.to_torch(_view(raws, t.scale, "float32", into))
-    # In place on the one float32 copy of q: a server decoding several uploads at once holds
-    # one tensor-sized temporary per decode, not three (the sum is the same: + commutes).
-    if q.numel() == 0:
-        out = torch.zeros(shape, dtype=torch.float32)
-    else:
-        out = q.reshape(scales.numel(), -1).to(torch.float32)
-        out.mul_(scales.reshape(-1, 1))
-        out = out.reshape(shape)
-    out.add_(torch.from_numpy(_float_numpy(ref)) if isinstance(ref, np.ndarray) else ref.detach())
-    return out.to(arrays.torch_dtypes()[t.dtype])
+    return torch.from_numpy(out).to(arrays.torch_dtypes()[t.dtype])
+
+
+# Elements per step of the dequantiser: the widened reference block and the output block stay in L2.
+_DEQ_BLOCK = 1 << 16
 
 
 def _dequantize_numpy(t: Q8Tensor, raws: list[bytes | memoryview], ref: Array) -> np.ndarray:
-    """:func:`_dequantize` into numpy (the same float32 operations in the same order); a
-    bfloat16 reference read ``as_sent`` is its bits, widened exactly (a bfloat16 tensor was
-    refused by :func:`_tensors`)."""
+    """The float32 values ``reference + q × scale[channel]`` (for torch and numpy decoders
+    alike: a torch reference is read through numpy views), rows at a time into one fresh
+    output: whole-tensor temporaries (q as float32, a widened bfloat16 reference) would each be
+    a fresh mapping under the recommended ``MALLOC_MMAP_THRESHOLD_``, every page faulted in,
+    and torch's bfloat16 cast is 4x slower than widening the bits. A bfloat16 reference (read
+    ``as_sent``) is widened exactly."""
     shape = tuple(t.shape)
     q = arrays.to_numpy(_view(raws, t.data, "int8", "numpy"))
-    scales = arrays.to_numpy(_view(raws, t.scale, "float32", "numpy"))
+    scales = arrays.to_numpy(_view(raws, t.scale, "float32", "numpy")).reshape(-1, 1)
+    out = np.empty(shape, dtype=np.float32)
     if q.size == 0:
-        out = np.zeros(shape, dtype=np.float32)
-    else:
-        out = q.reshape(scales.size, -1).astype(np.float32)
-        out *= scales.reshape(-1, 1)
-        out = out.reshape(shape)
-    out += _float_numpy(ref)
-    return out.astype(arrays.NUMPY_DTYPES[t.dtype], copy=False)
+        return out
+    rows = scales.shape[0]
+    o2, q2 = out.reshape(rows, -1), q.reshape(rows, -1)
+    r2 = arrays.float_bits(ref).reshape(rows, -1)
+    step = max(1, _DEQ_BLOCK // o2.shape[1])
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        np.multiply(q2[a:b], scales[a:b], out=o2[a:b])  # int8 → float32 exactly, then × scale
+        r = r2[a:b]
+        np.add(o2[a:b], arrays.widen_bf16(r) if r.dtype == np.uint16 else r, out=o2[a:b])
+    return out
 
 
 def _float_numpy(ref: Array) -> np.ndarray:
     """A reference tensor as numpy floats (bfloat16 bits, as a numpy decoder reads them ``as_sent``,
-    widened exactly)."""
-    r = arrays.to_numpy(ref)
+    or a torch bfloat16 tensor, widened exactly)."""
+    r = arrays.float_bits(ref)
     return arrays.widen_bf16(r) if r.dtype == np.uint16 else r
 
 
