@@ -98,7 +98,7 @@ def _block_scales(r: np.ndarray, clip_grid: tuple[float, ...], work: np.ndarray)
             better = err < best_err
             best_err = np.where(better, err, best_err)
             best_scale = np.where(better, scale, best_scale)
-    return best_scale.astype(np.float32)
+    return np.asarray(best_scale, dtype=np.float32)
 
 
 def dequantize_per_channel(q: np.ndarray, scales: np.ndarray) -> np.ndarray:

@@ -281,7 +281,8 @@ class Federation(FederationOperations):
     def _run_monitor(self) -> None:
         while not self._stopped.is_set():
             try:
-                self.tick()
+                if self.tick():
+                    continue  # a round closed: the next may start now, not a tick later
             except Exception:  # never let one bad round kill the server
                 log.exception("monitor tick failed")
             with self._cond:
@@ -490,6 +491,8 @@ class Federation(FederationOperations):
                 rec.state = ClientState.UPDATE
                 rec.rounds.append(round_number)
                 self._emit_client(rec)
+                if len(cur.submitted) + len(cur.dropped) >= len(cur.selected):
+                    self._cond.notify_all()  # likely the last update: close now, not at the next tick
         finally:
             if buffer is not None:
                 buffer.close()
@@ -777,8 +780,9 @@ class Federation(FederationOperations):
         self._emit("round_started", RoundStarted(rs.number, tuple(sorted(self._registry.name_of(c) for c in selected))))
         return rs
 
-    def tick(self) -> None:
-        """One pass of the lifecycle: expire silent clients, prune, close a finished round, start the next."""
+    def tick(self) -> bool:
+        """One pass of the lifecycle: expire silent clients, prune, close a finished round, start
+        the next. True when it closed a round."""
         to_close: RoundState | None = None
         with self._cond:
             now = self._clock()
@@ -802,6 +806,7 @@ class Federation(FederationOperations):
                         self._start_round(self._select(ready, self.round + 1, "fit"))
         if to_close is not None:
             self._close_round(to_close)
+        return to_close is not None
 
     def _aggregate_updates(self, rs: RoundState) -> tuple[dict[str, Array], str | None]:
         """The strategy's next global model, or the current one and why when the strategy cannot

@@ -103,6 +103,10 @@ def mean_of(total: Array, count: int, like: Array, scratch: np.ndarray | None = 
     if not arrays.is_floating(like) or arrays.dtype_name(like) == "float64":
         return mean_as(total / count, like)
     scratch = _scratch_for(int(np.prod(arrays.shape_of(like))), scratch)
+    src: Any
+    out: Array
+    flat: Any
+    tmp_all: Any
     if isinstance(like, np.ndarray):
         src, out, tmp_all = arrays.to_numpy(total).reshape(-1), np.empty(like.shape, like.dtype), scratch
         flat = out.reshape(-1)

@@ -968,7 +968,7 @@ class StreamDecoder:
                 )
             for job in self._jobs:
                 job.result()
-            raws: list[bytes | memoryview] = [memoryview(b) for b in self._segments]
+            raws: list[bytes | memoryview] = [b.data for b in self._segments]
             out = _tensors(self.header, raws, self.reference, self.as_sent, self.into)
         except PayloadError as exc:
             self._fail(exc)
@@ -1036,7 +1036,7 @@ class StreamDecoder:
             if self._avail() < size:
                 break
             body = bytes(self._take(size))
-            out = memoryview(self._segments[block.segment])[block.offset : block.offset + block.size]
+            out = self._segments[block.segment].data[block.offset : block.offset + block.size]
             self._jobs.append(codec_pool().submit(_decode_block, f"block {self._next} (segment {block.segment})",
                                                   seg, block.size, crc, raw_crc, body, out))
             self._frame = None

@@ -314,3 +314,19 @@ def test_numpy_model_with_a_torch_strategy_is_refused_in_one_line() -> None:
 
     with pytest.raises(ValueError, match="fedadam.*aggregates torch tensors"):
         Federation({"w": np.zeros(3, np.float32)}, strategy=FedAdam())
+
+
+def test_tick_says_when_it_closed_a_round() -> None:
+    """The monitor loops again at once after a close (the next round starts now, not a tick
+    later): tick() tells it. The last update also wakes the monitor (notify), tested here by
+    what tick() returns once every selected client has submitted."""
+    clock = FakeClock()
+    fed = _fed(clock)
+    a, b = _join(fed, "a"), _join(fed, "b")
+    fed.start_autorun(2)
+    assert fed.tick() is False  # starts round 1, closes nothing
+    _update(fed, a, 1, 1.0, 10)
+    assert fed.tick() is False  # b still trains
+    _update(fed, b, 1, 3.0, 10)
+    assert fed.tick() is True and fed.round == 1
+    assert fed.tick() is False  # round 2 started
