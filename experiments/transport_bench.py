@@ -23,7 +23,9 @@ to the edge's bridge, shaped with tc (experiments/emulation.py: tbf for the rate
 userspace delay line for RTT and loss). ``lan`` 1 Gbit/s, 0.2 ms RTT; ``wan`` 100 Mbit/s per
 client, 40 ms RTT, the server's own link 1 Gbit/s; ``mobile`` 20 Mbit/s, 60 ms RTT, 0.1 % loss.
 Each row then also reports the physical bound: the bytes each link must carry ÷ its rate, plus the
-round trips the protocol needs × RTT; and round time ÷ bound.
+round trips the protocol needs × RTT; and round time ÷ bound. And bare TCP: the same bytes as
+plain TCP transfers on the same links in the same run (``--no-tcp-reference`` skips it), which
+adds TCP slow start to the bound: the part of the gap that is TCP's, not the application's.
 
 Writes experiments/results/transport_bench.md, .json and .png (``--out`` to change the folder).
 This module imports only the standard library and numpy at top level: the Flower roles run in
@@ -169,6 +171,37 @@ class RunResult:
     model_bytes: int  # fp32 size of the model's parameters
     extra: dict[str, Any] = field(default_factory=dict)
     bound_s: float | None = None  # physical bound of a round on the profile's links (median bytes)
+    tcp_s: float | None = None  # the same transfers as bare TCP on the same links (tcp_reference_s)
+
+
+def tcp_reference_s(topo: Any, profile: Profile, system: str, bytes_down: float, bytes_up: float) -> float:
+    """What TCP itself allows on these links: every device fetches its share of ``bytes_down``
+    from the edge at once, then all send their share of ``bytes_up`` at once, each over a fresh
+    connection (TCP slow start included, as after an idle second; receivers time first byte to
+    last), plus the protocol's round trips × RTT as in the bound. Round time ÷ this is the part
+    of the gap to the physical bound that the application, not TCP, leaves."""
+    from experiments.emulation import measure_throughput
+
+    devices = topo.devices
+
+    def phase(pairs: list[tuple[Any, Any, int]], base_port: int) -> float:
+        took = [0.0] * len(pairs)
+
+        def one(i: int) -> None:
+            src, dst, n = pairs[i]
+            took[i] = measure_throughput(src, dst, max(1, n), port=base_port + i).seconds
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(pairs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=TIMEOUT_S)
+        return max(took)
+
+    n = len(devices)
+    down = phase([(topo.edge, d, int(bytes_down / n)) for d in devices], 5400)
+    up = phase([(d, topo.edge, int(bytes_up / n)) for d in devices], 5600)
+    return down + up + ROUND_TRIPS[system] * profile.client.rtt_ms / 1e3
 
 
 # ---------------------------------------------------------------------------------------- fedcore roles
@@ -362,7 +395,9 @@ def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, 
         bound = physical_bound_s(profile, system, clients, statistics.median(res["bytes_out"]),
                                  statistics.median(res["bytes_in"])) if profile else None
         return RunResult(system, codec, clients, repeat, res["round_s"], res["bytes_per_round"],
-                         res["peak_rss_mb"], model_bytes, {"global_payload_bytes": res["payload_bytes"]}, bound)
+                         res["peak_rss_mb"], model_bytes, {"global_payload_bytes": res["payload_bytes"],
+                                                           "bytes_down": statistics.median(res["bytes_out"]),
+                                                           "bytes_up": statistics.median(res["bytes_in"])}, bound)
     finally:
         for w in workers:
             w.join(timeout=30)
@@ -479,7 +514,9 @@ def run_flower(python: str, npz: Path, clients: int, rounds: int, repeat: int, m
     bound = physical_bound_s(profile, "flower-grpc", clients, down,
                              statistics.median(res["bytes_per_round"]) - down) if profile else None
     return RunResult("flower-grpc", "fp32-raw", clients, repeat, res["round_s"], res["bytes_per_round"],
-                     res["peak_rss_mb"], model_bytes, {"flwr": res["flwr"]}, bound)
+                     res["peak_rss_mb"], model_bytes, {"flwr": res["flwr"], "bytes_down": down,
+                                                       "bytes_up": statistics.median(res["bytes_per_round"]) - down},
+                     bound)
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -493,10 +530,15 @@ class Row:
     peak_rss_mb: float
     runs: int
     bound_s: float | None = None
+    tcp_s: float | None = None
 
     @property
     def over_bound(self) -> float | None:
         return self.median_round_s / self.bound_s if self.bound_s else None
+
+    @property
+    def over_tcp(self) -> float | None:
+        return self.median_round_s / self.tcp_s if self.tcp_s else None
 
 
 def summarise(results: list[RunResult]) -> list[Row]:
@@ -512,6 +554,7 @@ def summarise(results: list[RunResult]) -> list[Row]:
             statistics.median([r.peak_rss_mb for r in rs]),
             len(rs),
             statistics.median(bs) if (bs := [r.bound_s for r in rs if r.bound_s is not None]) else None,
+            statistics.median(ts) if (ts := [r.tcp_s for r in rs if r.tcp_s is not None]) else None,
         ))
     order = {"flower-grpc": 0, "fedcore-grpc-oldwin": 1, "fedcore-grpc-win4m": 2, "fedcore-grpc": 3, "fedcore-rest": 4}
     return sorted(rows, key=lambda r: (r.clients, order.get(r.system, 9), r.codec))
@@ -634,13 +677,17 @@ def write_report(rows: list[Row], results: list[RunResult], meta: dict[str, Any]
     if linked:
         lines += ["Physical bound = each client's share of the bytes over its link, the server's bytes over its"
                   f" link, plus the protocol's round trips × RTT ({', '.join(f'{k} {v:g}' for k, v in ROUND_TRIPS.items())});"
-                  " TCP slow start is not in it.", ""]
-    bound_head = " bound (s) | × bound |" if linked else ""
+                  " TCP slow start is not in it. Bare TCP = the same bytes sent as plain TCP transfers on the same"
+                  " links in the same run (all devices download at once, then all upload at once, each on a fresh"
+                  " connection, so with TCP slow start) plus the same round trips: what TCP itself allows here.", ""]
+    bound_head = " bound (s) | × bound | bare TCP (s) | × TCP |" if linked else ""
     lines += [f"| system | codec | N | median round (s) | MB / round | server peak RSS (MB) | × Flower fp32 |{bound_head}",
-              "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if linked else "")]
+              "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|" if linked else "")]
     for r in rows:
         ratio = f"{r.median_round_s / flower[r.clients].median_round_s:.2f}" if r.clients in flower else "–"
         bound = (f" {r.bound_s:.3f} | {r.over_bound:.2f} |" if r.bound_s and r.over_bound else " – | – |") if linked else ""
+        if linked:
+            bound += f" {r.tcp_s:.3f} | {r.over_tcp:.2f} |" if r.tcp_s and r.over_tcp else " – | – |"
         lines.append(f"| {r.system} | {r.codec} | {r.clients} | {r.median_round_s:.3f} | {r.mb_per_round:.1f} | "
                      f"{r.peak_rss_mb:.0f} | {ratio} |{bound}")
     lines += ["", "## Goals", "",
@@ -664,11 +711,12 @@ def _write_csv(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["profile", "system", "codec", "clients", "median_round_s", "mb_per_round", "server_peak_rss_mb",
-                    "physical_bound_s", "round_over_bound", "runs"])
+                    "physical_bound_s", "round_over_bound", "bare_tcp_s", "round_over_tcp", "runs"])
         for r in rows:
             w.writerow([meta["profile"], r.system, r.codec, r.clients, f"{r.median_round_s:.4f}", f"{r.mb_per_round:.2f}",
                         f"{r.peak_rss_mb:.0f}", f"{r.bound_s:.4f}" if r.bound_s else "",
-                        f"{r.over_bound:.3f}" if r.over_bound else "", r.runs])
+                        f"{r.over_bound:.3f}" if r.over_bound else "", f"{r.tcp_s:.4f}" if r.tcp_s else "",
+                        f"{r.over_tcp:.3f}" if r.over_tcp else "", r.runs])
 
 
 def _plot(rows: list[Row], meta: dict[str, Any], path: Path) -> None:
@@ -738,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="loopback", choices=list(profiles()),
                    help="network: loopback, or an emulated link per client (lan, wan, mobile; needs root and "
                         "iproute2, else falls back to loopback and says so)")
+    p.add_argument("--tcp-reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="on an emulated profile, also time the same transfers as bare TCP on the same links "
+                        "(a few seconds per configuration)")
     p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results")
     a = p.parse_args(argv)
     q = a.quick
@@ -791,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
                     with _network(profile, n) as topo:
                         results.append(run_flower(flower, npz, n, rounds, repeat, model_bytes, topo, profile))
                         network_note = topo.note if topo is not None else network_note
+                        _add_tcp_reference(results[-1], topo, profile, a.tcp_reference)
                     print(_line(results[-1]), flush=True)
                 for transport in a.transports:
                     for codec in a.codecs:
@@ -798,6 +850,7 @@ def main(argv: list[str] | None = None) -> int:
                             results.append(run_fedcore(ctx, transport, model, codec, n, rounds, repeat, client_mode,
                                                        model_bytes, topo, profile))
                             network_note = topo.note if topo is not None else network_note
+                            _add_tcp_reference(results[-1], topo, profile, a.tcp_reference)
                         print(_line(results[-1]), flush=True)
 
     meta = {
@@ -815,6 +868,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _add_tcp_reference(result: RunResult, topo: Any, profile: Profile, wanted: bool) -> None:
+    if wanted and topo is not None and profile.client is not None:
+        result.tcp_s = tcp_reference_s(topo, profile, result.system, result.extra["bytes_down"],
+                                       result.extra["bytes_up"])
+
+
 @contextlib.contextmanager
 def _network(profile: Profile, clients: int) -> Iterator[Any]:
     """A fresh emulated network for one configuration (None on loopback); removed after it."""
@@ -829,6 +888,7 @@ def _network(profile: Profile, clients: int) -> Iterator[Any]:
 
 def _line(r: RunResult) -> str:
     bound = f", bound {r.bound_s:.3f}s" if r.bound_s else ""
+    bound += f", bare TCP {r.tcp_s:.3f}s" if r.tcp_s else ""
     return (f"{r.system:13s} {r.codec:9s} N={r.clients} rep={r.repeat}: round "
             f"{statistics.median(r.round_s):.3f}s, {statistics.median(r.bytes_per_round) / 1e6:.1f} MB, "
             f"peak RSS {r.peak_rss_mb:.0f} MB{bound}")

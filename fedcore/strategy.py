@@ -99,28 +99,37 @@ def _fold_torch(acc: torch.Tensor, src: torch.Tensor, n: int, scratch: np.ndarra
 
 def mean_of(total: Array, count: int, like: Array, scratch: np.ndarray | None = None) -> Array:
     """``total / count`` (float64) in the dtype of ``like``, as :func:`mean_as`; for a floating
-    ``like`` divided and cast block by block, without a model-sized float64 quotient."""
+    ``like`` divided block by block straight into the output (numpy casts each float64 quotient
+    once, as ``.to`` does), without a model-sized float64 quotient."""
     if not arrays.is_floating(like) or arrays.dtype_name(like) == "float64":
         return mean_as(total / count, like)
-    scratch = _scratch_for(int(np.prod(arrays.shape_of(like))), scratch)
-    src: Any
     out: Array
-    flat: Any
-    tmp_all: Any
     if isinstance(like, np.ndarray):
-        src, out, tmp_all = arrays.to_numpy(total).reshape(-1), np.empty(like.shape, like.dtype), scratch
+        out = np.empty(like.shape, like.dtype)
         flat = out.reshape(-1)
-    else:
+    elif arrays.dtype_name(like) != "bfloat16":
         import torch
 
-        src, tmp_all = arrays.to_torch(total).view(-1), torch.from_numpy(scratch)
         out = torch.empty(like.shape, dtype=like.dtype)
-        flat = out.view(-1)
+        flat = out.numpy().reshape(-1)
+    else:  # numpy has no bfloat16: torch, through a float64 block
+        return _mean_bf16(arrays.to_torch(total), count, like, _scratch_for(like.numel(), scratch))
+    src = arrays.to_numpy(total).reshape(-1)
     for i in range(0, flat.shape[0], _BLOCK):
         j = min(flat.shape[0], i + _BLOCK)
-        tmp = tmp_all[: j - i]
-        tmp[:] = src[i:j]
-        tmp /= count
+        np.divide(src[i:j], count, out=flat[i:j], casting="same_kind")
+    return out
+
+
+def _mean_bf16(total: torch.Tensor, count: int, like: torch.Tensor, scratch: np.ndarray) -> torch.Tensor:
+    import torch
+
+    out = torch.empty(like.shape, dtype=like.dtype)
+    flat, src, block = out.view(-1), total.view(-1), torch.from_numpy(scratch)
+    for i in range(0, flat.shape[0], _BLOCK):
+        j = min(flat.shape[0], i + _BLOCK)
+        tmp = block[: j - i]
+        torch.div(src[i:j], count, out=tmp)
         flat[i:j] = tmp
     return out
 

@@ -262,6 +262,24 @@ def test_quant_deterministic_and_exact_cases() -> None:
     assert (C.dequantize_per_channel(*C.quantize_per_channel(z, clip_grid=(1.0,))) == z).all()
 
 
+def test_quant_row_blocks_equal_rows_alone() -> None:
+    """The quantiser works a few rows at a time (an L2-sized block, one work buffer): each row's
+    scale and codes must be what that row gets quantised on its own, across block edges too
+    (here 300 rows of 1,000 values: blocks of 131 rows, the last one short)."""
+    from compression import quant
+
+    rng = np.random.default_rng(8)
+    x = (rng.standard_t(3, size=(300, 1000)) * 10.0 ** rng.uniform(-5, -2, size=(300, 1))).astype(np.float32)
+    assert quant._BLOCK // 1000 < 300
+    q, s = C.quantize_per_channel(x)
+    for i in (0, 130, 131, 262, 299):
+        qi, si = C.quantize_per_channel(x[i : i + 1])
+        assert si[0] == s[i] and (qi[0] == q[i]).all(), i
+    with pytest.raises(C.CompressionError):  # a non-finite value in a later block is found too
+        x[270, 5] = np.inf
+        C.quantize_per_channel(x)
+
+
 def test_quant_rejects_nonfinite_and_mismatch() -> None:
     with pytest.raises(C.CompressionError):
         C.quantize_per_channel(np.array([1.0, np.nan], np.float32))

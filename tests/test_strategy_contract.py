@@ -673,3 +673,30 @@ def test_builtin_modules_register_the_names_listed() -> None:
 
     for name, module in BUILTIN_MODULES.items():
         assert registered_strategies()[name].__module__.startswith(module), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("as_numpy", [False, True], ids=["torch", "numpy"])
+def test_fedavg_blocked_fold_and_mean_are_the_plain_formula(dtype: torch.dtype, as_numpy: bool) -> None:
+    """FedAvg folds and divides in L2-sized blocks (no model-sized float64 temporary): over
+    tensors spanning several blocks, the mean must be bit for bit (Σ n_k · float64(w_k)) / Σ n_k
+    cast once to the tensor's dtype (numpy has no bfloat16: torch only)."""
+    from fedcore.strategy import _BLOCK
+
+    if as_numpy and dtype == torch.bfloat16:
+        pytest.skip("numpy has no bfloat16")
+    gen = torch.Generator().manual_seed(11)
+    size = 2 * _BLOCK + 123
+    g = {"w": torch.randn(size, generator=gen).to(dtype), "m": torch.randn(7, size // 7, generator=gen).to(dtype)}
+    ups = [{k: (v.float() + torch.randn(v.shape, generator=gen)).to(dtype) for k, v in g.items()} for _ in range(3)]
+    conv = (lambda s: {k: v.numpy().copy() for k, v in s.items()}) if as_numpy else (lambda s: dict(s))
+    s = _make("fedavg")
+    s.begin_round(conv(g))
+    for i, u in enumerate(ups):
+        s.accumulate(conv(u), 5 + i)
+    got = s.finish(conv(g))
+    for k in g:
+        total = sum((5 + i) * ups[i][k].double() for i in range(3))
+        want = (total / (5 + 6 + 7)).to(dtype)
+        out = torch.from_numpy(got[k]) if as_numpy else got[k]
+        assert out.dtype == dtype and torch.equal(out, want), k

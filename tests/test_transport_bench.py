@@ -61,6 +61,9 @@ def test_quick_bench_over_emulated_lan_links(tmp_path: Path) -> None:
     for run in data["runs"]:
         assert run["bound_s"] is not None and run["bound_s"] > 0
         assert min(run["round_s"]) >= run["bound_s"]  # nothing beats the link
+        # bare TCP on the same links: the bound's round trips, plus transfers that take time
+        assert run["tcp_s"] is not None and run["tcp_s"] > 2.5 * 0.2e-3
+    assert "| bare TCP (s) | × TCP |" in md
     rows = (tmp_path / "transport_bench_lan.csv").read_text().splitlines()
     assert rows[0].startswith("profile,system,codec,clients") and len(rows) == 11
     assert (tmp_path / "transport_bench_lan.png").stat().st_size > 1000

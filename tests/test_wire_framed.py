@@ -218,3 +218,29 @@ def test_non_finite_update_is_refused_before_any_byte() -> None:
     state["conv.weight"][0, 0, 0, 0] = float("nan")
     with pytest.raises(compression.CompressionError, match="non-finite"):
         next(wire.iter_encode_state(state, reference=ref, quantize_update=True))
+
+
+@pytest.mark.parametrize("ref_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("into", ["torch", "numpy"])
+def test_int8_update_decodes_across_the_dequantisers_row_blocks(ref_dtype: torch.dtype, into: str) -> None:
+    """The dequantiser works a few rows at a time: reference + q × scale must be exact across
+    block edges (70 rows of 2,000 values: blocks of 32 rows), for a float32 reference and a
+    bfloat16 one (what a server holds ``as_sent``), into torch and into numpy."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(9)
+    state = {"w": torch.randn(70, 2000, generator=g), "b": torch.randn(70, generator=g)}
+    ref = {k: (v + 0.01 * torch.randn(v.shape, generator=g)).to(ref_dtype) for k, v in state.items()}
+    assert wire._DEQ_BLOCK // 2000 < 70
+    payload = wire.encode_state(state, reference=ref, quantize_update=True, framed=True)
+    dec = wire.StreamDecoder(reference=ref if into == "torch" else
+                             {k: (v.view(torch.int16).numpy().view(np.uint16) if v.dtype == torch.bfloat16
+                                  else v.numpy()) for k, v in ref.items()},
+                             into=into)  # type: ignore[arg-type]
+    dec.feed(payload)
+    got = dec.finish()
+    for name, x in state.items():
+        delta = (x - ref[name].float()).numpy()
+        q, s = compression.quant.quantize_per_channel(delta)
+        want = ref[name].float().numpy() + compression.quant.dequantize_per_channel(q, s)
+        assert np.array_equal(np.asarray(got[name]), want), name
