@@ -26,7 +26,7 @@ from fedcore.arrays import Array
 from fedcore.errors import PayloadError, PayloadTooLargeError, TransportError, UploadTimeoutError
 
 
-SPOOL_MEMORY_BYTES = 1 << 20  # a waiting body's bytes past this go to a temporary file
+SPOOL_MEMORY_BYTES = 1 << 16  # a waiting body's bytes past this go to a temporary file (10 waiting: 640 KiB)
 _REPLAY_BYTES = 1 << 20
 
 
