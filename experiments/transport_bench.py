@@ -1,8 +1,9 @@
 """gRPC vs REST cost per round, with Flower's legacy gRPC path as the yardstick.
 
 No training: each client returns the global model it received, slightly perturbed (+1e-3·N(0,1)
-on float tensors, as a real update would be; drawn once per client, see ``Noise``), so a round costs exactly what the transport and the
-codec cost: fetch the global model, decode, encode, push, aggregate, encode the next global.
+on float tensors, as a real update would be; drawn once per client, see ``Noise``), so a round
+costs exactly what the transport and the codec cost: fetch the global model, decode, encode,
+push, aggregate, encode the next global.
 
 For each transport (rest, grpc) × codec (fp32-raw, bf16+zstd) × N clients × repeat, a fresh server
 process serves a fresh Federation (so its peak RSS, VmHWM, is that configuration's alone) and N
@@ -392,12 +393,11 @@ def run_fedcore(ctx: Any, transport: str, model: str, codec: str, clients: int, 
         if not res["ok"] or any(p != clients for p in res["participants"]):
             raise RuntimeError(f"{transport}/{codec}/N={clients}: incomplete rounds {res}")
         system = f"fedcore-{transport}"  # fedcore-grpc-oldwin / -win4m for the window variants
-        bound = physical_bound_s(profile, system, clients, statistics.median(res["bytes_out"]),
-                                 statistics.median(res["bytes_in"])) if profile else None
-        return RunResult(system, codec, clients, repeat, res["round_s"], res["bytes_per_round"],
-                         res["peak_rss_mb"], model_bytes, {"global_payload_bytes": res["payload_bytes"],
-                                                           "bytes_down": statistics.median(res["bytes_out"]),
-                                                           "bytes_up": statistics.median(res["bytes_in"])}, bound)
+        down, up = statistics.median(res["bytes_out"]), statistics.median(res["bytes_in"])
+        bound = physical_bound_s(profile, system, clients, down, up) if profile else None
+        return RunResult(system, codec, clients, repeat, res["round_s"], res["bytes_per_round"], res["peak_rss_mb"],
+                         model_bytes, {"global_payload_bytes": res["payload_bytes"], "bytes_down": down,
+                                       "bytes_up": up}, bound)
     finally:
         for w in workers:
             w.join(timeout=30)
@@ -511,11 +511,10 @@ def run_flower(python: str, npz: Path, clients: int, rounds: int, repeat: int, m
             raise RuntimeError("Flower server wrote no result")
         res = json.loads(out.read_text())
     down = statistics.median(res["bytes_down"])
-    bound = physical_bound_s(profile, "flower-grpc", clients, down,
-                             statistics.median(res["bytes_per_round"]) - down) if profile else None
+    up = statistics.median(res["bytes_per_round"]) - down
+    bound = physical_bound_s(profile, "flower-grpc", clients, down, up) if profile else None
     return RunResult("flower-grpc", "fp32-raw", clients, repeat, res["round_s"], res["bytes_per_round"],
-                     res["peak_rss_mb"], model_bytes, {"flwr": res["flwr"], "bytes_down": down,
-                                                       "bytes_up": statistics.median(res["bytes_per_round"]) - down},
+                     res["peak_rss_mb"], model_bytes, {"flwr": res["flwr"], "bytes_down": down, "bytes_up": up},
                      bound)
 
 

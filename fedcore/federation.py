@@ -491,7 +491,7 @@ class Federation(FederationOperations):
                 rec.state = ClientState.UPDATE
                 rec.rounds.append(round_number)
                 self._emit_client(rec)
-                if len(cur.submitted) + len(cur.dropped) >= len(cur.selected):
+                if cur.maybe_done():
                     self._cond.notify_all()  # likely the last update: close now, not at the next tick
         finally:
             if buffer is not None:

@@ -37,6 +37,11 @@ class RoundState:
         """``client_id in waiting`` without building the set (a signal asks this; 10,000 clients)."""
         return client_id in self.selected and client_id not in self.submitted and client_id not in self.dropped
 
+    def maybe_done(self) -> bool:
+        """``not waiting`` likely, without building the set (asked after every update): may be
+        true early (a client that submitted and then left counts twice), never late."""
+        return len(self.submitted) + len(self.dropped) >= len(self.selected)
+
 
 @dataclass
 class EvalState:

@@ -1111,8 +1111,7 @@ def _dequantize_numpy(t: Q8Tensor, raws: list[bytes | memoryview], ref: Array) -
     for a in range(0, rows, step):
         b = min(rows, a + step)
         np.multiply(q2[a:b], scales[a:b], out=o2[a:b])  # int8 → float32 exactly, then × scale
-        r = r2[a:b]
-        np.add(o2[a:b], arrays.widen_bf16(r) if r.dtype == np.uint16 else r, out=o2[a:b])
+        np.add(o2[a:b], _float_numpy(r2[a:b]), out=o2[a:b])
     return out
 
 

@@ -233,9 +233,10 @@ def test_int8_update_decodes_across_the_dequantisers_row_blocks(ref_dtype: torch
     ref = {k: (v + 0.01 * torch.randn(v.shape, generator=g)).to(ref_dtype) for k, v in state.items()}
     assert wire._DEQ_BLOCK // 2000 < 70
     payload = wire.encode_state(state, reference=ref, quantize_update=True, framed=True)
-    dec = wire.StreamDecoder(reference=ref if into == "torch" else
-                             {k: (v.view(torch.int16).numpy().view(np.uint16) if v.dtype == torch.bfloat16
-                                  else v.numpy()) for k, v in ref.items()},
+    from fedcore.arrays import float_bits
+
+    # a numpy decoder holds a bfloat16 reference as its bits
+    dec = wire.StreamDecoder(reference=ref if into == "torch" else {k: float_bits(v) for k, v in ref.items()},
                              into=into)  # type: ignore[arg-type]
     dec.feed(payload)
     got = dec.finish()
